@@ -1,0 +1,199 @@
+"""Experiment config: one schema with defaults, strict validation, dotted overrides.
+
+Every error is a ConfigError naming one field, so the CLI can print one line and exit 2.
+"""
+import copy
+import os
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A bad config: the message names the field."""
+
+
+def _int3(v):
+    return isinstance(v, list) and len(v) == 3 and all(isinstance(x, int) and not isinstance(x, bool) for x in v)
+
+
+# field: (default, type-check, description). Types are checked, then cross-field rules below.
+SCHEMA = {
+    "name": ("ffn", str, "run name, used in the run directory name"),
+    "strategy": ("single", str, "training strategy (see `ffnbench strategies`)"),
+    "ranks": (1, int, "MPI ranks in total (servers + workers for ps strategies)"),
+    "strategy_options": ({}, dict, "strategy-specific options (see README, Strategies)"),
+    "model.fov": ([33, 33, 33], _int3, "field of view z,y,x in voxels"),
+    "model.deltas": ([8, 8, 8], _int3, "FOV movement step z,y,x"),
+    "model.depth": (12, int, "number of conv modules (1 + depth-1 residual)"),
+    "model.features": (32, int, "channels per conv"),
+    "data.source": ("synthetic", str, "synthetic | hdf5"),
+    "data.seed": (0, int, "seed of the synthetic training volume (held-out volume uses seed+1)"),
+    "data.shape": ([64, 128, 128], _int3, "synthetic volume shape z,y,x"),
+    "data.density": (1.0, float, "synthetic neurite density (more = thinner cells)"),
+    "data.image": ("", str, "hdf5 image as file.h5:dataset"),
+    "data.labels": ("", str, "hdf5 labels as file.h5:dataset"),
+    "data.holdout_fraction": (0.25, float, "hdf5: last fraction of z held out for evaluation"),
+    "data.image_mean": (128.0, float, "image normalisation mean"),
+    "data.image_stddev": (33.0, float, "image normalisation stddev"),
+    "data.min_object_size": (1000, int, "objects smaller than this are not sampled (FFN uses 10000 on big volumes)"),
+    "train.batch_size": (4, int, "FOVs per worker step"),
+    "train.optimizer": ("adam", str, "sgd | momentum | adam"),
+    "train.lr": (1e-3, float, "base learning rate"),
+    "train.lr_scaling": ("none", str, "none | linear | sqrt: multiply lr by workers or sqrt(workers)"),
+    "train.warmup_steps": (0, int, "linear lr ramp from base to scaled lr over these steps"),
+    "train.steps": (100, int, "steps per worker"),
+    "train.seed": (0, int, "seed of weights init and example streams"),
+    "train.clip": (0.7, float, "elementwise gradient clip (max_gradient_entry_mag)"),
+    "train.move_threshold": (0.9, float, "training FOV policy: move where seed >= logit(this)"),
+    "train.label_moves": (True, bool, "training FOV policy: also move where the label is the object"),
+    "train.augment": (True, bool, "permute y/x and reflect z/y/x"),
+    "eval.every": (50, int, "evaluate every this many steps (0 = only at the end)"),
+    "eval.fovs": (64, int, "held-out FOVs per evaluation"),
+    "run.threads_per_rank": (0, int, "TF intra-op threads per rank (0 = cores / compute ranks)"),
+    "run.out": ("results", str, "results directory; each run gets a subdirectory"),
+    "run.timeout_s": (300.0, float, "bound on every blocking MPI wait"),
+    "run.timing_warmup_steps": (5, int, "first steps excluded from FOVs/sec"),
+    "run.progress": (True, bool, "progress bar on rank 0"),
+    "run.checkpoint_every": (0, int, "also checkpoint every this many steps (0 = final only)"),
+}
+
+CHOICES = {
+    "data.source": ("synthetic", "hdf5"),
+    "train.optimizer": ("sgd", "momentum", "adam"),
+    "train.lr_scaling": ("none", "linear", "sqrt"),
+}
+
+
+def defaults():
+    cfg = {}
+    for key, (default, _, _) in SCHEMA.items():
+        set_dotted(cfg, key, copy.deepcopy(default))
+    return cfg
+
+
+def set_dotted(cfg, key, value):
+    *parents, leaf = key.split(".")
+    node = cfg
+    for p in parents:
+        node = node.setdefault(p, {})
+        if not isinstance(node, dict):
+            raise ConfigError(f"config field {key}: parent {p} is not a section")
+    node[leaf] = value
+
+
+SECTIONS = {key.split(".")[0] for key in SCHEMA if "." in key}
+
+
+def flatten(cfg):
+    """{'train': {'lr': 1}} -> {'train.lr': 1}; strategy_options stays one mapping."""
+    out = {}
+    for k, v in cfg.items():
+        if k in SECTIONS:
+            if not isinstance(v, dict):
+                raise ConfigError(f"config field {k}: must be a mapping of fields")
+            out.update({f"{k}.{k2}": v2 for k2, v2 in v.items()})
+        else:
+            out[k] = v
+    return out
+
+
+def parse_override(text):
+    """'train.lr=1e-3' -> ('train.lr', 0.001); values are YAML scalars or lists."""
+    if "=" not in text:
+        raise ConfigError(f"--set {text}: expected dotted.key=value")
+    key, raw = text.split("=", 1)
+    return key.strip(), yaml.safe_load(raw)
+
+
+def load(path=None, overrides=(), base=None):
+    """Merge defaults <- file <- overrides, then validate. Returns a nested dict."""
+    cfg = defaults()
+    if path is not None:
+        if not os.path.isfile(path):
+            raise ConfigError(f"config file {path}: not found")
+        with open(path) as f:
+            try:
+                data = yaml.safe_load(f) or {}
+            except yaml.YAMLError as e:
+                raise ConfigError(f"config file {path}: not valid YAML ({str(e).splitlines()[0]})")
+        if not isinstance(data, dict):
+            raise ConfigError(f"config file {path}: top level must be a mapping")
+        merge(cfg, data)
+    if base is not None:
+        merge(cfg, base)
+    for item in overrides:
+        key, value = parse_override(item) if isinstance(item, str) else item
+        set_dotted(cfg, key, value)
+    validate(cfg)
+    return cfg
+
+
+def merge(cfg, data):
+    for key, value in flatten(data).items():
+        if key == "strategy_options" and isinstance(value, dict):
+            cfg["strategy_options"].update(copy.deepcopy(value))
+        else:
+            set_dotted(cfg, key, copy.deepcopy(value))
+
+
+def _type_ok(check, value):
+    if check is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if check is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if isinstance(check, type):
+        return isinstance(value, check)
+    return check(value)
+
+
+def validate(cfg):
+    flat = flatten(cfg)
+    for key, value in flat.items():
+        if key not in SCHEMA:
+            raise ConfigError(f"config field {key}: unknown field")
+        check = SCHEMA[key][1]
+        if not _type_ok(check, value):
+            want = {int: "an integer", float: "a number", str: "a string", bool: "true or false",
+                    dict: "a mapping"}.get(check, "a list of 3 integers [z, y, x]")
+            raise ConfigError(f"config field {key}: must be {want} (got {value!r})")
+        if key in CHOICES and value not in CHOICES[key]:
+            raise ConfigError(f"config field {key}: must be one of {', '.join(CHOICES[key])} (got {value!r})")
+    m, d, t = cfg["model"], cfg["data"], cfg["train"]
+    positive = ["ranks", "model.depth", "model.features", "train.batch_size", "train.steps", "eval.fovs"]
+    for key in positive:
+        if flat[key] < 1:
+            raise ConfigError(f"config field {key}: must be >= 1 (got {flat[key]})")
+    for key in ["train.lr", "data.image_stddev", "data.density", "run.timeout_s", "train.clip"]:
+        if flat[key] <= 0:
+            raise ConfigError(f"config field {key}: must be > 0 (got {flat[key]})")
+    for key in ["train.warmup_steps", "eval.every", "run.threads_per_rank", "run.timing_warmup_steps",
+                "run.checkpoint_every", "data.min_object_size"]:
+        if flat[key] < 0:
+            raise ConfigError(f"config field {key}: must be >= 0 (got {flat[key]})")
+    for i, axis in enumerate("zyx"):
+        if m["deltas"][i] < 0:
+            raise ConfigError(f"config field model.deltas: must be >= 0 (got {m['deltas']})")
+        if m["fov"][i] < 2 * m["deltas"][i] + 1:
+            raise ConfigError(f"config field model.fov: {axis} size {m['fov'][i]} must be >= 2*deltas+1 "
+                              f"= {2 * m['deltas'][i] + 1}")
+        if m["fov"][i] % 2 == 0:
+            raise ConfigError(f"config field model.fov: must be odd so the FOV has a centre voxel (got {m['fov']})")
+    if not 0 < t["move_threshold"] < 1:
+        raise ConfigError(f"config field train.move_threshold: must be in (0, 1) (got {t['move_threshold']})")
+    if not 0 < d["holdout_fraction"] < 1:
+        raise ConfigError(f"config field data.holdout_fraction: must be in (0, 1) (got {d['holdout_fraction']})")
+    if d["source"] == "hdf5":
+        for key in ("image", "labels"):
+            if ":" not in d[key]:
+                raise ConfigError(f"config field data.{key}: must be file.h5:dataset for data.source hdf5 "
+                                  f"(got {d[key]!r})")
+    if not isinstance(cfg["strategy_options"], dict):
+        raise ConfigError("config field strategy_options: must be a mapping")
+
+
+def describe():
+    """Markdown table of every field, for configs/README.md."""
+    rows = ["| field | default | meaning |", "|---|---|---|"]
+    for key, (default, _, doc) in SCHEMA.items():
+        rows.append(f"| `{key}` | `{default!r}` | {doc} |")
+    return "\n".join(rows)

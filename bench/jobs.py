@@ -1,0 +1,121 @@
+"""Batch-job scripts that launch `ffnbench train CONFIG` with one MPI rank per slot.
+
+One renderer per scheduler, because the launch line is where placement and
+thread affinity are decided and each site spells it differently:
+- slurm:  sbatch header + srun.
+- pbs:    PBS Pro header (`select=...:mpiprocs=`) + mpiexec. The launcher is
+          detected at run time: Open MPI gets `--map-by ppr:R:node:PE=T
+          --use-hwthread-cpus -x VAR` (T counts logical CPUs, as nproc does;
+          it does not forward the environment by itself); MPICH/Hydra gets
+          `-n N -ppn R` (Hydra forwards the environment).
+- cobalt: ALCF Theta (Cray XC40, KNL) + aprun, as the paper ran it (REFERENCE
+          §1): `-N 1 -d 128 -j 2 -cc depth`, i.e. 128 threads on 64 cores x 2
+          hyper-threads per rank, pinned by depth.
+OMP/KMP variables follow Intel's advice for TensorFlow on Xeon Phi: one OpenMP
+thread per slot, threads released at once after a parallel region
+(KMP_BLOCKTIME=0) and packed onto neighbouring cores (KMP_AFFINITY).
+"""
+import re
+import shlex
+from typing import Optional
+
+SCHEDULERS = ("slurm", "pbs", "cobalt")
+THETA_CPUS_PER_NODE = 128  # 64 KNL cores x 2 hyper-threads with `aprun -j 2`
+KMP_AFFINITY = "granularity=fine,compact,1,0"
+
+
+def _env_lines(threads: str) -> list:
+    return [f"export OMP_NUM_THREADS={threads}",
+            "export KMP_BLOCKTIME=0",
+            f"export KMP_AFFINITY={KMP_AFFINITY}"]
+
+
+def _slurm(cmd, nodes, rpn, threads, walltime, account, queue, name):
+    head = [f"#SBATCH --job-name={name}", f"#SBATCH --nodes={nodes}",
+            f"#SBATCH --ntasks-per-node={rpn}", f"#SBATCH --time={walltime}",
+            f"#SBATCH --output={name}-%j.out"]
+    if threads is not None:
+        head.append(f"#SBATCH --cpus-per-task={threads}")
+    if account:
+        head.append(f"#SBATCH --account={account}")
+    if queue:
+        head.append(f"#SBATCH --partition={queue}")
+    body = []
+    if threads is None:  # split whatever the node has among its ranks
+        body.append(f"THREADS=$(( SLURM_CPUS_ON_NODE / {rpn} ))")
+        threads = "$THREADS"
+    body += _env_lines(threads)
+    body.append(f"srun -n {nodes * rpn} --ntasks-per-node={rpn} --cpus-per-task={threads} "
+                f"--cpu-bind=cores {cmd}")
+    return head, body
+
+
+def _pbs(cmd, nodes, rpn, threads, walltime, account, queue, name):
+    ncpus = "" if threads is None else f":ncpus={rpn * threads}"
+    head = [f"#PBS -N {name}", f"#PBS -l select={nodes}:mpiprocs={rpn}{ncpus}",
+            f"#PBS -l walltime={walltime}", "#PBS -j oe"]
+    if account:
+        head.append(f"#PBS -A {account}")
+    if queue:
+        head.append(f"#PBS -q {queue}")
+    body = ['cd "$PBS_O_WORKDIR"']
+    if threads is None:  # the script runs on the first node of the job
+        body.append(f"THREADS=$(( $(nproc) / {rpn} ))")
+        threads = "$THREADS"
+    body += _env_lines(threads)
+    n = nodes * rpn
+    body += ['if mpiexec --version 2>&1 | grep -qiE "open ?mpi|openrte"; then',
+             f"  mpiexec -n {n} --map-by ppr:{rpn}:node:PE={threads} --use-hwthread-cpus "
+             f"-x OMP_NUM_THREADS -x KMP_BLOCKTIME -x KMP_AFFINITY {cmd}",
+             "else",
+             f"  mpiexec -n {n} -ppn {rpn} {cmd}",
+             "fi"]
+    return head, body
+
+
+def _cobalt(cmd, nodes, rpn, threads, walltime, account, queue, name):
+    threads = THETA_CPUS_PER_NODE // rpn if threads is None else threads
+    if rpn * threads > THETA_CPUS_PER_NODE:
+        raise ValueError(f"ranks_per_node x threads_per_rank = {rpn * threads} exceeds "
+                         f"{THETA_CPUS_PER_NODE} CPUs of a Theta node under aprun -j 2")
+    head = [f"#COBALT -n {nodes}", f"#COBALT -t {walltime}", f"#COBALT --jobname {name}"]
+    if queue:
+        head.append(f"#COBALT -q {queue}")
+    if account:
+        head.append(f"#COBALT -A {account}")
+    body = _env_lines(threads)
+    env = " ".join(f"-e {v}" for v in (f"OMP_NUM_THREADS={threads}", "KMP_BLOCKTIME=0",
+                                       f"KMP_AFFINITY={KMP_AFFINITY}"))
+    body.append(f"aprun -n {nodes * rpn} -N {rpn} -d {threads} -j 2 -cc depth {env} {cmd}")
+    return head, body
+
+
+_RENDERERS = {"slurm": _slurm, "pbs": _pbs, "cobalt": _cobalt}
+
+
+def render_job(config_path: str, scheduler: str, nodes: int, ranks_per_node: int = 1,
+               threads_per_rank: Optional[int] = None, walltime: str = "01:00:00",
+               account: Optional[str] = None, queue: Optional[str] = None,
+               name: str = "ffnbench") -> str:
+    """A submit-ready bash script running `ffnbench train CONFIG` on nodes x ranks_per_node ranks.
+
+    threads_per_rank=None means: all CPUs of a node shared among its ranks
+    (128 on Theta; read from the node at run time for slurm and pbs).
+    """
+    if scheduler not in _RENDERERS:
+        raise ValueError(f"unknown scheduler {scheduler!r}; choose from {', '.join(SCHEDULERS)}")
+    if nodes < 1:
+        raise ValueError(f"nodes must be >= 1, got {nodes}")
+    if ranks_per_node < 1 or (threads_per_rank is not None and threads_per_rank < 1):
+        raise ValueError("ranks_per_node and threads_per_rank must be >= 1")
+    if not re.fullmatch(r"\d+:\d{2}:\d{2}", walltime):
+        raise ValueError(f"walltime must be HH:MM:SS, got {walltime!r}")
+    if not re.fullmatch(r"[A-Za-z][\w.-]*", name):
+        raise ValueError(f"job name must be letters, digits, '_', '.', '-': {name!r}")
+    for label, value in (("account", account), ("queue", queue)):
+        if value is not None and not re.fullmatch(r"[\w.@-]+", value):
+            raise ValueError(f"{label} must be one word of letters, digits, '_.@-': {value!r}")
+    cmd = f"ffnbench train {shlex.quote(str(config_path))}"
+    head, body = _RENDERERS[scheduler](cmd, nodes, ranks_per_node, threads_per_rank,
+                                       walltime, account, queue, name)
+    return "\n".join(["#!/bin/bash", *head, "set -euo pipefail", *body]) + "\n"

@@ -1,0 +1,156 @@
+"""The model API every strategy sees: compute gradients, apply them, move weights as flat buffers.
+
+Gradients and weights cross process boundaries as one contiguous float32 vector (the order of
+`trainable_variables`); the concat and split happen inside tf.functions, never in a Python loop
+per step. Clipping is part of *applying* (it acts on the averaged gradient), so N workers at
+batch b and one worker at batch N*b take identical steps.
+"""
+from dataclasses import dataclass
+
+import numpy as np
+import tensorflow as tf
+
+from model.network import build_convstack_3d, logit
+
+
+@dataclass
+class Batch:
+    """FOVs as float32 (B, z, y, x, 1): normalised image, seed logits, soft labels."""
+    images: np.ndarray
+    seeds: np.ndarray
+    labels: np.ndarray
+
+    def __len__(self):
+        return len(self.images)
+
+
+def make_optimizer(name, lr):
+    if name == "sgd":
+        return tf.keras.optimizers.SGD(learning_rate=lr)
+    if name == "momentum":
+        return tf.keras.optimizers.SGD(learning_rate=lr, momentum=0.9)
+    if name == "adam":
+        return tf.keras.optimizers.Adam(learning_rate=lr, beta_1=0.9, beta_2=0.999, epsilon=1e-8)
+    raise ValueError(f"unknown optimizer {name!r}")
+
+
+def voxel_metrics(logits, labels, threshold=logit(0.9)):
+    """Accuracy, precision, recall, F1 of the predicted mask (logit >= logit(0.9)) vs labels > 0.5."""
+    pred = logits >= threshold
+    true = labels > 0.5
+    tp = float(np.sum(pred & true))
+    fp = float(np.sum(pred & ~true))
+    fn = float(np.sum(~pred & true))
+    precision = tp / (tp + fp) if tp + fp else 0.0
+    recall = tp / (tp + fn) if tp + fn else 0.0
+    f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
+    return {"accuracy": float(np.mean(pred == true)), "precision": precision, "recall": recall, "f1": f1}
+
+
+class FFNModel:
+    def __init__(self, fov, depth, features, optimizer="adam", lr=1e-3, clip=0.7, seed=0):
+        tf.random.set_seed(seed)
+        self.fov = tuple(fov)
+        self.net = build_convstack_3d(self.fov, depth, features, seed=seed)
+        self.variables = self.net.trainable_variables
+        self.shapes = [tuple(v.shape) for v in self.variables]
+        self.sizes = [int(np.prod(s)) for s in self.shapes]
+        self.num_params = int(sum(self.sizes))
+        self.clip = float(clip)
+        self.optimizer = make_optimizer(optimizer, lr)
+        self.optimizer.build(self.variables)
+        spec = tf.TensorSpec((None, *self.fov, 1), tf.float32)
+        self._gradients = tf.function(self._gradients_graph, input_signature=[spec] * 3)
+        self._flat_gradients = tf.function(self._flat_grad_graph, input_signature=[spec] * 3)
+        self._apply_flat = tf.function(lambda g: self._apply_graph(self._split(g)),
+                                       input_signature=[tf.TensorSpec((self.num_params,), tf.float32)])
+        self._apply_list = tf.function(self._apply_graph)
+        self._train_step = tf.function(self._train_step_graph, input_signature=[spec] * 3)
+        self._predict = tf.function(lambda i, s: self.net(tf.concat([i, s], -1), training=False),
+                                    input_signature=[spec] * 2)
+        self._get_flat = tf.function(lambda: self._flatten(self.variables))
+        self._set_flat = tf.function(self._set_flat_graph,
+                                     input_signature=[tf.TensorSpec((self.num_params,), tf.float32)])
+
+    # ---- graphs (traced once) ----
+    def _loss_and_logits(self, images, seeds, labels):
+        logits = self.net(tf.concat([images, seeds], -1), training=True)
+        loss = tf.reduce_mean(tf.nn.sigmoid_cross_entropy_with_logits(labels=labels, logits=logits))
+        return loss, logits
+
+    def _gradients_graph(self, images, seeds, labels):
+        with tf.GradientTape() as tape:
+            loss, logits = self._loss_and_logits(images, seeds, labels)
+        return tape.gradient(loss, self.variables), loss, logits
+
+    def _flat_grad_graph(self, images, seeds, labels):
+        grads, loss, logits = self._gradients_graph(images, seeds, labels)
+        return self._flatten(grads), loss, logits
+
+    def _flatten(self, tensors):
+        return tf.concat([tf.reshape(t, [-1]) for t in tensors], 0)
+
+    def _split(self, flat):
+        return [tf.reshape(t, s) for t, s in zip(tf.split(flat, self.sizes), self.shapes)]
+
+    def _apply_graph(self, grads):
+        grads = [tf.clip_by_value(g, -self.clip, self.clip) for g in grads]
+        self.optimizer.apply_gradients(zip(grads, self.variables))
+
+    def _train_step_graph(self, images, seeds, labels):
+        grads, loss, logits = self._gradients_graph(images, seeds, labels)
+        self._apply_graph(grads)
+        return loss, logits
+
+    def _set_flat_graph(self, flat):
+        for v, t in zip(self.variables, self._split(flat)):
+            v.assign(t)
+
+    # ---- the API ----
+    def set_lr(self, lr):
+        self.optimizer.learning_rate.assign(lr)
+
+    def gradients(self, batch):
+        """Per-variable gradient tensors (for in-graph all-reduce), loss, logits."""
+        return self._gradients(batch.images, batch.seeds, batch.labels)
+
+    def flat_gradients(self, batch):
+        """(flat float32 gradient, loss, logits) as numpy, ready for MPI buffers."""
+        g, loss, logits = self._flat_gradients(batch.images, batch.seeds, batch.labels)
+        return g.numpy(), float(loss), logits.numpy()
+
+    def apply_gradients(self, grads):
+        """Clip and apply an (averaged) gradient: a flat buffer or a list of tensors."""
+        if isinstance(grads, (np.ndarray, tf.Tensor)) and len(np.shape(grads)) == 1:
+            self._apply_flat(tf.convert_to_tensor(grads, tf.float32))
+        else:
+            self._apply_list(list(grads))
+
+    def train_step(self, batch):
+        """Gradient and update in one graph, for a single process."""
+        loss, logits = self._train_step(batch.images, batch.seeds, batch.labels)
+        return float(loss), logits.numpy()
+
+    def get_flat(self):
+        return self._get_flat().numpy()
+
+    def set_flat(self, flat):
+        self._set_flat(tf.convert_to_tensor(flat, tf.float32))
+
+    def restore(self, directory):
+        """Load the latest checkpoint a run wrote (TensorFlow's format) into this network."""
+        path = tf.train.latest_checkpoint(directory)
+        if path is None:
+            raise FileNotFoundError(f"no checkpoint in {directory}")
+        tf.train.Checkpoint(model=self.net).restore(path).expect_partial()
+
+    def predict(self, images, seeds):
+        return self._predict(tf.convert_to_tensor(images, tf.float32),
+                             tf.convert_to_tensor(seeds, tf.float32)).numpy()
+
+    def evaluate(self, batch, chunk=8):
+        """Loss and voxel metrics on held-out FOVs, predicted from their initial seeds."""
+        logits = np.concatenate([self.predict(batch.images[i:i + chunk], batch.seeds[i:i + chunk])
+                                 for i in range(0, len(batch), chunk)])
+        loss = tf.reduce_mean(tf.nn.sigmoid_cross_entropy_with_logits(labels=batch.labels, logits=logits))
+        return {"loss": float(loss), **voxel_metrics(logits, batch.labels)}

@@ -1,0 +1,38 @@
+"""FFN convstack_3d (google/ffn) in tf.keras: the one network every strategy trains."""
+import numpy as np
+import tensorflow as tf
+
+
+def logit(p):
+    return float(np.log(p / (1.0 - p)))
+
+
+def build_convstack_3d(fov, depth=12, features=32, seed=0):
+    """Input (B, z, y, x, 2) = [image, seed logits]; output new seed logits = seed + update."""
+    init = tf.keras.initializers.TruncatedNormal(stddev=0.01, seed=seed)
+
+    def conv(name, activation=None, size=3, filters=features):
+        return tf.keras.layers.Conv3D(filters, size, padding="same", activation=activation,
+                                      kernel_initializer=init, bias_initializer="zeros", name=name)
+
+    inputs = tf.keras.Input(shape=(*fov, 2), name="image_and_seed")
+    seed_logits = inputs[..., 1:2]
+    x = conv("conv0_a", "relu")(inputs)
+    x = conv("conv0_b")(x)
+    for i in range(1, depth):
+        y = tf.nn.relu(x)
+        y = conv(f"conv{i}_a", "relu")(y)
+        y = conv(f"conv{i}_b")(y)
+        x = x + y
+    update = conv("conv_lom", size=1, filters=1)(tf.nn.relu(x))
+    return tf.keras.Model(inputs, seed_logits + update, name="convstack_3d")
+
+
+def weights_per_voxel(depth, features):
+    """Multiply-accumulates per output voxel of one forward pass (biases ignored)."""
+    return 27 * 2 * features + 27 * features * features * (1 + 2 * (depth - 1)) + features
+
+
+def train_flops_per_fov(fov, depth, features):
+    """Training FLOPs per FOV: forward 2 * voxels * MACs/voxel, times 3 for backward (REFERENCE §1)."""
+    return 3 * 2 * int(np.prod(fov)) * weights_per_voxel(depth, features)

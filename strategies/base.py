@@ -1,0 +1,52 @@
+"""The strategy interface: set up, run this rank's loop, finish.
+
+A strategy sees a `Run` (bench/train.py): the model API (`run.model`), the communicator
+(`run.comm`), this rank's example stream, the lr schedule, the recorder and the evaluator.
+"""
+
+
+class LayoutError(ValueError):
+    """An impossible rank layout for a strategy."""
+
+
+class Strategy:
+    name = ""
+    #: strategy_options this strategy accepts, with defaults
+    options = {}
+
+    def __init__(self, run):
+        self.run = run
+        self.comm = run.comm
+        self.model = run.model
+        self.opts = run.options
+
+    @classmethod
+    def roles(cls, ranks, options):
+        """Role of each rank ('worker' or 'server'); raise LayoutError when impossible."""
+        return ["worker"] * ranks
+
+    def setup(self):
+        """Make every rank start from the same state."""
+
+    def loop(self):
+        raise NotImplementedError
+
+    def expected_updates(self):
+        """Length of the progress bar."""
+        return self.run.steps
+
+    def updates(self):
+        """Model updates applied by the end (the `step` of the final evaluation)."""
+        return self.run.steps
+
+    def finish(self):
+        """Final flat weights on rank 0 (None elsewhere)."""
+        return self.model.get_flat() if self.comm.rank == 0 else None
+
+
+REGISTRY = {}
+
+
+def register(cls):
+    REGISTRY[cls.name] = cls
+    return cls

@@ -1,0 +1,54 @@
+import pytest
+
+from bench.config import ConfigError, load
+
+BAD = [
+    ("train.batch_size=0", "train.batch_size"),
+    ("train.bogus=1", "train.bogus"),
+    ("model.fov=[9,9,9]", None),  # fine
+    ("model.deltas=[5,5,5]", "model.fov"),
+    ("train.lr='fast'", "train.lr"),
+    ("train.optimizer=lbfgs", "train.optimizer"),
+    ("data.source=hdf5", "data.image"),
+    ("model=3", "model"),
+]
+
+
+@pytest.mark.parametrize("override,field", BAD)
+def test_bad_fields_name_the_field(override, field):
+    if field is None:
+        load("configs/smoke.yaml", [override])
+        return
+    with pytest.raises(ConfigError) as e:
+        load("configs/smoke.yaml", [override])
+    assert field in str(e.value) and "\n" not in str(e.value)
+
+
+def test_overrides_and_defaults():
+    cfg = load("configs/smoke.yaml", ["train.lr=0.5", "strategy_options.servers=2"])
+    assert cfg["train"]["lr"] == 0.5 and cfg["strategy_options"] == {"servers": 2}
+    assert cfg["run"]["timeout_s"] == 60 and cfg["eval"]["fovs"] == 8
+
+
+def test_missing_file():
+    with pytest.raises(ConfigError, match="nope.yaml"):
+        load("nope.yaml")
+
+
+@pytest.mark.parametrize("args,needle", [
+    (["run", "configs/smoke.yaml", "--set", "train.batch_size=0"], "train.batch_size"),
+    (["run", "configs/missing.yaml"], "missing.yaml"),
+    (["run", "configs/smoke.yaml", "--set", "strategy=warp"], "unknown strategy"),
+    (["run", "configs/smoke.yaml", "--set", "strategy=ps_async", "--set", "ranks=1"], "ranks > servers"),
+    (["run", "configs/smoke.yaml", "--set", "strategy=ps_async", "--set", "ranks=3",
+      "--set", "strategy_options.servers=0"], "servers"),
+    (["run", "configs/smoke.yaml", "--set", "strategy=allreduce", "--set", "strategy_options.servers=1"],
+     "strategy_options.servers"),
+    (["run", "configs/smoke.yaml", "--set", "data.source=hdf5", "--set", "data.image=none.h5:image",
+      "--set", "data.labels=none.h5:labels"], "none.h5"),
+])
+def test_cli_bad_input_is_one_line_exit_2(run_cli, args, needle):
+    r = run_cli(*args, timeout=120)
+    assert r.returncode == 2, r.stderr
+    lines = [l for l in r.stderr.splitlines() if l.strip()]
+    assert len(lines) == 1 and lines[0].startswith("ffnbench: error:") and needle in lines[0], r.stderr

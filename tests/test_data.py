@@ -1,0 +1,80 @@
+import numpy as np
+
+from model.data import SOFT_FALSE, SOFT_TRUE, ExampleStream, Volume, _Example, fov_shifts
+from model.network import logit
+
+
+class FixedSampler:
+    def __init__(self, centre):
+        self.centre = centre
+
+    def sample(self):
+        return np.array(self.centre)
+
+
+def slab_volume():
+    """Object 1 fills z < 10, object 2 the rest; image = label for easy checks."""
+    labels = np.ones((20, 20, 20), np.int32)
+    labels[10:] = 2
+    return Volume(labels.astype(np.float32), labels)
+
+
+def make_example(label_moves=False, centre=(7, 10, 10)):
+    rng = np.random.default_rng(0)
+    return _Example(slab_volume(), FixedSampler(centre), rng, (5, 5, 5), (2, 2, 2), False, 0.9, label_moves)
+
+
+def test_soft_labels_and_initial_seed():
+    ex = make_example()
+    image, seed, label = ex.next_fov()
+    assert ex.offset == (0, 0, 0)
+    assert set(np.unique(label)) == {np.float32(SOFT_TRUE), np.float32(SOFT_FALSE)}
+    # centre (z=7) is object 1; FOV z 5..9 plus subvolume -> all object 1 inside the window
+    assert np.all(label == np.float32(SOFT_TRUE))
+    assert seed[2, 2, 2] == np.float32(logit(SOFT_TRUE))
+    assert np.sum(seed == np.float32(logit(SOFT_FALSE))) == seed.size - 1
+
+
+def test_26_shifts():
+    s = fov_shifts((2, 3, 4))
+    assert len(s) == 26 and (0, 0, 0) not in s and (2, -3, 4) in s
+
+
+def test_policy_moves_only_where_seed_is_confident_and_writes_back():
+    ex = make_example()
+    ex.next_fov()
+    # the model predicts "object" only at +z shift point, background elsewhere
+    logits = np.full((5, 5, 5), -5.0, np.float32)
+    logits[4, 2, 2] = 5.0   # seed at offset (+2, 0, 0) relative to the centre
+    ex.write_back(logits)
+    np.testing.assert_array_equal(ex.seed[2:7, 2:7, 2:7], logits)   # written back into the seed
+    visited = []
+    while ex.next_fov() is not None:
+        visited.append(ex.offset)
+        ex.write_back(np.full((5, 5, 5), -5.0, np.float32))
+    assert visited == [(2, 0, 0)]
+
+
+def test_label_moves_follow_the_object():
+    ex = make_example(label_moves=True, centre=(10, 10, 10))  # on the interface; object 2 is z >= 10
+    ex.next_fov()
+    ex.write_back(np.full((5, 5, 5), -5.0, np.float32))
+    visited = []
+    while ex.next_fov() is not None:
+        visited.append(ex.offset)
+        ex.write_back(np.full((5, 5, 5), -5.0, np.float32))
+    assert visited and all(o[0] >= 0 for o in visited)  # only moves that stay in object 2
+
+
+def test_streams_of_slots_compose():
+    """Slots 0..3 in one stream equal slots 0..1 and 2..3 in two streams (data-parallel basis)."""
+    from model.synthetic import make_volume
+    img, lab = make_volume((32, 48, 48), seed=3)
+    vol = Volume(img.astype(np.float32), lab)
+    args = dict(fov=(9, 9, 9), deltas=(2, 2, 2), seed=5, min_size=200)
+    whole = ExampleStream(vol, slots=range(4), **args).next_batch()
+    a = ExampleStream(vol, slots=range(0, 2), **args).next_batch()
+    b = ExampleStream(vol, slots=range(2, 4), **args).next_batch()
+    np.testing.assert_array_equal(whole.images, np.concatenate([a.images, b.images]))
+    np.testing.assert_array_equal(whole.labels, np.concatenate([a.labels, b.labels]))
+    assert not np.array_equal(a.images, b.images)

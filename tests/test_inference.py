@@ -1,0 +1,133 @@
+import numpy as np
+import pytest
+from scipy import ndimage
+
+from model.inference import InferenceOptions, logit, seed_peaks, segment_volume
+from model.seg_metrics import segmentation_scores
+
+SHAPE = (30, 40, 40)
+TUBE_LABEL = 99
+INSIDE, OUTSIDE = logit(0.95), logit(0.05)
+
+
+def make_volume():
+    """12 boxes cut by 1-voxel membranes (label 0) plus a thin tube along z."""
+    labels = np.zeros(SHAPE, np.int32)
+    cuts = [(0, 15, 30), (0, 20, 40), (0, 13, 27, 40)]
+    zz, yy, xx = np.indices(SHAPE)
+    cell = [np.searchsorted(c[1:-1], idx, side="right") for c, idx in zip(cuts, (zz, yy, xx))]
+    labels[:] = 1 + cell[0] * 6 + cell[1] * 3 + cell[2]
+    for axis, c in enumerate(cuts):
+        for cut in c[1:-1]:
+            labels[(slice(None),) * axis + (cut,)] = 0
+    radius2 = (yy - 9) ** 2 + (xx - 20) ** 2
+    labels[radius2 <= 16] = 0
+    labels[radius2 <= 6] = TUBE_LABEL
+    rng = np.random.default_rng(0)
+    image = np.where(labels > 0, 200.0, 40.0) + rng.normal(0, 5, SHAPE)
+    return np.clip(image, 0, 255).astype(np.uint8), labels
+
+
+class Oracle:
+    """Perfect local predictor: fills the membrane-bounded components under the seed."""
+
+    def __init__(self):
+        self.calls = 0
+        self.fovs = 0
+
+    def __call__(self, images, seeds):
+        self.calls += 1
+        self.fovs += len(images)
+        out = np.full(seeds.shape, OUTSIDE, np.float32)
+        for image, seed, result in zip(images[..., 0], seeds[..., 0], out[..., 0]):
+            cells, _ = ndimage.label(image > 0)  # normalised: membranes are negative
+            ids = np.unique(cells[(seed > 0) & (cells > 0)])
+            result[np.isin(cells, ids)] = INSIDE
+        return out
+
+
+def options(**kw):
+    return InferenceOptions(fov=(9, 9, 9), deltas=(3, 3, 3), min_segment_size=200, **kw)
+
+
+@pytest.fixture(scope="module")
+def volume():
+    return make_volume()
+
+
+def test_seed_peaks_are_inside_margin_and_deepest_first(volume):
+    image, labels = volume
+    seeds = seed_peaks(image, margin=(4, 4, 4))
+    assert len(seeds) > 0
+    assert np.all(seeds >= 4) and np.all(seeds < np.array(SHAPE) - 4)
+    assert np.all(labels[tuple(seeds.T)] > 0)  # no seed on a membrane
+    assert set(np.unique(labels[tuple(seeds.T)])) == set(np.unique(labels)) - {0}
+    depth = ndimage.distance_transform_edt(labels > 0)[tuple(seeds.T)]
+    assert depth[0] >= depth[-1]
+
+
+@pytest.mark.parametrize("batch_size", [1, 8])
+def test_oracle_segments_volume_almost_perfectly(volume, batch_size):
+    image, labels = volume
+    seg, stats = segment_volume(image, Oracle(), options(batch_size=batch_size), progress=False)
+    scores = segmentation_scores(seg, labels)
+    assert scores["are"] < 0.05, scores
+    assert stats["segments"] == scores["gt_segments"] == 13
+    assert stats["truncated"] == 0 and stats["fov_predictions"] > 0
+    assert seg.dtype == np.int32 and seg.shape == SHAPE
+
+
+def test_seeds_in_segmented_voxels_are_skipped(volume):
+    image, labels = volume
+    first, same_object = (7, 10, 6), (8, 12, 6)
+    assert labels[first] == labels[same_object] != 0
+    alone = Oracle()
+    segment_volume(image, alone, options(), progress=False, seeds=[first])
+    oracle = Oracle()
+    seg, stats = segment_volume(image, oracle, options(), progress=False,
+                                seeds=[first, same_object, first])
+    assert stats["seeds"] == 2 and stats["seeds_tried"] == 1 and stats["seeds_skipped"] == 1
+    assert stats["segments"] == 1 and oracle.fovs == alone.fovs
+    assert np.array_equal(seg > 0, labels == labels[first])
+
+
+def test_small_segments_are_rejected(volume):
+    image, labels = volume
+    tube_size = int((labels == TUBE_LABEL).sum())
+    box_size = int((labels == labels[7, 30, 6]).sum())
+    assert tube_size < box_size
+    opts = options()
+    opts.min_segment_size = (tube_size + box_size) // 2
+    seed_in_tube, seed_in_box = (15, 9, 20), (7, 30, 6)
+    seg, stats = segment_volume(image, Oracle(), opts, progress=False,
+                                seeds=[seed_in_tube, seed_in_box])
+    assert stats["seeds_tried"] == 2 and stats["rejected"] == 1 and stats["segments"] == 1
+    assert not seg[labels == TUBE_LABEL].any()
+    assert np.all(seg[labels == labels[seed_in_box]] == 1)
+
+
+def test_max_steps_truncates(volume):
+    image, _ = volume
+    opts = options(max_steps_per_segment=3, batch_size=2)
+    oracle = Oracle()
+    _, stats = segment_volume(image, oracle, opts, progress=False, seeds=[(7, 10, 6)])
+    assert stats["fov_predictions"] == oracle.fovs == 3 and stats["truncated"] == 1
+
+
+@pytest.mark.parametrize("image, opts, match", [
+    (np.zeros((20, 20), np.uint8), options(), "3-D"),
+    (np.zeros((8, 20, 20), np.uint8), options(), "smaller than the fov"),
+    (np.zeros((20, 20, 20), np.uint8), InferenceOptions(fov=(8, 9, 9), deltas=(3, 3, 3)), "odd"),
+    (np.zeros((20, 20, 20), np.uint8), InferenceOptions(fov=(9, 9, 9), deltas=(5, 3, 3)), "deltas"),
+    (np.zeros((20, 20, 20), np.uint8), options(move_threshold=1.5), "move_threshold"),
+])
+def test_bad_inputs_raise_value_error(image, opts, match):
+    with pytest.raises(ValueError, match=match):
+        segment_volume(image, Oracle(), opts, progress=False)
+
+
+def test_predictor_with_wrong_output_shape_raises(volume):
+    image, _ = volume
+    with pytest.raises(ValueError, match="predictor returned shape"):
+        segment_volume(image, lambda images, seeds: seeds[..., 0], options(), progress=False,
+                       seeds=[(7, 10, 6)])

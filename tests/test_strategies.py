@@ -1,0 +1,124 @@
+"""Multi-rank behaviour, run for real under mpirun through `ffnbench run`."""
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+from conftest import ROOT, ffnbench
+
+STEPS = 6
+BASE = ["--set", f"train.steps={STEPS}", "--set", "eval.every=0", "--set", "run.progress=false"]
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    """Run each configuration once per module; returns a function name -> run directory."""
+    root = tmp_path_factory.mktemp("runs")
+    done = {}
+
+    def get(name, *overrides):
+        if name not in done:
+            out = root / name
+            r = ffnbench("run", "configs/smoke.yaml", *BASE, *sum((["--set", o] for o in overrides), []),
+                         "--out", str(out), timeout=300)
+            assert r.returncode == 0, r.stdout + r.stderr
+            done[name] = out
+        return done[name]
+    return get
+
+
+def final_weights(run_dir):
+    from model.api import FFNModel
+    cfg = json.load(open(os.path.join(run_dir, "manifest.json")))["config"]["model"]
+    m = FFNModel(cfg["fov"], cfg["depth"], cfg["features"])
+    m.restore(os.path.join(run_dir, "checkpoints"))
+    return m.get_flat()
+
+
+def records(run_dir, kind):
+    return [r for r in map(json.loads, open(os.path.join(run_dir, "metrics.jsonl"))) if r["kind"] == kind]
+
+
+def assert_same(a, b, atol):
+    wa, wb = final_weights(a), final_weights(b)
+    w0 = final_weights_init()
+    assert np.abs(wa - w0).max() > 10 * atol, "training did not move the weights"
+    np.testing.assert_allclose(wa, wb, atol=atol, rtol=0)
+
+
+def final_weights_init():
+    from model.api import FFNModel
+    return FFNModel((9, 9, 9), 2, 8).get_flat()
+
+
+@pytest.mark.parametrize("opt,atol", [("sgd", 2e-6), ("adam", 2e-5)])
+def test_horovod_allreduce_2_ranks_equals_single_at_double_batch(runs, opt, atol):
+    single = runs(f"single-{opt}", "train.batch_size=4", f"train.optimizer={opt}")
+    hvd = runs(f"allreduce-{opt}", "strategy=allreduce", "ranks=2", "train.batch_size=2", f"train.optimizer={opt}")
+    assert_same(single, hvd, atol)
+
+
+def test_mpi_allreduce_equals_horovod_allreduce(runs):
+    hvd = runs("allreduce-sgd", "strategy=allreduce", "ranks=2", "train.batch_size=2", "train.optimizer=sgd")
+    mpi = runs("mpi-sgd", "strategy=mpi_allreduce", "ranks=2", "train.batch_size=2", "train.optimizer=sgd")
+    assert_same(hvd, mpi, 2e-6)
+
+
+def test_ps_async_one_worker_equals_single_with_zero_staleness(runs):
+    single = runs("single-adam-b2", "train.batch_size=2", "train.optimizer=adam")
+    ps = runs("ps-1-1", "strategy=ps_async", "ranks=2", "train.batch_size=2", "train.optimizer=adam")
+    assert_same(single, ps, 2e-5)
+    updates = records(ps, "update")
+    assert len(updates) == STEPS and all(u["staleness"] == 0 for u in updates)
+    assert json.load(open(ps / "summary.json"))["staleness"]["max"] == 0
+
+
+def test_ps_async_two_servers_equal_one_server(runs):
+    one = runs("ps-1-1", "strategy=ps_async", "ranks=2", "train.batch_size=2", "train.optimizer=adam")
+    two = runs("ps-2-1", "strategy=ps_async", "ranks=3", "strategy_options.servers=2", "train.batch_size=2",
+               "train.optimizer=adam")
+    np.testing.assert_array_equal(final_weights(one), final_weights(two))
+
+
+def test_ps_async_two_workers_are_stale_by_about_one(runs):
+    ps = runs("ps-1-2", "strategy=ps_async", "ranks=3", "train.steps=20", "train.batch_size=2")
+    stale = [u["staleness"] for u in records(ps, "update")]
+    assert len(stale) == 40 and max(stale) > 0
+    assert 0.5 <= np.mean(stale) <= 1.5, np.bincount(stale)
+    summary = json.load(open(ps / "summary.json"))
+    assert summary["roles"] == {"server": 1, "worker": 2} and summary["workers"] == 2
+    assert summary["fovs_total"] == 2 * 20 * 2  # worker FOVs only
+
+
+def test_ps_sync_equals_allreduce(runs):
+    hvd = runs("allreduce-sgd", "strategy=allreduce", "ranks=2", "train.batch_size=2", "train.optimizer=sgd")
+    ps = runs("pssync-sgd", "strategy=ps_sync", "ranks=3", "train.batch_size=2", "train.optimizer=sgd")
+    assert_same(hvd, ps, 2e-6)
+
+
+def test_killed_rank_fails_the_job_without_hanging(tmp_path):
+    out = tmp_path / "killed"
+    env = dict(os.environ, PYTHONPATH=ROOT)
+    cmd = [sys.executable, "-m", "bench.cli", "run", "configs/smoke.yaml", "--set", "strategy=ps_async",
+           "--set", "ranks=3", "--set", "train.steps=100000", "--set", "run.timeout_s=20", "--out", str(out)]
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    metrics = out / "metrics.jsonl"
+    deadline = time.time() + 120
+    while time.time() < deadline and not (metrics.exists() and metrics.stat().st_size > 2000):
+        time.sleep(0.5)
+    assert metrics.exists(), "the run never started"
+    pattern = f"^{re.escape(sys.executable)} -m bench.cli train {out}"
+    ranks = subprocess.run(["pgrep", "-f", pattern], capture_output=True, text=True).stdout.split()
+    assert len(ranks) == 3, ranks
+    os.kill(int(max(ranks, key=int)), signal.SIGKILL)
+    t = time.time()
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode != 0 and time.time() - t < 40
+    assert not (out / "summary.json").exists()
+    assert err.strip().splitlines()[-1].startswith("ffnbench: error:")
