@@ -12,20 +12,8 @@ def _die(message, code=2):
 def cmd_run(args):
     from bench import config, launcher
     cfg = config.load(args.config, args.set)
-    launcher.check_layout(cfg)
-    run_dir = launcher.make_run_dir(cfg, args.out)
-    print(f"run directory: {run_dir}")
-    if cfg["ranks"] == 1:
-        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-        from bench.train import train
-        train(cfg, run_dir)
-        return 0
-    status, error = launcher.launch(cfg, run_dir)
-    if status != 0:
-        return _die(error.split("error: ", 1)[1] if error else f"mpirun exited with status {status}", 1)
-    if not os.path.exists(os.path.join(run_dir, "summary.json")):
-        return _die(f"run in {run_dir} ended without a summary", 1)
-    return 0
+    _, error = launcher.run_experiment(cfg, args.out)
+    return _die(error, 1) if error else 0
 
 
 def cmd_train(args):
@@ -67,6 +55,30 @@ def cmd_strategies(args):
     return 0
 
 
+def cmd_sweep(args):
+    from bench.sweep import run_sweep
+    sweep_dir, failed = run_sweep(args.sweep, args.out)
+    return _die(f"{failed} run(s) of the sweep failed; see {sweep_dir}/index.json", 1) if failed else 0
+
+
+def cmd_report(args):
+    from bench.report import build_report
+    text, _, seg = build_report(args.dir, args.target_f1)
+    if args.seg_table:
+        print(seg or f"no run below {args.dir} has eval.json (ARE, VOI)")
+    else:
+        print(text, end="")
+    return 0
+
+
+def cmd_plot(args):
+    from plots.make import make_plots
+    written, notes = make_plots(args.dir)
+    for line in notes + [f"wrote {path}" for path in written]:
+        print(line)
+    return 0
+
+
 def parser():
     p = argparse.ArgumentParser(prog="ffnbench", description="Distributed FFN training benchmarks")
     sub = p.add_subparsers(dest="command", required=True)
@@ -93,10 +105,23 @@ def parser():
     s.set_defaults(fn=cmd_data_synth)
     g = sub.add_parser("strategies", help="list the strategies")
     g.set_defaults(fn=cmd_strategies)
+    w = sub.add_parser("sweep", help="run every experiment of a sweep file; re-running resumes")
+    w.add_argument("sweep", help="sweep file (see configs/sweeps/)")
+    w.add_argument("--out", help="sweep results directory (default: the file's out/name)")
+    w.set_defaults(fn=cmd_sweep)
+    e = sub.add_parser("report", help="table of a sweep's (or any directory's) runs; writes report.md/.csv")
+    e.add_argument("dir")
+    e.add_argument("--target-f1", type=float, help="F1 for time to target (default: the sweep's, else 0.8)")
+    e.add_argument("--seg-table", action="store_true", help="print only the method | ARE | VOI table")
+    e.set_defaults(fn=cmd_report)
+    o = sub.add_parser("plot", help="figures of a sweep's (or any directory's) runs, in DIR/plots/")
+    o.add_argument("dir")
+    o.set_defaults(fn=cmd_plot)
     return p
 
 
 def main(argv=None):
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     import mpi4py
     mpi4py.rc.initialize = False  # only `train` starts MPI; the launcher must not become a rank
     mpi4py.rc.finalize = True

@@ -73,7 +73,8 @@ def child_env(cfg):
 def launch(cfg, run_dir):
     """Run the job; returns (exit status, first error line or None)."""
     config_path = os.path.join(run_dir, "config.yaml")
-    cmd = mpirun_command(cfg["ranks"], ["train", config_path, "--run-dir", run_dir])
+    args = ["train", config_path, "--run-dir", run_dir]
+    cmd = mpirun_command(cfg["ranks"], args) if cfg["ranks"] > 1 else [sys.executable, "-m", "bench.cli", *args]
     proc = subprocess.Popen(cmd, env=child_env(cfg), stderr=subprocess.PIPE, text=True, bufsize=1)
     errors, deaths = [], []
 
@@ -91,3 +92,19 @@ def launch(cfg, run_dir):
     reader.join(timeout=5)
     first = (errors or deaths or [None])[0]
     return status, first
+
+
+def run_experiment(cfg, out=None):
+    """Validate, make the run directory, train in a fresh process (mpirun for ranks > 1).
+
+    Returns (run_dir, error line or None); a run is complete only if summary.json exists.
+    """
+    check_layout(cfg)
+    run_dir = make_run_dir(cfg, out)
+    print(f"run directory: {run_dir}", flush=True)
+    status, error = launch(cfg, run_dir)
+    if status != 0:
+        return run_dir, (error.split("error: ", 1)[1] if error else f"mpirun exited with status {status}")
+    if not os.path.exists(os.path.join(run_dir, "summary.json")):
+        return run_dir, f"run in {run_dir} ended without a summary"
+    return run_dir, None

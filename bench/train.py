@@ -61,11 +61,12 @@ class Run:
 
     def __init__(self, cfg, run_dir, comm, roles):
         from model.api import FFNModel
-        from model.data import ExampleStream, heldout_batch, load_volumes
+        from model.data import heldout_batch, load_volumes
         self.cfg, self.run_dir, self.comm, self.roles = cfg, run_dir, comm, roles
-        self.options = {**strategies.get(cfg["strategy"]).options, **cfg["strategy_options"]}
+        cls = strategies.get(cfg["strategy"])
+        self.options = {**cls.options, **cfg["strategy_options"]}
         m, t, d = cfg["model"], cfg["train"], cfg["data"]
-        self.workers = roles.count("worker")
+        self.workers = cls.logical_workers(roles, self.options)
         self.worker_ranks = [r for r, role in enumerate(roles) if role == "worker"]
         self.role = roles[comm.rank]
         self.steps, self.batch_size = t["steps"], t["batch_size"]
@@ -75,17 +76,20 @@ class Run:
         self.evaluator_rank = self.worker_ranks[0]
         self.stream, self.heldout = None, None
         if self.role == "worker" or comm.rank in (0, self.evaluator_rank):
-            train_vol, heldout_vol = load_volumes(d)
+            self.train_volume, heldout_vol = load_volumes(d)
             if self.role == "worker":
-                w = self.worker_ranks.index(comm.rank)
-                b = self.batch_size
-                self.stream = ExampleStream(train_vol, m["fov"], m["deltas"], range(w * b, (w + 1) * b), t["seed"],
-                                            d["min_object_size"], t["augment"], t["move_threshold"],
-                                            t["label_moves"])
+                self.stream = self.make_stream(self.worker_ranks.index(comm.rank))
             self.heldout = heldout_batch(heldout_vol, m["fov"], m["deltas"], cfg["eval"]["fovs"], d["seed"],
                                          d["min_object_size"])
         self.recorder = None
         self.progress = None
+
+    def make_stream(self, worker_index):
+        """The example stream of (logical) worker w: global slots [w*b, (w+1)*b)."""
+        from model.data import ExampleStream
+        m, t, d, b = self.cfg["model"], self.cfg["train"], self.cfg["data"], self.batch_size
+        return ExampleStream(self.train_volume, m["fov"], m["deltas"], range(worker_index * b, (worker_index + 1) * b),
+                             t["seed"], d["min_object_size"], t["augment"], t["move_threshold"], t["label_moves"])
 
     def start(self, t0, total):
         from bench.recorder import Recorder

@@ -40,8 +40,18 @@ def load_volumes(data_cfg):
     return [Volume(((img.astype(np.float32) - mean) / std), lab.astype(np.int32)) for img, lab in pairs]
 
 
+_PARTITIONS = {}
+
+
 def partitions_for(volume, fov, deltas, min_size):
-    """FFN partitions with lom_radius = fov//2 + deltas, which is also the sampling margin."""
+    """FFN partitions with lom_radius = fov//2 + deltas, which is also the sampling margin (cached)."""
+    key = (id(volume), tuple(fov), tuple(deltas), min_size)
+    if key not in _PARTITIONS:  # holding the volume keeps its id from being reused
+        _PARTITIONS[key] = (volume, _compute_partitions(volume, fov, deltas, min_size))
+    return _PARTITIONS[key][1]
+
+
+def _compute_partitions(volume, fov, deltas, min_size):
     radius = tuple(f // 2 + d for f, d in zip(fov, deltas))
     for axis, (n, r) in enumerate(zip(volume.labels.shape, radius)):
         if n < 2 * r + 1:

@@ -7,11 +7,17 @@ Conventions (FFN ground truth uses 0 for membrane / unlabelled voxels):
   voxels, so whatever the segmentation does there is neither right nor wrong.
 * Segmentation label 0 (voxels no segment claimed) is an ordinary label, so
   leaving objects unsegmented is penalised as if they were merged together.
-* VOI is in nats (scikit-image uses the natural logarithm).
+* VOI is in bits (scikit-image uses log2).
   ``voi_split`` = H(seg | gt), the over-segmentation term (extra cuts in seg);
   ``voi_merge`` = H(gt | seg), the under-segmentation term (gt objects fused).
   scikit-image's ``variation_of_information(image0=gt, image1=seg)`` returns
-  ``[H(gt|seg), H(seg|gt)]``, i.e. ``[merge, split]``.
+  ``[H(seg|gt), H(gt|seg)]``, i.e. ``[split, merge]`` (checked against its
+  source, its Returns section and a test).
+* Rand precision = pairs together in both / pairs together in seg (merges
+  lower it); recall = the same over pairs together in gt (splits lower it).
+  scikit-image 0.24's code returns these two swapped relative to its own
+  docstring (scikit-image issue #6485), so they are unpacked swapped here.
+  The ARE itself (alpha = 0.5) is symmetric and unaffected.
 """
 import numpy as np
 from skimage.metrics import adapted_rand_error, variation_of_information
@@ -29,9 +35,9 @@ def segmentation_scores(seg, gt):
         raise ValueError(f"labels must be integer arrays, got {seg.dtype} and {gt.dtype}")
     if not np.any(gt != 0):
         raise ValueError("ground truth has no labelled (non-zero) voxels to score against")
-    are, precision, recall = adapted_rand_error(
+    are, recall, precision = adapted_rand_error(
         image_true=gt, image_test=seg, ignore_labels=IGNORED_GT_LABELS)
-    merge, split = variation_of_information(
+    split, merge = variation_of_information(
         image0=gt, image1=seg, ignore_labels=IGNORED_GT_LABELS)
     return {
         "are": float(are),

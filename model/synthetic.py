@@ -161,7 +161,7 @@ def _render(labels, rng):
     shape = labels.shape
     cell = labels > 0
     n = int(labels.max())
-    tone = np.concatenate([[60.0], rng.normal(150.0, 8.0, n)]).astype(np.float32)
+    tone = np.concatenate([[40.0], rng.normal(155.0, 8.0, n)]).astype(np.float32)
     img = tone[labels]
     img += _smooth_field(shape, 2.0, 6.0, rng) * cell
     # Small dark vesicles, only well inside cells.

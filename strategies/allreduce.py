@@ -6,8 +6,6 @@ so nothing overlaps that the split loses.
 """
 import os
 
-import tensorflow as tf
-
 from strategies.base import Strategy, register
 
 
@@ -24,6 +22,7 @@ class HorovodAllreduce(Strategy):
         if o["timeline"]:
             os.environ["HOROVOD_TIMELINE"] = os.path.join(self.run.run_dir, "horovod_timeline.json")
         import horovod.tensorflow as hvd
+        import tensorflow as tf
         hvd.init(comm=self.comm)
         hvd.broadcast_variables(self.model.variables, root_rank=0)
         compression = hvd.Compression.fp16 if o["fp16"] else hvd.Compression.none

@@ -25,6 +25,11 @@ class Strategy:
         """Role of each rank ('worker' or 'server'); raise LayoutError when impossible."""
         return ["worker"] * ranks
 
+    @classmethod
+    def logical_workers(cls, roles, options):
+        """Workers whose batches make one update's worth of data (lr scaling uses it)."""
+        return roles.count("worker")
+
     def setup(self):
         """Make every rank start from the same state."""
 

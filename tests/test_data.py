@@ -28,9 +28,9 @@ def test_soft_labels_and_initial_seed():
     ex = make_example()
     image, seed, label = ex.next_fov()
     assert ex.offset == (0, 0, 0)
-    assert set(np.unique(label)) == {np.float32(SOFT_TRUE), np.float32(SOFT_FALSE)}
-    # centre (z=7) is object 1; FOV z 5..9 plus subvolume -> all object 1 inside the window
+    # centre (z=7) is object 1, which fills the window (z 5..9); object 2 starts at z=10
     assert np.all(label == np.float32(SOFT_TRUE))
+    assert np.all(ex.label[ex.mid[0] + 3:] == np.float32(SOFT_FALSE))
     assert seed[2, 2, 2] == np.float32(logit(SOFT_TRUE))
     assert np.sum(seed == np.float32(logit(SOFT_FALSE))) == seed.size - 1
 

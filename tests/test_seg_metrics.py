@@ -5,7 +5,7 @@ from model.seg_metrics import segmentation_scores
 
 
 def reference_scores(seg, gt):
-    """Independent contingency-table ARE and VOI (nats), ignoring gt == 0."""
+    """Independent contingency-table ARE and VOI (bits), ignoring gt == 0."""
     keep = gt.ravel() != 0
     _, g = np.unique(gt.ravel()[keep], return_inverse=True)
     _, s = np.unique(seg.ravel()[keep], return_inverse=True)
@@ -15,7 +15,7 @@ def reference_scores(seg, gt):
 
     def entropy(counts):
         p = counts[counts > 0] / n
-        return -(p * np.log(p)).sum()
+        return -(p * np.log2(p)).sum()
 
     h_joint = entropy(table.ravel())
     split = h_joint - entropy(table.sum(axis=1))  # H(seg | gt)
@@ -46,7 +46,7 @@ def halves(n=4):
 def test_split_is_over_segmentation():
     gt, seg = halves()  # gt is one object, seg cuts it into two equal halves
     scores = segmentation_scores(seg, gt)
-    assert scores["voi_split"] == pytest.approx(np.log(2), abs=1e-12)  # nats
+    assert scores["voi_split"] == pytest.approx(1.0, abs=1e-12)  # one bit
     assert scores["voi_merge"] == pytest.approx(0, abs=1e-12)
     n = gt.size // 2  # voxels per half; pair counts exclude self-pairs
     assert scores["rand_precision"] == pytest.approx(1.0)
@@ -57,7 +57,7 @@ def test_split_is_over_segmentation():
 def test_merge_is_under_segmentation():
     seg, gt = halves()  # two gt objects fused into one segment
     scores = segmentation_scores(seg, gt)
-    assert scores["voi_merge"] == pytest.approx(np.log(2), abs=1e-12)
+    assert scores["voi_merge"] == pytest.approx(1.0, abs=1e-12)
     assert scores["voi_split"] == pytest.approx(0, abs=1e-12)
     assert scores["rand_recall"] == pytest.approx(1.0)
     assert scores["rand_precision"] < 0.6
@@ -73,7 +73,7 @@ def test_gt_zero_is_ignored_and_seg_zero_is_a_label():
     for key in ("are", "voi_split", "voi_merge", "rand_precision", "rand_recall"):
         assert scored[key] == pytest.approx(clean[key], abs=1e-12), key
     unsegmented = np.zeros_like(seg)  # nothing claimed: all gt merged into label 0
-    assert segmentation_scores(unsegmented, seg)["voi_merge"] == pytest.approx(np.log(2))
+    assert segmentation_scores(unsegmented, seg)["voi_merge"] == pytest.approx(1.0)
 
 
 @pytest.mark.parametrize("seed", range(5))

@@ -70,7 +70,7 @@ def test_async_staleness_is_workers_minus_one(n):
     st = r["staleness"]
     assert st["mean"] == pytest.approx(n - 1, rel=0.05)
     assert st["p50"] == n - 1
-    assert sum(st["hist"]["counts"]) == 50 * n
+    assert sum(st["hist"]["counts"]) == 50 * n - (50 * n) // 5  # warm-up dropped
     jittery = simulate("ps_async", n, SimInputs(mean_s=1.0, cv=0.5), steps=50)["staleness"]
     assert jittery["max"] > n - 1  # unequal speeds spread staleness out
 

@@ -1,0 +1,275 @@
+"""`ffnbench sweep SWEEP.yaml`: run many experiments from one base config, resumably.
+
+A sweep file:
+
+    name: demo                       # default: the file's stem
+    base: ../bench.yaml              # relative to the sweep file, else to the working directory
+    set: {train.optimizer: adam}     # overrides shared by every run
+    runs:                            # run variants: a list of override mappings ...
+      - {strategy: single, ranks: 1}
+      - {strategy: allreduce, ranks: 2}
+    grid:                            # ... and/or a grid: every combination of these values
+      train.lr: [0.001, 0.003]
+    fov_budget: 2400                 # optional: train.steps = ceil(budget / (workers * batch_size))
+    repeats: 1                       # each variant this many times
+    report: {target_f1: 0.8}         # read by `ffnbench report`
+    out: results/sweeps              # results go to OUT/NAME (or to --out DIR)
+
+Runs are every `runs` variant combined with every grid point (either may be absent, not both).
+`fov_budget` gives each run the same FOVs in total whatever its worker count, which a cartesian
+grid cannot express by itself ("single needs twice the steps of two workers"). Workers are counted
+as the strategy lays out the ranks, or taken from `strategy_options.workers` for strategies that
+have that option (emulated ones).
+
+Repeats change nothing in the config (train.seed included): they measure run-to-run noise of
+the same experiment. To vary the seed, put `train.seed` in the grid.
+
+Each run's directory is named after its variant and grid values, e.g.
+`strategy=allreduce,ranks=2,rep=0`, so re-running the sweep finds it again: runs whose directory
+holds summary.json are skipped, which resumes an interrupted sweep. OUT/NAME/index.json records
+the sweep and every run's status (complete | failed | pending) and error.
+"""
+import itertools
+import math
+import os
+import re
+import sys
+import time
+
+import yaml
+
+from bench import config, launcher
+from bench.config import ConfigError
+from bench.summary import write_json_atomic
+
+SWEEP_KEYS = ("name", "base", "set", "runs", "grid", "fov_budget", "repeats", "report", "out")
+REPORT_KEYS = ("target_f1",)
+DEFAULT_TARGET_F1 = 0.8
+
+
+def load_sweep(path):
+    """Read and check a sweep file; every problem is one ConfigError line naming the key."""
+    if not os.path.isfile(path):
+        raise ConfigError(f"sweep file {path}: not found")
+    with open(path) as f:
+        try:
+            spec = yaml.safe_load(f) or {}
+        except yaml.YAMLError as e:
+            raise ConfigError(f"sweep file {path}: not valid YAML ({str(e).splitlines()[0]})")
+    if not isinstance(spec, dict):
+        raise ConfigError(f"sweep file {path}: top level must be a mapping")
+
+    def bad(key, message):
+        return ConfigError(f"sweep file {path}: {key}: {message}")
+
+    unknown = sorted(set(spec) - set(SWEEP_KEYS))
+    if unknown:
+        raise bad(unknown[0], f"unknown key (known: {', '.join(SWEEP_KEYS)})")
+    if "base" not in spec or not isinstance(spec["base"], str):
+        raise bad("base", "required: the path of the base config")
+    if "grid" not in spec and "runs" not in spec:
+        raise bad("grid", "required (or a runs list)")
+    grid = spec.get("grid", {})
+    if "grid" in spec:
+        if not isinstance(grid, dict) or not grid:
+            raise bad("grid", "must be a non-empty mapping of dotted.key: [values]")
+        for key, values in grid.items():
+            if not isinstance(values, list) or not values:
+                raise bad(f"grid.{key}", f"must be a non-empty list of values (got {values!r})")
+    runs = spec.get("runs", [{}])
+    if "runs" in spec and (not isinstance(runs, list) or not runs
+                           or not all(isinstance(r, dict) and r for r in runs)):
+        raise bad("runs", "must be a non-empty list of non-empty mappings of dotted.key: value")
+    both = sorted({k for r in runs for k in r} & set(grid))
+    if both:
+        raise bad(both[0], "is set by both runs and grid")
+    fixed = spec.get("set", {})
+    if not isinstance(fixed, dict):
+        raise bad("set", "must be a mapping of dotted.key: value")
+    budget = spec.get("fov_budget")
+    if budget is not None:
+        if not isinstance(budget, int) or isinstance(budget, bool) or budget < 1:
+            raise bad("fov_budget", f"must be an integer >= 1 (got {budget!r})")
+        clash = "train.steps" in fixed or "train.steps" in grid or any("train.steps" in r for r in runs)
+        if clash:
+            raise bad("fov_budget", "sets train.steps, so train.steps cannot also be given")
+    repeats = spec.get("repeats", 1)
+    if not isinstance(repeats, int) or isinstance(repeats, bool) or repeats < 1:
+        raise bad("repeats", f"must be an integer >= 1 (got {repeats!r})")
+    report = spec.get("report", {})
+    if not isinstance(report, dict) or set(report) - set(REPORT_KEYS):
+        raise bad("report", f"must be a mapping with keys from: {', '.join(REPORT_KEYS)}")
+    target = report.get("target_f1", DEFAULT_TARGET_F1)
+    if not isinstance(target, (int, float)) or isinstance(target, bool) or not 0 < target <= 1:
+        raise bad("report.target_f1", f"must be a number in (0, 1] (got {target!r})")
+    name = spec.get("name", os.path.splitext(os.path.basename(path))[0])
+    out = spec.get("out", "results/sweeps")
+    for key, value in (("name", name), ("out", out)):
+        if not isinstance(value, str) or not value:
+            raise bad(key, "must be a non-empty string")
+    return {"file": os.path.abspath(path), "name": name, "base": resolve_base(path, spec["base"]), "set": fixed,
+            "runs": runs, "grid": grid, "fov_budget": budget, "repeats": repeats,
+            "report": {"target_f1": float(target)}, "out": out}
+
+
+def resolve_base(sweep_path, base):
+    """The base config next to the sweep file wins; then the working directory."""
+    for candidate in (os.path.join(os.path.dirname(os.path.abspath(sweep_path)), base), base):
+        if os.path.isfile(candidate):
+            return os.path.abspath(candidate)
+    raise ConfigError(f"sweep file {sweep_path}: base: config {base} not found next to the sweep file or in "
+                      f"the working directory")
+
+
+def format_value(value):
+    """Compact, deterministic text for a run id: 0.001, 9x9x9, workers-4."""
+    if isinstance(value, float):
+        return format(value, "g")
+    if isinstance(value, list):
+        return "x".join(format_value(v) for v in value)
+    if isinstance(value, dict):
+        return "+".join(f"{k}-{format_value(v)}" for k, v in sorted(value.items()))
+    return str(value)
+
+
+def run_id(overrides, repeat):
+    """Directory name of a run: its varying values in order, then the repeat index."""
+    parts = [f"{key}={format_value(value)}" for key, value in overrides.items()] + [f"rep={repeat}"]
+    return re.sub(r"[^A-Za-z0-9._,=+-]", "_", ",".join(parts))
+
+
+def workers_of(cfg):
+    """Workers of a run before it starts, as `fov_budget` counts them."""
+    import strategies
+    cls = strategies.get(cfg["strategy"])
+    options = {**cls.options, **cfg["strategy_options"]}
+    if "workers" in cls.options:
+        return int(options["workers"])
+    return cls.roles(cfg["ranks"], options).count("worker")
+
+
+def plan(sweep):
+    """Every run of the sweep, resolved and validated: [{id, overrides, config}].
+
+    Raises ConfigError naming the run before anything has been started.
+    """
+    keys = list(sweep["grid"])
+    planned, seen = [], {}
+    for variant in sweep["runs"]:
+        for values in itertools.product(*(sweep["grid"][k] for k in keys)):
+            varying = {**variant, **dict(zip(keys, values))}
+            for rep in range(sweep["repeats"]):
+                rid = run_id(varying, rep)
+                if rid in seen:
+                    raise ConfigError(f"sweep file {sweep['file']}: runs {seen[rid]} and {len(planned)} are the "
+                                      f"same run ({rid})")
+                seen[rid] = len(planned)
+                overrides = {**sweep["set"], **varying}
+                try:
+                    cfg = config.load(sweep["base"], list(overrides.items()))
+                    if sweep["fov_budget"]:
+                        steps = math.ceil(sweep["fov_budget"] / (workers_of(cfg) * cfg["train"]["batch_size"]))
+                        overrides["train.steps"] = steps
+                        cfg["train"]["steps"] = steps
+                    launcher.check_layout(cfg)
+                except ValueError as e:
+                    raise ConfigError(f"sweep run {rid}: {e}")
+                planned.append({"id": rid, "overrides": overrides, "config": cfg})
+    return planned
+
+
+def stored_config(run_dir):
+    path = os.path.join(run_dir, "config.yaml")
+    if not os.path.isfile(path):
+        return None
+    with open(path) as f:
+        return yaml.safe_load(f)
+
+
+def check_resumable(planned, sweep_dir):
+    """A finished run whose config differs from the sweep's must not be mistaken for its result."""
+    for run in planned:
+        run_dir = os.path.join(sweep_dir, run["id"])
+        if os.path.exists(os.path.join(run_dir, "summary.json")) and stored_config(run_dir) != run["config"]:
+            raise ConfigError(f"sweep run {run['id']}: {run_dir} holds a completed run with a different config; "
+                              f"move it away or use another --out")
+
+
+class OutputToFile:
+    """Send this process's and the launched ranks' stdout/stderr to a log file for one run.
+
+    The launcher lets the ranks inherit our terminal; the sweep keeps the terminal for its own
+    progress bar and one line per run, and the run's output ends up next to its results.
+    """
+
+    def __init__(self, path):
+        self.path = path
+
+    def __enter__(self):
+        sys.stdout.flush()
+        sys.stderr.flush()
+        self.saved = [os.dup(1), os.dup(2)]
+        log = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+        os.dup2(log, 1)
+        os.dup2(log, 2)
+        os.close(log)
+
+    def __exit__(self, *exc):
+        sys.stdout.flush()
+        sys.stderr.flush()
+        for fd, saved in zip((1, 2), self.saved):
+            os.dup2(saved, fd)
+            os.close(saved)
+
+
+def write_index(sweep, sweep_dir, entries):
+    write_json_atomic(os.path.join(sweep_dir, "index.json"), {
+        "name": sweep["name"], "file": sweep["file"], "base": sweep["base"], "set": sweep["set"],
+        "grid": sweep["grid"], "fov_budget": sweep["fov_budget"], "repeats": sweep["repeats"],
+        "report": sweep["report"], "runs": entries})
+
+
+def run_sweep(path, out=None):
+    """Run (or resume) a sweep. Returns (sweep_dir, number of failed runs)."""
+    from tqdm import tqdm
+    sweep = load_sweep(path)
+    planned = plan(sweep)
+    sweep_dir = os.path.abspath(out or os.path.join(sweep["out"], sweep["name"]))
+    check_resumable(planned, sweep_dir)
+    os.makedirs(sweep_dir, exist_ok=True)
+    entries = []
+    for run in planned:
+        run_dir = os.path.join(sweep_dir, run["id"])
+        done = os.path.exists(os.path.join(run_dir, "summary.json"))
+        entries.append({"id": run["id"], "overrides": run["overrides"], "run_dir": run_dir,
+                        "status": "complete" if done else "pending", "error": None})
+    write_index(sweep, sweep_dir, entries)
+    print(f"sweep {sweep['name']}: {len(planned)} runs in {sweep_dir}", flush=True)
+    console = os.fdopen(os.dup(1), "w")  # stays on the terminal while runs write to their logs
+    failed = 0
+    with tqdm(total=len(planned), desc=sweep["name"], unit="run", file=console, dynamic_ncols=True) as bar:
+        for run, entry in zip(planned, entries):
+            if entry["status"] == "complete":
+                bar.write(f"{run['id']}: skipped (already complete)")
+                bar.update(1)
+                continue
+            bar.set_postfix_str(run["id"])
+            os.makedirs(entry["run_dir"], exist_ok=True)
+            start = time.time()
+            try:
+                with OutputToFile(os.path.join(entry["run_dir"], "output.log")):
+                    _, error = launcher.run_experiment(run["config"], entry["run_dir"])
+            except KeyboardInterrupt:
+                entry["error"] = "interrupted"
+                write_index(sweep, sweep_dir, entries)
+                raise
+            except ValueError as e:
+                error = str(e)
+            entry["status"], entry["error"] = ("failed", error) if error else ("complete", None)
+            failed += bool(error)
+            write_index(sweep, sweep_dir, entries)
+            outcome = f"FAILED: {error}" if error else f"complete in {time.time() - start:.0f} s"
+            bar.write(f"{run['id']}: {outcome}")
+            bar.update(1)
+    console.close()
+    return sweep_dir, failed

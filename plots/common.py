@@ -1,0 +1,123 @@
+"""What every figure shares: the runs, one colour per strategy, titles that name the machine, saving."""
+import math
+import os
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.ticker import FixedLocator, NullLocator  # noqa: E402
+
+from bench.report import machine, strategy_sort_key, varying_fields  # noqa: E402
+
+STRATEGY_COLORS = {
+    "single": "#4d4d4d",
+    "allreduce": "#1f77b4",
+    "mpi_allreduce": "#17becf",
+    "ps_sync": "#2ca02c",
+    "ps_async": "#d62728",
+    "emulated_sync": "#9467bd",
+}
+OTHER_COLORS = ("#ff7f0e", "#8c564b", "#e377c2", "#bcbd22", "#7f7f7f")
+PHASE_COLORS = {"compute": "#4c72b0", "comm": "#dd8452", "data": "#55a868", "wait": "#c44e52"}
+LINESTYLES = ("-", "--", ":", "-.")
+MARKERS = ("o", "s", "^", "D", "v", "P")
+
+
+def style():
+    plt.rcParams.update({
+        "font.size": 10, "axes.titlesize": 11, "axes.labelsize": 10, "figure.titlesize": 12,
+        "legend.fontsize": 9, "axes.grid": True, "grid.alpha": 0.3, "axes.spines.top": False,
+        "axes.spines.right": False, "savefig.dpi": 150, "svg.fonttype": "none",
+    })
+
+
+def color_for(strategy):
+    """Fixed colours for known strategies, so a strategy looks the same in every figure."""
+    if strategy in STRATEGY_COLORS:
+        return STRATEGY_COLORS[strategy]
+    return OTHER_COLORS[sum(map(ord, strategy)) % len(OTHER_COLORS)]
+
+
+def workers_text(n):
+    return f"{n} worker" + ("" if n == 1 else "s")
+
+
+def fields_text(run, keys):
+    """['batch_size=4', 'lr=0.001'] for the given fields of a run."""
+    values = [run.fields.get(k) for k in keys]
+    return [f"{k.rsplit('.', 1)[-1]}={format(v, 'g') if isinstance(v, float) else v}" for k, v in zip(keys, values)]
+
+
+def series_label(run, keys):
+    """'allreduce, 2 workers' plus the fields in `keys` that set this run apart."""
+    return ", ".join([run.strategy, workers_text(run.workers)] + fields_text(run, keys))
+
+
+def label_keys(runs, exclude=("strategy", "ranks", "strategy_options.workers", "train.steps", "eval.")):
+    """Fields worth naming in a legend: those that vary between the runs, minus the obvious ones."""
+    return varying_fields(runs, exclude)
+
+
+def model_text(runs):
+    """'FFN 17³ FOV, depth 4, 16 features, batch 4/worker' for what the runs share."""
+    def shared(key):
+        values = {str(r.fields.get(key)) for r in runs}
+        return runs[0].fields.get(key) if len(values) == 1 else None
+    parts = []
+    fov = shared("model.fov")
+    if fov:
+        parts.append(f"FFN {fov[0]}³ FOV" if len(set(fov)) == 1 else f"FFN {'×'.join(map(str, fov))} FOV")
+    for key, unit in (("model.depth", "depth {}"), ("model.features", "{} features"),
+                      ("train.batch_size", "batch {}/worker")):
+        if shared(key) is not None:
+            parts.append(unit.format(shared(key)))
+    return ", ".join(parts)
+
+
+def title(fig, what, runs):
+    """Two-line title: what was compared, then the model and the machine."""
+    context = "; ".join(p for p in (model_text(runs), f"on {machine(runs)}") if p)
+    fig.suptitle(f"{what}\n{context}", fontsize=12)
+
+
+def strategies_text(runs):
+    return ", ".join(sorted({r.strategy for r in runs}, key=strategy_sort_key))
+
+
+def log2_workers_axis(ax, workers, label="workers"):
+    """Log-2 axis with a tick at each worker count, padded so single points are not on the edge."""
+    ticks = sorted(set(workers))
+    ax.set_xscale("log", base=2)
+    ax.set_xlim(ticks[0] / 1.3, ticks[-1] * 1.3)
+    ax.xaxis.set_major_locator(FixedLocator(ticks))
+    ax.xaxis.set_major_formatter(matplotlib.ticker.FixedFormatter([str(t) for t in ticks]))
+    ax.xaxis.set_minor_locator(NullLocator())
+    ax.set_xlabel(label)
+
+
+def unique_legend(fig_or_ax, handles_labels, **kwargs):
+    """Legend with each label once (repeats of a run draw the same label several times)."""
+    seen = {}
+    for handle, label in handles_labels:
+        seen.setdefault(label, handle)
+    if seen:
+        fig_or_ax.legend(list(seen.values()), list(seen), **kwargs)
+
+
+def save(fig, out_dir, name):
+    os.makedirs(out_dir, exist_ok=True)
+    paths = [os.path.join(out_dir, f"{name}.{ext}") for ext in ("png", "svg")]
+    for path in paths:
+        fig.savefig(path)
+    plt.close(fig)
+    return paths
+
+
+def geometric_edges(values):
+    """Cell edges halfway (in log space) between sorted positive values, for a heatmap on log axes."""
+    v = sorted(values)
+    if len(v) == 1:
+        return [v[0] / 1.5, v[0] * 1.5]
+    mids = [math.sqrt(a * b) for a, b in zip(v, v[1:])]
+    return [v[0] ** 2 / mids[0]] + mids + [v[-1] ** 2 / mids[-1]]
