@@ -235,19 +235,21 @@ def report_rows(runs, target):
     for group in group_runs(runs):
         first = group[0].summary
         rate, err = aggregate_rates([r.summary["fovs_per_s"] for r in group])
-        base, base_strategy = baseline_rate(group, complete)
+        # an emulated run computes its workers one after another: no speed-up to speak of
+        emulated = bool((group[0].manifest or {}).get("emulated"))
+        base, base_strategy = (None, None) if emulated else baseline_rate(group, complete)
         reached = [time_to_target(r.evals, target) for r in group]
         reached = [t for t in reached if t[0] is not None]
         f1s = [(r.summary["final_eval"] or {}).get("f1") for r in group]
         f1s = [f for f in f1s if f is not None]
         stale = [r.summary["staleness"] for r in group if r.summary.get("staleness")]
         rows.append({
-            "config": label_of(group[0], keys) or group[0].strategy,
+            "config": label_of(group[0], keys),
             "strategy": first["strategy"], "ranks": first["ranks"], "workers": first["workers"],
             "global_batch": first["global_batch"], "n": len(group),
             "fovs_per_s": rate, "fovs_per_s_err": err,
             "speedup": speedup(rate, base), "efficiency": efficiency(rate, base, first["workers"]),
-            "baseline": f"{base_strategy} x1" if base_strategy else None,
+            "baseline": f"{base_strategy} ×1" if base_strategy else None,
             "time_to_target_s": _mean([t for t, _ in reached]), "fovs_to_target": _mean([f for _, f in reached]),
             "reached": len(reached),
             "final_f1": _mean(f1s), "final_f1_std": float(np.std(f1s, ddof=1)) if len(f1s) > 1 else None,
@@ -257,9 +259,18 @@ def report_rows(runs, target):
             "are": _mean([(r.seg or {}).get("are") for r in group]),
             "voi": _mean([(r.seg or {}).get("voi") for r in group]),
             "run_dirs": ";".join(r.run_dir for r in group),
+            "_order": (strategy_sort_key(first["strategy"]), first["workers"], first["ranks"],
+                       [sortable(group[0].fields.get(k)) for k in keys]),
         })
-    rows.sort(key=lambda row: (row["config"], strategy_sort_key(row["strategy"]), row["workers"], row["ranks"]))
+    rows.sort(key=lambda row: row.pop("_order"))
     return rows
+
+
+def sortable(value):
+    """Numbers in numeric order, anything else after them by its text."""
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return (0, value, "")
+    return (1, 0, json.dumps(value, sort_keys=True, default=str))
 
 
 def strategy_sort_key(name):
@@ -296,20 +307,21 @@ COLUMNS = ("config", "strategy", "ranks", "workers", "global batch", "FOVs/s", "
            "vs", "t→F1 (s)", "FOVs→F1", "final F1", "stale mean", "stale p99", "comm share", "ARE", "VOI")
 
 
-def markdown_row(row):
+def markdown_cells(row):
     f1 = _num(row["final_f1"], ".3f") + (f" ± {row['final_f1_std']:.3f}" if row["final_f1_std"] is not None else "")
-    cells = [row["config"], row["strategy"], row["ranks"], row["workers"], row["global_batch"], format_rate(row),
-             row["n"], _num(row["speedup"], ".2f") or "n/a", _num(row["efficiency"], ".0%") or "n/a",
-             row["baseline"] or "", format_target(row, row["time_to_target_s"], ".1f"),
-             format_target(row, row["fovs_to_target"], ".0f"), f1, _num(row["staleness_mean"], ".2f"),
-             _num(row["staleness_p99"], ".0f"), _num(row["comm_share"], ".0%"), _num(row["are"], ".4f"),
-             _num(row["voi"], ".4f")]
-    return "| " + " | ".join(str(c) for c in cells) + " |"
+    return [row["config"], row["strategy"], row["ranks"], row["workers"], row["global_batch"], format_rate(row),
+            row["n"], _num(row["speedup"], ".2f") or "n/a", _num(row["efficiency"], ".0%") or "n/a",
+            row["baseline"] or "", format_target(row, row["time_to_target_s"], ".1f"),
+            format_target(row, row["fovs_to_target"], ".0f"), f1, _num(row["staleness_mean"], ".2f"),
+            _num(row["staleness_p99"], ".0f"), _num(row["comm_share"], ".0%"), _num(row["are"], ".4f"),
+            _num(row["voi"], ".4f")]
 
 
 def markdown_table(rows):
-    lines = ["| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
-    return "\n".join(lines + [markdown_row(r) for r in rows])
+    """The table; the config column only when some field other than strategy/ranks varies."""
+    skip = 0 if any(r["config"] for r in rows) else 1
+    lines = ["| " + " | ".join(COLUMNS[skip:]) + " |", "|" + "---|" * (len(COLUMNS) - skip)]
+    return "\n".join(lines + ["| " + " | ".join(str(c) for c in markdown_cells(r)[skip:]) + " |" for r in rows])
 
 
 def seg_table(rows):
@@ -317,7 +329,8 @@ def seg_table(rows):
     lines = ["| method | ARE | VOI |", "|---|---|---|"]
     for r in rows:
         if r["are"] is not None or r["voi"] is not None:
-            method = f"{r['strategy']} ({r['workers']} workers{', ' + r['config'] if r['config'] != r['strategy'] else ''})"
+            details = ", ".join(filter(None, [f"{r['workers']} workers", r["config"]]))
+            method = f"{r['strategy']} ({details})"
             lines.append(f"| {method} | {_num(r['are'], '.4f') or '—'} | {_num(r['voi'], '.4f') or '—'} |")
     return "\n".join(lines) if len(lines) > 2 else None
 

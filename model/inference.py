@@ -12,6 +12,10 @@ segment. Deviations from google/ffn, chosen for speed or determinism:
   moves straight along the axis instead of drifting to one corner.
 * A move whose FOV would leave the volume is clamped inside it rather than
   dropped, so objects are filled up to the volume edge.
+* Revisits are detected on a lattice of ``deltas`` anchored at the seed
+  (FOV centres within delta/2 of a visited node are skipped); centres clamped
+  against the volume edge get their own key on that axis, so clamping never
+  hides a position that would cover the last voxels.
 """
 import time
 from collections import deque
@@ -23,8 +27,11 @@ from skimage.feature import peak_local_max
 from skimage.filters import sobel, threshold_otsu
 from tqdm import tqdm
 
+EDGE_KEY = 1 << 40  # lattice-key component of a centre clamped at a volume edge
+
 
 def logit(p):
+    """Probability -> logit; the canvas and the predictor work in logits."""
     return float(np.log(p / (1.0 - p)))
 
 
@@ -50,8 +57,10 @@ def seed_peaks(image, margin=(0, 0, 0), min_distance=3):
     Sobel edges are thresholded with Otsu (adapts to the image's contrast with
     no tuning). Everything closer than ``margin`` to the volume edge also
     counts as edge, so every object keeps a peak inside the region where a
-    full FOV fits. Returns int (n, 3) coordinates sorted by descending
-    distance to the nearest edge (ties: lexicographic, for determinism).
+    full FOV fits. A fixed-seed jitter far below the distance resolution
+    breaks plateaus (ridges of equal distance), which otherwise make
+    ``peak_local_max`` slow and return clumps. Returns int (n, 3) coordinates
+    sorted by descending (jittered) distance to the nearest edge.
     """
     image = np.asarray(image, dtype=np.float32)
     edges = sobel(image)
@@ -63,9 +72,10 @@ def seed_peaks(image, margin=(0, 0, 0), min_distance=3):
     if edges.all():
         return np.zeros((0, 3), dtype=np.int64)
     dist = ndimage.distance_transform_edt(~edges)
+    dist += np.random.default_rng(0).uniform(0.0, 1e-4, dist.shape) * (dist > 0)
     peaks = peak_local_max(dist, min_distance=min_distance, threshold_abs=1.0,
                            exclude_border=False)
-    order = np.lexsort((peaks[:, 2], peaks[:, 1], peaks[:, 0], -dist[tuple(peaks.T)]))
+    order = np.argsort(-dist[tuple(peaks.T)], kind="stable")
     return peaks[order].astype(np.int64)
 
 
@@ -95,7 +105,7 @@ class _Filler:
     def __init__(self, image, predict, options):
         self.o = options
         self.predict = predict
-        self.image = ((image.astype(np.float32) - options.image_mean) / options.image_stddev)
+        self.image = (image.astype(np.float32) - options.image_mean) / options.image_stddev
         self.shape = np.asarray(image.shape)
         self.radius = np.asarray(options.fov) // 2
         self.deltas = np.asarray(options.deltas)
@@ -117,8 +127,16 @@ class _Filler:
     def fov_slices(self, centre):
         return tuple(slice(c - r, c + r + 1) for c, r in zip(centre, self.radius))
 
+    def lattice_key(self, centre, seed):
+        """Visited-set key of a FOV centre (see module docstring)."""
+        centre = np.asarray(centre)
+        node = np.rint((centre - seed) / np.maximum(self.deltas, 1)).astype(np.int64)
+        node[centre == self.radius] = -EDGE_KEY
+        node[centre == self.shape - 1 - self.radius] = EDGE_KEY
+        return tuple(node)
+
     def moves(self, centre, logits):
-        """Face-max candidates: (point on a face, FOV centre clamped into the volume)."""
+        """FOV centres to visit next: face-max points, clamped into the volume."""
         r, d = self.radius, self.deltas
         box = [slice(ri - di, ri + di + 1) for ri, di in zip(r, d)]
         for axis in range(3):
@@ -127,26 +145,23 @@ class _Filler:
             for step in (-d[axis], d[axis]):
                 sel = list(box)
                 sel[axis] = r[axis] + step
-                face = logits[tuple(sel)].ravel()
-                order = self.face_order[axis]
-                best = order[np.argmax(face[order])]
-                if face[best] < self.move_logit:
+                face = logits[tuple(sel)]
+                flat, order = face.ravel(), self.face_order[axis]
+                best = order[np.argmax(flat[order])]
+                if flat[best] < self.move_logit:
                     continue
-                offset = list(np.unravel_index(best, logits[tuple(sel)].shape) -
-                              np.delete(d, axis))
+                offset = list(np.unravel_index(best, face.shape) - np.delete(d, axis))
                 offset.insert(axis, step)
-                point = np.asarray(centre) + offset
-                clamped = np.clip(point, r, self.shape - 1 - r)
-                yield point, tuple(int(c) for c in clamped)
+                point = np.clip(np.asarray(centre) + offset, r, self.shape - 1 - r)
+                yield tuple(int(c) for c in point)
 
     def flood(self, seed):
-        """Grow one object from ``seed``; return (bounding-box slices, steps)."""
+        """Grow one object from ``seed``; return the bounding box of the FOVs touched."""
         seed = np.asarray(seed)
-        grid = np.maximum(self.deltas, 1)
         self.canvas[tuple(seed)] = logit(self.o.init_activation)
         start = tuple(int(c) for c in np.clip(seed, self.radius, self.shape - 1 - self.radius))
         queue = deque([start])
-        visited = {tuple(np.zeros(3, int))}
+        visited = {self.lattice_key(start, seed)}
         lo, hi = seed.copy(), seed + 1
         steps = 0
         while queue and steps < self.o.max_steps_per_segment:
@@ -164,8 +179,8 @@ class _Filler:
                 self.canvas[sel] = logits
                 lo = np.minimum(lo, [s.start for s in sel])
                 hi = np.maximum(hi, [s.stop for s in sel])
-                for point, new_centre in self.moves(centre, logits):
-                    key = tuple(np.rint((point - seed) / grid).astype(int))
+                for new_centre in self.moves(centre, logits):
+                    key = self.lattice_key(new_centre, seed)
                     if key not in visited:
                         visited.add(key)
                         queue.append(new_centre)
@@ -193,7 +208,9 @@ def segment_volume(image, predict, options, progress=True, seeds=None):
     filler = _Filler(image, predict, options)
     if seeds is None:
         seeds = seed_peaks(image, margin=tuple(filler.radius))
-    seeds = np.asarray(seeds, dtype=np.int64).reshape(-1, 3)
+    seeds = np.asarray(seeds, dtype=np.int64)
+    if seeds.ndim != 2 or seeds.shape[1] != 3:
+        raise ValueError(f"seeds must be an (n, 3) array of (z, y, x) voxels, got shape {seeds.shape}")
     if np.any(seeds < 0) or np.any(seeds >= filler.shape):
         raise ValueError(f"seeds must lie inside the image of shape {image.shape}")
     _, first = np.unique(seeds, axis=0, return_index=True)

@@ -6,9 +6,9 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
-from matplotlib.ticker import FixedLocator, NullLocator  # noqa: E402
+from matplotlib.ticker import FixedLocator, FuncFormatter, LogLocator, NullFormatter, NullLocator  # noqa: E402
 
-from bench.report import machine, strategy_sort_key, varying_fields  # noqa: E402
+from bench.report import machine, sortable, strategy_sort_key, varying_fields  # noqa: E402
 
 STRATEGY_COLORS = {
     "single": "#4d4d4d",
@@ -96,13 +96,50 @@ def log2_workers_axis(ax, workers, label="workers"):
     ax.set_xlabel(label)
 
 
-def unique_legend(fig_or_ax, handles_labels, **kwargs):
-    """Legend with each label once (repeats of a run draw the same label several times)."""
+def plain_log_axis(ax, axis="y"):
+    """Log scale labelled 0.2, 0.3, 0.5, 1, 2 ... instead of 2×10⁻¹."""
+    target = ax.yaxis if axis == "y" else ax.xaxis
+    (ax.set_yscale if axis == "y" else ax.set_xscale)("log")
+    target.set_major_locator(LogLocator(subs=(1, 2, 3, 5)))
+    target.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+    target.set_minor_formatter(NullFormatter())
+
+
+def side_legend(fig, handles_labels):
+    """One legend right of the panels, each label once (repeats of a run share a label)."""
     seen = {}
     for handle, label in handles_labels:
         seen.setdefault(label, handle)
     if seen:
-        fig_or_ax.legend(list(seen.values()), list(seen), **kwargs)
+        columns = math.ceil(len(seen) / 20)
+        fig.set_figwidth(fig.get_figwidth() + 3.5 * (columns - 1))  # keep the panels' width
+        fig.legend(list(seen.values()), list(seen), loc="outside right center", ncols=columns)
+
+
+def run_sort_key(run, keys):
+    """Strategies in their fixed order, then workers, then the given fields, numbers numerically."""
+    return strategy_sort_key(run.strategy), run.workers, [sortable(run.fields.get(k)) for k in keys]
+
+
+def series_styles(runs, keys):
+    """Legend label -> (colour, line style, marker).
+
+    Few series per strategy: the strategy's colour, told apart by line style. Many (a learning-rate
+    sweep of one strategy, say): a colour per series from a colour map, line style per strategy.
+    """
+    ordered = []
+    for r in sorted(runs, key=lambda r: run_sort_key(r, keys)):
+        if (r.strategy, series_label(r, keys)) not in ordered:
+            ordered.append((r.strategy, series_label(r, keys)))
+    per_strategy = {s: [label for s2, label in ordered if s2 == s] for s, _ in ordered}
+    strategies = list(per_strategy)
+    if max(len(v) for v in per_strategy.values()) <= len(LINESTYLES):
+        return {label: (color_for(s), LINESTYLES[per_strategy[s].index(label)], MARKERS[per_strategy[s].index(label)])
+                for s, label in ordered}
+    cmap = plt.get_cmap("tab20" if len(ordered) <= 20 else "viridis")
+    return {label: (cmap(i / max(1, len(ordered) - 1)) if len(ordered) > 20 else cmap(i),
+                    LINESTYLES[strategies.index(s) % len(LINESTYLES)], MARKERS[i % len(MARKERS)])
+            for i, (s, label) in enumerate(ordered)}
 
 
 def save(fig, out_dir, name):

@@ -1,44 +1,31 @@
-"""The figures of `ffnbench plot DIR`. Each takes the complete runs and returns a Figure, or raises
-Skip when the runs hold no data for it."""
+"""The figures of `ffnbench plot DIR`. Each takes the complete runs (and the target F1) and returns
+a Figure, or raises Skip when the runs hold no data for it."""
 import math
 from collections import defaultdict
 
 import matplotlib.pyplot as plt
 import numpy as np
 from matplotlib.lines import Line2D
-from matplotlib.patches import Patch
 
-from bench.report import aggregate_rates, baseline_rate, strategy_sort_key, varying_fields, NOT_THROUGHPUT
-from plots.common import (LINESTYLES, MARKERS, PHASE_COLORS, color_for, fields_text, geometric_edges,
-                          label_keys, log2_workers_axis, series_label, strategies_text, title, unique_legend, workers_text)
+from bench.report import NOT_THROUGHPUT, aggregate_rates, baseline_rate, strategy_sort_key, varying_fields
+from plots.common import (PHASE_COLORS, color_for, fields_text, geometric_edges, label_keys, log2_workers_axis,
+                          plain_log_axis, run_sort_key, series_label, series_styles, side_legend, strategies_text,
+                          title, workers_text)
 
 
 class Skip(Exception):
     """This figure has no data in these runs; the message says what is missing."""
 
 
-def _series_styles(runs, keys):
-    """Per legend label: (colour of its strategy, a line style and marker distinct within that strategy)."""
-    styles, per_strategy = {}, defaultdict(int)
-    for r in sorted(runs, key=lambda r: (strategy_sort_key(r.strategy), r.workers, series_label(r, keys))):
-        label = series_label(r, keys)
-        if label not in styles:
-            i = per_strategy[r.strategy]
-            per_strategy[r.strategy] += 1
-            styles[label] = (color_for(r.strategy), LINESTYLES[i % len(LINESTYLES)], MARKERS[i % len(MARKERS)])
-    return styles
-
-
 def scaling(runs, target=None):
-    """FOVs/s vs workers with the ideal line, and scaling efficiency vs workers."""
-    keys = varying_fields(runs, NOT_THROUGHPUT)
+    """FOVs/s vs workers against the ideal line, and scaling efficiency vs workers."""
+    keys = varying_fields(runs, NOT_THROUGHPUT)  # e.g. batch size: each value is its own line
     lines = defaultdict(list)
-    for r in runs:
+    for r in sorted(runs, key=lambda r: run_sort_key(r, keys)):
         lines[", ".join([r.strategy] + fields_text(r, keys))].append(r)
     fig, (ax_rate, ax_eff) = plt.subplots(1, 2, figsize=(12, 4.8), layout="constrained")
-    all_workers, all_rates = [], []
-    for label in sorted(lines, key=lambda s: (strategy_sort_key(lines[s][0].strategy), s)):
-        members = lines[label]
+    all_workers, all_rates, legend = [], [], []
+    for label, members in lines.items():
         color = color_for(members[0].strategy)
         by_workers = defaultdict(list)
         for r in members:
@@ -46,35 +33,34 @@ def scaling(runs, target=None):
         workers = sorted(by_workers)
         rates = [aggregate_rates(by_workers[w]) for w in workers]
         means = [m for m, _ in rates]
-        ax_rate.errorbar(workers, means, yerr=[e for _, e in rates], color=color, marker="o", capsize=3,
-                         label=label, lw=1.8)
+        bars = ax_rate.errorbar(workers, means, yerr=[e for _, e in rates], color=color, marker="o", capsize=3,
+                                lw=1.8)
+        legend.append((bars, label))
         base, _ = baseline_rate(members, runs)
         if base:
             ax_rate.plot(workers, [base * w for w in workers], color=color, ls="--", lw=1, alpha=0.6)
-            ax_eff.plot(workers, [m / (base * w) for m, w in zip(means, workers)], color=color, marker="o",
-                        lw=1.8, label=label)
+            ax_eff.plot(workers, [m / (base * w) for m, w in zip(means, workers)], color=color, marker="o", lw=1.8)
+            all_rates += [base * w for w in workers]
         all_workers += workers
-        all_rates += means + ([base * w for w in workers] if base else [])
-    ax_rate.set_yscale("log")
+        all_rates += means
+    plain_log_axis(ax_rate)
     positive = [v for v in all_rates if v > 0]
     if positive:
-        ax_rate.set_ylim(min(positive) / 1.6, max(positive) * 1.6)
+        ax_rate.set_ylim(min(positive) / 1.5, max(positive) * 1.5)
     log2_workers_axis(ax_rate, all_workers)
-    ax_rate.set_ylabel("training throughput (FOVs/s)")
-    ax_rate.set_title("Throughput (error bars: ± uncertainty or std over repeats)")
+    ax_rate.set_ylabel("training throughput (FOVs/s, all workers)")
+    ax_rate.set_title("Throughput (bars: ± uncertainty, or std over repeats)")
     log2_workers_axis(ax_eff, all_workers)
     ax_eff.axhline(1.0, color="black", lw=1, ls="--", alpha=0.6)
     ax_eff.set_ylim(0, 1.2)
     ax_eff.set_ylabel("scaling efficiency (speed-up / workers)")
     ax_eff.set_title("Scaling efficiency vs the 1-worker run")
     ax_eff.yaxis.set_major_formatter(plt.FuncFormatter(lambda v, _: f"{v:.0%}"))
-    if not ax_eff.lines[1:]:
+    if len(ax_eff.lines) == 1:
         ax_eff.text(0.5, 0.5, "no 1-worker run to compare with", ha="center", transform=ax_eff.transAxes,
                     color="0.4")
-    handles, labels = ax_rate.get_legend_handles_labels()
-    handles.append(Line2D([], [], color="0.3", ls="--", lw=1))
-    labels.append("ideal: 1-worker rate × workers")
-    fig.legend(handles, labels, loc="outside right upper")
+    legend.append((Line2D([], [], color="0.3", ls="--", lw=1), "ideal: 1-worker rate × workers"))
+    side_legend(fig, legend)
     title(fig, f"Throughput scaling of {strategies_text(runs)}", runs)
     return fig
 
@@ -82,22 +68,21 @@ def scaling(runs, target=None):
 def convergence(runs, target=None):
     """Held-out F1 and loss against wall time and against FOVs processed."""
     keys = label_keys(runs)
-    styles = _series_styles(runs, keys)
+    styles = series_styles(runs, keys)
     fig, axes = plt.subplots(2, 2, figsize=(12, 8), layout="constrained", sharey="row")
-    drawn = []
-    for r in runs:
+    legend = []
+    for r in sorted(runs, key=lambda r: run_sort_key(r, keys)):
         if not r.evals:
             continue
         label = series_label(r, keys)
         color, ls, marker = styles[label]
-        times = [e["time"] for e in r.evals]
-        fovs = [e["fovs_total"] for e in r.evals]
+        x_values = ([e["time"] for e in r.evals], [e["fovs_total"] for e in r.evals])
         for row, metric in enumerate(("f1", "loss")):
-            values = [e[metric] for e in r.evals]
-            for col, x in enumerate((times, fovs)):
-                line, = axes[row, col].plot(x, values, color=color, ls=ls, marker=marker, ms=4, lw=1.6)
-        drawn.append((line, label))
-    if not drawn:
+            for col, x in enumerate(x_values):
+                line, = axes[row, col].plot(x, [e[metric] for e in r.evals], color=color, ls=ls, marker=marker,
+                                            ms=4, lw=1.6)
+        legend.append((line, label))
+    if not legend:
         raise Skip("no evaluation records")
     all_fg = [r.summary["baselines"]["f1_all_foreground"] for r in runs if r.summary.get("baselines")]
     for ax in axes[0]:
@@ -107,18 +92,17 @@ def convergence(runs, target=None):
             ax.axhline(target, color="black", ls="--", lw=0.8, alpha=0.5)
     axes[0, 0].set_ylabel("held-out F1")
     axes[1, 0].set_ylabel("held-out loss (sigmoid cross-entropy)")
-    for ax in axes[1]:
-        ax.set_yscale("log")
-    for col, xlabel in enumerate(("wall time since start of training (s)", "FOVs processed (all workers)")):
+    for col, (name, xlabel) in enumerate((("wall time", "wall time since the start of training (s)"),
+                                          ("FOVs processed", "FOVs processed (all workers)"))):
+        plain_log_axis(axes[1, col])
         axes[1, col].set_xlabel(xlabel)
-        axes[0, col].set_title("F1 vs " + ("wall time" if col == 0 else "FOVs processed"))
-        axes[1, col].set_title("loss vs " + ("wall time" if col == 0 else "FOVs processed"))
-    extra = []
+        axes[0, col].set_title(f"F1 vs {name}")
+        axes[1, col].set_title(f"loss vs {name}")
     if all_fg:
-        extra.append((Line2D([], [], color="0.5", ls=":"), f"F1 of predicting all foreground ({np.mean(all_fg):.2f})"))
+        legend.append((Line2D([], [], color="0.5", ls=":"), f"F1 predicting all foreground ({np.mean(all_fg):.2f})"))
     if target:
-        extra.append((Line2D([], [], color="black", ls="--", alpha=0.5), f"target F1 {target:g}"))
-    unique_legend(fig, drawn + extra, loc="outside right upper")
+        legend.append((Line2D([], [], color="black", ls="--", alpha=0.5), f"target F1 {target:g}"))
+    side_legend(fig, legend)
     title(fig, f"Convergence of {strategies_text(runs)} on the held-out volume", runs)
     return fig
 
@@ -134,40 +118,41 @@ def staleness(runs, target=None):
         first_server = min(u["rank"] for u in updates)
         by_workers[r.workers][r.strategy] += [u["staleness"] for u in updates if u["rank"] == first_server]
     counts = sorted(by_workers)
-    fig, axes = plt.subplots(1, len(counts), figsize=(max(6.5, 4.2 * len(counts) + 2.5), 4.5),
-                             layout="constrained", sharey=True, squeeze=False)
-    handles = []
+    fig, axes = plt.subplots(1, len(counts), figsize=(min(16, 4 * len(counts) + 3), 4.5), layout="constrained",
+                             sharey=True, squeeze=False)
+    legend = []
     for ax, n in zip(axes[0], counts):
         strategies = sorted(by_workers[n], key=strategy_sort_key)
         width = 0.8 / len(strategies)
         top = max(max(v) for v in by_workers[n].values())
         for i, s in enumerate(strategies):
             values = np.asarray(by_workers[n][s])
-            freq = np.bincount(values, minlength=top + 1) / values.size
-            bars = ax.bar(np.arange(top + 1) + (i - (len(strategies) - 1) / 2) * width, freq, width,
+            share = np.bincount(values, minlength=top + 1) / values.size
+            bars = ax.bar(np.arange(top + 1) + (i - (len(strategies) - 1) / 2) * width, share, width,
                           color=color_for(s), alpha=0.85)
-            handles.append((bars, s))
+            legend.append((bars, s))
             ax.text(0.97, 0.95 - 0.08 * i, f"{s}: mean {values.mean():.2f}, p99 {np.percentile(values, 99):.0f}",
                     transform=ax.transAxes, ha="right", va="top", color=color_for(s), fontsize=9)
         ax.axvline(n - 1, color="0.3", ls="--", lw=1)
         ax.set_title(workers_text(n))
-        ax.set_xlabel("staleness τ (server versions between read and apply)")
+        ax.set_xlabel("staleness τ (versions)")
         ax.set_xticks(range(top + 1) if top < 12 else np.linspace(0, top, 7).round().astype(int))
+        ax.set_ylim(0, 1.15)
     axes[0, 0].set_ylabel("fraction of updates")
-    unique_legend(fig, handles + [(Line2D([], [], color="0.3", ls="--"), "τ = workers − 1 (equal-speed workers)")],
-                  loc="outside right upper")
-    title(fig, f"Gradient staleness of {strategies_text(ps_runs)} (updates seen by the first server)", ps_runs)
+    side_legend(fig, legend + [(Line2D([], [], color="0.3", ls="--"), "τ = workers − 1\n(equal-speed workers)")])
+    title(fig, f"Gradient staleness of {strategies_text(ps_runs)}: server version at apply − version read",
+          ps_runs)
     return fig
 
 
 def breakdown(runs, target=None):
-    """Mean seconds per step in compute, communication, data and waiting, stacked."""
+    """Mean seconds per worker step in compute, communication, data and waiting, stacked."""
     keys = label_keys(runs)
     groups = defaultdict(list)
-    for r in runs:
-        groups[(strategy_sort_key(r.strategy), r.workers, r.summary["ranks"], tuple(fields_text(r, keys)))].append(r)
-    order = sorted(groups)
-    fig, ax = plt.subplots(figsize=(max(7, 1.3 * len(order) + 3.5), 5), layout="constrained")
+    for r in sorted(runs, key=lambda r: (run_sort_key(r, keys), r.summary["ranks"])):
+        groups[(r.strategy, r.summary["ranks"], r.workers, tuple(fields_text(r, keys)))].append(r)
+    order = list(groups)
+    fig, ax = plt.subplots(figsize=(min(16, max(7, 1.0 * len(order) + 3)), 5), layout="constrained")
     bottoms = np.zeros(len(order))
     for phase, color in PHASE_COLORS.items():
         heights = np.array([np.mean([r.summary["step_time_s"][f"{phase}_s"] for r in groups[k]]) for k in order])
@@ -175,12 +160,13 @@ def breakdown(runs, target=None):
         bottoms += heights
     for i, total in enumerate(bottoms):
         ax.text(i, total, f"{total * 1e3:.0f} ms", ha="center", va="bottom", fontsize=9)
-    ticks = ["\n".join([groups[k][0].strategy, f"{k[2]} rank{'s' if k[2] > 1 else ''}, {workers_text(k[1])}",
-                        *k[3]]) for k in order]
-    ax.set_xticks(range(len(order)), ticks)
+    ticks = ["\n".join([strategy, f"{ranks} rank{'s' if ranks > 1 else ''}", workers_text(workers), *extra])
+             for strategy, ranks, workers, extra in order]
+    ax.set_xticks(range(len(order)), ticks, fontsize=9)
     ax.set_ylim(0, bottoms.max() * 1.15 if bottoms.max() > 0 else 1)
     ax.set_ylabel("mean time per worker step (s)")
-    fig.legend(*ax.get_legend_handles_labels(), loc="outside right upper")
+    ax.grid(axis="x", visible=False)
+    side_legend(fig, zip(*ax.get_legend_handles_labels()))
     title(fig, f"Where a step's time goes: {strategies_text(runs)}", runs)
     return fig
 
@@ -191,7 +177,7 @@ def effective_lr(run):
 
 
 def lr_scaling(runs, target=None):
-    """Final F1 over workers × effective learning rate, with the linear and square-root rules."""
+    """Final F1 over workers × effective learning rate, with the linear and square-root rules on top."""
     cells = defaultdict(list)
     for r in runs:
         f1 = (r.summary.get("final_eval") or {}).get("f1")
@@ -206,66 +192,67 @@ def lr_scaling(runs, target=None):
         grid[lrs.index(lr), workers.index(w)] = np.mean(f1s)
     fig, ax = plt.subplots(figsize=(max(7.5, 0.9 * len(workers) + 4.5), max(5, 0.55 * len(lrs) + 3)),
                            layout="constrained")
-    mesh = ax.pcolormesh(geometric_edges(workers), geometric_edges(lrs), np.ma.masked_invalid(grid),
-                         cmap="viridis", vmin=0, vmax=max(np.nanmax(grid), 0.05))
+    x_edges, y_edges = geometric_edges(workers), geometric_edges(lrs)
+    mesh = ax.pcolormesh(x_edges, y_edges, np.ma.masked_invalid(grid), cmap="viridis", vmin=0,
+                         vmax=max(np.nanmax(grid), 0.05))
     fig.colorbar(mesh, ax=ax, label="final held-out F1")
     ax.set_yscale("log")
     log2_workers_axis(ax, workers)
-    ax.set_xlim(geometric_edges(workers)[0], geometric_edges(workers)[-1])
-    ax.set_ylim(geometric_edges(lrs)[0], geometric_edges(lrs)[-1])
+    ax.set_xlim(x_edges[0], x_edges[-1])
+    ax.set_ylim(y_edges[0], y_edges[-1])
     ax.set_yticks(lrs, [f"{lr:.3g}" for lr in lrs])
-    ax.minorticks_off()
+    ax.yaxis.set_minor_locator(plt.NullLocator())
     ax.grid(False)
-    norm = mesh.norm
     for (w, lr), f1s in cells.items():
-        shade = "black" if norm(np.mean(f1s)) > 0.6 else "white"
-        ax.text(w, lr, f"{np.mean(f1s):.2f}", ha="center", va="center", fontsize=8, color=shade)
-    best = [(w, lrs[int(np.nanargmax(grid[:, i]))]) for i, w in enumerate(workers) if not np.all(np.isnan(grid[:, i]))]
-    ax.plot(*zip(*best), ls="none", marker="o", ms=18, mfc="none", mec="#ff7f0e", mew=2,
+        ink = "black" if mesh.norm(np.mean(f1s)) > 0.6 else "white"
+        ax.text(w, lr, f"{np.mean(f1s):.2f}", ha="center", va="center", fontsize=8, color=ink)
+    best = [(w, lrs[int(np.nanargmax(grid[:, i]))]) for i, w in enumerate(workers) if not np.isnan(grid[:, i]).all()]
+    ax.plot(*zip(*best), ls="none", marker="s", ms=18, mfc="none", mec="#e41a1c", mew=2.5,
             label="best lr per worker count")
-    n0, base = best[0]
-    xs = np.geomspace(geometric_edges(workers)[0], geometric_edges(workers)[-1], 50)
-    ax.plot(xs, base * xs / n0, color="white", ls="--", lw=2, label=f"linear rule: lr = {base:.3g} × N")
-    ax.plot(xs, base * np.sqrt(xs / n0), color="#ff7f0e", ls="-", lw=2, label=f"sqrt rule: lr = {base:.3g} × √N")
+    n0, base = best[0]  # the rules start from the best lr at the fewest workers
+    n = "N" if n0 == 1 else f"N/{n0}"
+    xs = np.geomspace(x_edges[0], x_edges[-1], 50)
+    ax.plot(xs, base * xs / n0, color="white", ls="--", lw=2, label=f"linear rule: lr = {base:.3g} × {n}")
+    ax.plot(xs, base * np.sqrt(xs / n0), color="#ff7f0e", lw=2, label=f"sqrt rule: lr = {base:.3g} × √({n})")
     ax.set_ylabel("effective learning rate (lr × scaling factor)")
-    leg = ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.12), ncol=3, frameon=True)
-    leg.get_frame().set_facecolor("0.85")
-    title(fig, f"Learning rate vs workers: final F1 of {strategies_text(runs)}", runs)
+    legend = ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.12), ncols=3, markerscale=0.6)
+    legend.get_frame().set_facecolor("0.8")
+    title(fig, f"Learning rate vs workers: final held-out F1 of {strategies_text(runs)}", runs)
     return fig
 
 
 def batch_size(runs, target=None):
-    """Held-out F1 against wall time and FOVs, one line per global batch size."""
-    batches = sorted({r.summary["global_batch"] for r in runs if r.evals})
-    if len(batches) < 2:
-        raise Skip("needs runs at 2 or more global batch sizes")
-    cmap = plt.get_cmap("viridis")
-    colors = {b: cmap(0.9 * i / (len(batches) - 1)) for i, b in enumerate(batches)}
+    """Held-out F1 against wall time and FOVs, one line per global batch size.
+
+    Only for runs that vary train.batch_size: elsewhere the global batch follows the worker count
+    and the convergence figure already shows it."""
+    if len({r.fields.get("train.batch_size") for r in runs}) < 2:
+        raise Skip("needs runs at 2 or more values of train.batch_size")
+    batches = sorted({r.summary["global_batch"] for r in runs})
+    colors = {b: plt.get_cmap("viridis")(0.9 * i / max(1, len(batches) - 1)) for i, b in enumerate(batches)}
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.8), layout="constrained", sharey=True)
-    drawn = []
+    legend = []
     for r in sorted(runs, key=lambda r: r.summary["global_batch"]):
-        if not r.evals:
-            continue
         b = r.summary["global_batch"]
         f1 = [e["f1"] for e in r.evals]
         axes[0].plot([e["time"] for e in r.evals], f1, color=colors[b], marker="o", ms=4, lw=1.6)
         line, = axes[1].plot([e["fovs_total"] for e in r.evals], f1, color=colors[b], marker="o", ms=4, lw=1.6)
-        drawn.append((line, f"global batch {b}"))
+        legend.append((line, f"global batch {b}"))
     if target:
         for ax in axes:
             ax.axhline(target, color="black", ls="--", lw=0.8, alpha=0.5)
-        drawn.append((Line2D([], [], color="black", ls="--", alpha=0.5), f"target F1 {target:g}"))
-    axes[0].set_xlabel("wall time since start of training (s)")
+        legend.append((Line2D([], [], color="black", ls="--", alpha=0.5), f"target F1 {target:g}"))
+    axes[0].set_xlabel("wall time since the start of training (s)")
     axes[1].set_xlabel("FOVs processed (all workers)")
     axes[0].set_ylabel("held-out F1")
-    axes[0].set_title("F1 vs wall time (large batches: sooner?)")
-    axes[1].set_title("F1 vs FOVs (small batches: fewer FOVs?)")
-    unique_legend(fig, drawn, loc="outside right upper")
-    title(fig, f"Batch size: held-out F1 of {strategies_text(runs)} at global batch {', '.join(map(str, batches))}",
-          runs)
+    axes[0].set_title("F1 vs wall time")
+    axes[1].set_title("F1 vs FOVs processed")
+    side_legend(fig, legend)
+    title(fig, f"Batch size: held-out F1 of {strategies_text(runs)} at global batch "
+               f"{', '.join(map(str, batches))}", runs)
     return fig
 
 
-#: name -> figure; the first three are made whenever there is a complete run
+#: name -> figure; scaling, convergence and breakdown are made whenever there is a complete run
 FIGURES = {"scaling": scaling, "convergence": convergence, "breakdown": breakdown, "staleness": staleness,
            "lr_scaling": lr_scaling, "batch_size": batch_size}

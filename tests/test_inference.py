@@ -126,6 +126,19 @@ def test_bad_inputs_raise_value_error(image, opts, match):
         segment_volume(image, Oracle(), opts, progress=False)
 
 
+def test_bad_seeds_raise_value_error(volume):
+    image, _ = volume
+    for seeds, match in (([(1, 2)], r"\(n, 3\)"), ([(7, 10, 99)], "inside the image")):
+        with pytest.raises(ValueError, match=match):
+            segment_volume(image, Oracle(), options(), progress=False, seeds=seeds)
+
+
+def test_featureless_image_is_one_object():
+    seg, stats = segment_volume(np.full((12, 12, 12), 200, np.uint8), Oracle(), options(),
+                                progress=False)
+    assert stats["seeds"] == 1 and stats["segments"] == 1 and seg.all()
+
+
 def test_predictor_with_wrong_output_shape_raises(volume):
     image, _ = volume
     with pytest.raises(ValueError, match="predictor returned shape"):

@@ -153,13 +153,14 @@ def test_calibration_needs_two_ranks():
 
 
 CALIBRATE = f"""
-import sys; sys.path.insert(0, {str(REPO)!r})
+import os, sys; sys.path.insert(0, {str(REPO)!r})
 from mpi4py import MPI
 from bench.simulator import calibrate_network
 alpha, beta, table = calibrate_network(MPI.COMM_WORLD, sizes=(8, 4096, 65536, 1 << 20),
                                        repeats=10, timeout_s=30)
 assert [row["bytes"] for row in table] == [8, 4096, 65536, 1 << 20]
-print("FIT", MPI.COMM_WORLD.Get_rank(), alpha, beta, flush=True)
+# one write() per line: two ranks share mpirun's stdout and may interleave
+os.write(1, f"FIT {{MPI.COMM_WORLD.Get_rank()}} {{alpha!r}} {{beta!r}}\\n".encode())
 """
 
 
@@ -168,10 +169,10 @@ def test_calibrate_network_under_mpirun():
     pytest.importorskip("mpi4py")
     proc = subprocess.run(["mpirun", "--allow-run-as-root", "--oversubscribe", "-np", "2",
                            sys.executable, "-c", CALIBRATE],
-                          capture_output=True, text=True, timeout=60)
+                          stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0, proc.stderr
     fits = [line.split() for line in proc.stdout.splitlines() if line.startswith("FIT")]
-    assert sorted(f[1] for f in fits) == ["0", "1"]
+    assert sorted(f[1] for f in fits) == ["0", "1"], (proc.stdout, proc.stderr)
     assert fits[0][2:] == fits[1][2:]  # both ranks return the same fit
     alpha, beta = float(fits[0][2]), float(fits[0][3])
     assert alpha > 0 and beta > 0
