@@ -7,7 +7,6 @@ with the same throughput-relevant config (model, data, per-worker batch, threads
 strategy when there is one, else of `single`.
 """
 import csv
-import io
 import json
 import math
 import os
@@ -84,6 +83,12 @@ class RunData:
     @cached_property
     def evals(self):
         return sorted((r for r in self.records if r["kind"] == "eval"), key=lambda r: r["time"])
+
+    @cached_property
+    def emulated(self):
+        """N logical workers in one process: its FOVs/s is one process's, not N workers'."""
+        return bool((self.manifest or {}).get("emulated")
+                    or any(r.get("emulated") for r in self.records if r["kind"] == "step"))
 
     @property
     def strategy(self):
@@ -236,8 +241,7 @@ def report_rows(runs, target):
         first = group[0].summary
         rate, err = aggregate_rates([r.summary["fovs_per_s"] for r in group])
         # an emulated run computes its workers one after another: no speed-up to speak of
-        emulated = bool((group[0].manifest or {}).get("emulated"))
-        base, base_strategy = (None, None) if emulated else baseline_rate(group, complete)
+        base, base_strategy = (None, None) if group[0].emulated else baseline_rate(group, complete)
         reached = [time_to_target(r.evals, target) for r in group]
         reached = [t for t in reached if t[0] is not None]
         f1s = [(r.summary["final_eval"] or {}).get("f1") for r in group]
@@ -340,13 +344,10 @@ def incomplete_lines(runs):
 
 
 def write_csv(path, rows):
-    names = list(rows[0]) if rows else ["config"]
-    buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=names, lineterminator="\n")
-    writer.writeheader()
-    writer.writerows(rows)
-    with open(path, "w") as f:
-        f.write(buf.getvalue())
+    with open(path, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]) if rows else ["config"], lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(rows)
 
 
 def build_report(directory, target=None):

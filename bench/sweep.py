@@ -17,9 +17,8 @@ A sweep file:
 
 Runs are every `runs` variant combined with every grid point (either may be absent, not both).
 `fov_budget` gives each run the same FOVs in total whatever its worker count, which a cartesian
-grid cannot express by itself ("single needs twice the steps of two workers"). Workers are counted
-as the strategy lays out the ranks, or taken from `strategy_options.workers` for strategies that
-have that option (emulated ones).
+grid cannot express by itself ("single needs twice the steps of two workers"). Workers are those
+the strategy lays out on the ranks (the logical workers of emulated strategies).
 
 Repeats change nothing in the config (train.seed included): they measure run-to-run noise of
 the same experiment. To vary the seed, put `train.seed` in the grid.
@@ -139,13 +138,11 @@ def run_id(overrides, repeat):
 
 
 def workers_of(cfg):
-    """Workers of a run before it starts, as `fov_budget` counts them."""
+    """Workers of a run before it starts (logical ones for emulated strategies)."""
     import strategies
     cls = strategies.get(cfg["strategy"])
     options = {**cls.options, **cfg["strategy_options"]}
-    if "workers" in cls.options:
-        return int(options["workers"])
-    return cls.roles(cfg["ranks"], options).count("worker")
+    return cls.logical_workers(cls.roles(cfg["ranks"], options), options)
 
 
 def plan(sweep):

@@ -79,6 +79,7 @@ class Run:
             self.train_volume, heldout_vol = load_volumes(d)
             if self.role == "worker":
                 self.stream = self.make_stream(self.worker_ranks.index(comm.rank))
+                self.model.trace()
             self.heldout = heldout_batch(heldout_vol, m["fov"], m["deltas"], cfg["eval"]["fovs"], d["seed"],
                                          d["min_object_size"])
         self.recorder = None

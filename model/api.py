@@ -106,6 +106,16 @@ class FFNModel:
         for v, t in zip(self.variables, self._split(flat)):
             v.assign(t)
 
+    def trace(self):
+        """Build (and run once, where that has no side effect) every graph now, so tracing is
+        neither timed as the first step nor skews when workers start."""
+        zeros = tf.zeros((1, *self.fov, 1))
+        self._gradients(zeros, zeros, zeros)
+        self._flat_gradients(zeros, zeros, zeros)
+        self._predict(zeros, zeros)
+        for fn in (self._train_step, self._apply_flat, self._get_flat, self._set_flat):
+            fn.get_concrete_function()
+
     # ---- the API ----
     def set_lr(self, lr):
         self.optimizer.learning_rate.assign(lr)

@@ -96,13 +96,12 @@ def log2_workers_axis(ax, workers, label="workers"):
     ax.set_xlabel(label)
 
 
-def plain_log_axis(ax, axis="y"):
+def plain_log_yaxis(ax):
     """Log scale labelled 0.2, 0.3, 0.5, 1, 2 ... instead of 2×10⁻¹."""
-    target = ax.yaxis if axis == "y" else ax.xaxis
-    (ax.set_yscale if axis == "y" else ax.set_xscale)("log")
-    target.set_major_locator(LogLocator(subs=(1, 2, 3, 5)))
-    target.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
-    target.set_minor_formatter(NullFormatter())
+    ax.set_yscale("log")
+    ax.yaxis.set_major_locator(LogLocator(subs=(1, 2, 3, 5)))
+    ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+    ax.yaxis.set_minor_formatter(NullFormatter())
 
 
 def side_legend(fig, handles_labels):
@@ -122,15 +121,20 @@ def run_sort_key(run, keys):
 
 
 def series_styles(runs, keys):
-    """Legend label -> (colour, line style, marker).
-
-    Few series per strategy: the strategy's colour, told apart by line style. Many (a learning-rate
-    sweep of one strategy, say): a colour per series from a colour map, line style per strategy.
-    """
+    """Legend label of each run's series -> (colour, line style, marker); see styles_for."""
     ordered = []
     for r in sorted(runs, key=lambda r: run_sort_key(r, keys)):
         if (r.strategy, series_label(r, keys)) not in ordered:
             ordered.append((r.strategy, series_label(r, keys)))
+    return styles_for(ordered)
+
+
+def styles_for(ordered):
+    """[(strategy, label)] -> {label: (colour, line style, marker)}.
+
+    Few series per strategy: the strategy's colour, told apart by line style. Many (a learning-rate
+    sweep of one strategy, say): a colour per series from a colour map, line style per strategy.
+    """
     per_strategy = {s: [label for s2, label in ordered if s2 == s] for s, _ in ordered}
     strategies = list(per_strategy)
     if max(len(v) for v in per_strategy.values()) <= len(LINESTYLES):

@@ -9,8 +9,8 @@ from matplotlib.lines import Line2D
 
 from bench.report import NOT_THROUGHPUT, aggregate_rates, baseline_rate, strategy_sort_key, varying_fields
 from plots.common import (PHASE_COLORS, color_for, fields_text, geometric_edges, label_keys, log2_workers_axis,
-                          plain_log_axis, run_sort_key, series_label, series_styles, side_legend, strategies_text,
-                          title, workers_text)
+                          plain_log_yaxis, run_sort_key, series_label, series_styles, side_legend, strategies_text,
+                          styles_for, title, workers_text)
 
 
 class Skip(Exception):
@@ -25,25 +25,27 @@ def scaling(runs, target=None):
         lines[", ".join([r.strategy] + fields_text(r, keys))].append(r)
     fig, (ax_rate, ax_eff) = plt.subplots(1, 2, figsize=(12, 4.8), layout="constrained")
     all_workers, all_rates, legend = [], [], []
+    styles = styles_for([(members[0].strategy, label) for label, members in lines.items()])
     for label, members in lines.items():
-        color = color_for(members[0].strategy)
+        color, ls, marker = styles[label]
         by_workers = defaultdict(list)
         for r in members:
             by_workers[r.workers].append(r.summary["fovs_per_s"])
         workers = sorted(by_workers)
         rates = [aggregate_rates(by_workers[w]) for w in workers]
         means = [m for m, _ in rates]
-        bars = ax_rate.errorbar(workers, means, yerr=[e for _, e in rates], color=color, marker="o", capsize=3,
-                                lw=1.8)
+        bars = ax_rate.errorbar(workers, means, yerr=[e for _, e in rates], color=color, ls=ls, marker=marker,
+                                capsize=3, lw=1.8)
         legend.append((bars, label))
-        base, _ = baseline_rate(members, runs)
+        base, _ = (None, None) if members[0].emulated else baseline_rate(members, runs)
         if base:
-            ax_rate.plot(workers, [base * w for w in workers], color=color, ls="--", lw=1, alpha=0.6)
-            ax_eff.plot(workers, [m / (base * w) for m, w in zip(means, workers)], color=color, marker="o", lw=1.8)
+            ax_rate.plot(workers, [base * w for w in workers], color=color, ls=(0, (2, 2)), lw=1, alpha=0.5)
+            ax_eff.plot(workers, [m / (base * w) for m, w in zip(means, workers)], color=color, ls=ls,
+                        marker=marker, lw=1.8)
             all_rates += [base * w for w in workers]
         all_workers += workers
         all_rates += means
-    plain_log_axis(ax_rate)
+    plain_log_yaxis(ax_rate)
     positive = [v for v in all_rates if v > 0]
     if positive:
         ax_rate.set_ylim(min(positive) / 1.5, max(positive) * 1.5)
@@ -57,9 +59,9 @@ def scaling(runs, target=None):
     ax_eff.set_title("Scaling efficiency vs the 1-worker run")
     ax_eff.yaxis.set_major_formatter(plt.FuncFormatter(lambda v, _: f"{v:.0%}"))
     if len(ax_eff.lines) == 1:
-        ax_eff.text(0.5, 0.5, "no 1-worker run to compare with", ha="center", transform=ax_eff.transAxes,
-                    color="0.4")
-    legend.append((Line2D([], [], color="0.3", ls="--", lw=1), "ideal: 1-worker rate × workers"))
+        ax_eff.text(0.5, 0.5, "no speed-up to show:\nno 1-worker run, or emulated workers (one process)",
+                    ha="center", transform=ax_eff.transAxes, color="0.4")
+    legend.append((Line2D([], [], color="0.3", ls=(0, (2, 2)), lw=1), "ideal: 1-worker rate × workers"))
     side_legend(fig, legend)
     title(fig, f"Throughput scaling of {strategies_text(runs)}", runs)
     return fig
@@ -92,9 +94,11 @@ def convergence(runs, target=None):
             ax.axhline(target, color="black", ls="--", lw=0.8, alpha=0.5)
     axes[0, 0].set_ylabel("held-out F1")
     axes[1, 0].set_ylabel("held-out loss (sigmoid cross-entropy)")
+    losses = [e["loss"] for r in runs for e in r.evals if e["loss"] > 0]
+    if max(losses) > 3 * min(losses):  # a log scale only helps across a wide range
+        plain_log_yaxis(axes[1, 0])
     for col, (name, xlabel) in enumerate((("wall time", "wall time since the start of training (s)"),
                                           ("FOVs processed", "FOVs processed (all workers)"))):
-        plain_log_axis(axes[1, col])
         axes[1, col].set_xlabel(xlabel)
         axes[0, col].set_title(f"F1 vs {name}")
         axes[1, col].set_title(f"loss vs {name}")
@@ -213,7 +217,7 @@ def lr_scaling(runs, target=None):
     n = "N" if n0 == 1 else f"N/{n0}"
     xs = np.geomspace(x_edges[0], x_edges[-1], 50)
     ax.plot(xs, base * xs / n0, color="white", ls="--", lw=2, label=f"linear rule: lr = {base:.3g} × {n}")
-    ax.plot(xs, base * np.sqrt(xs / n0), color="#ff7f0e", lw=2, label=f"sqrt rule: lr = {base:.3g} × √({n})")
+    ax.plot(xs, base * np.sqrt(xs / n0), color="#ff7f0e", lw=2, label=f"sqrt rule: lr = {base:.3g} × √{n if n0 == 1 else f'({n})'}")
     ax.set_ylabel("effective learning rate (lr × scaling factor)")
     legend = ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.12), ncols=3, markerscale=0.6)
     legend.get_frame().set_facecolor("0.8")

@@ -27,16 +27,19 @@ def shard_bounds(size, servers):
 
 
 class ParameterServerStrategy(Strategy):
-    options = {"servers": 1}
+    options = {"servers": 1, "straggle_s": []}
 
     @classmethod
     def roles(cls, ranks, options):
-        servers = options["servers"]
+        servers, straggle = options["servers"], options["straggle_s"]
         if not isinstance(servers, int) or servers < 1:
             raise LayoutError(f"strategy_options.servers must be an integer >= 1 (got {servers!r})")
         if ranks <= servers:
             raise LayoutError(f"strategy {cls.name} needs ranks > servers for at least one worker "
                               f"(got ranks={ranks}, servers={servers})")
+        if not isinstance(straggle, list) or straggle and len(straggle) != ranks - servers:
+            raise LayoutError(f"strategy_options.straggle_s must list one injected delay in seconds per "
+                              f"worker (got {straggle!r} for {ranks - servers} workers)")
         return ["server"] * servers + ["worker"] * (ranks - servers)
 
     def setup(self):
@@ -117,10 +120,10 @@ class ParameterServerStrategy(Strategy):
         self.updater.apply(self.shard, grad, lr)
         self.version += 1
 
-    def record_update(self, worker, read_version, staleness):
+    def record_update(self, worker, read_version, staleness, **extra):
         self.run.recorder.write({"kind": "update", "rank": self.comm.rank, "worker": worker,
                                  "version": self.version, "read": read_version, "staleness": staleness,
-                                 "time": self.run.recorder.now()})
+                                 "time": self.run.recorder.now(), **extra})
 
     def serve(self):
         raise NotImplementedError
@@ -134,6 +137,8 @@ class ParameterServerStrategy(Strategy):
         run, rec, model = self.run, self.run.recorder, self.model
         prefetch = self.opts.get("prefetch", False)
         n = model.num_params
+        straggle = self.opts["straggle_s"]
+        delay = straggle[run.worker_ranks.index(self.comm.rank)] if straggle else 0.0
         buffers = [(np.empty(n, np.float32), np.zeros(self.servers, np.int64)) for _ in range(1 + prefetch)]
         pending = None
         for step in range(run.steps):
@@ -143,6 +148,9 @@ class ParameterServerStrategy(Strategy):
                 params, versions = buffers[step % len(buffers)]
                 reqs = pending if pending is not None else self.pull(params, versions)
                 wait_all(self.comm, reqs, run.timeout, "the parameters from the servers")
+            if delay:
+                with rec.phase("wait"):  # injected straggling, between reading and pushing
+                    time.sleep(delay)
             with rec.phase("compute"):
                 model.set_flat(params)
                 if prefetch:

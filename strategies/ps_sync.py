@@ -14,7 +14,7 @@ from strategies.ps_common import DONE, PULL, PUSH, ParameterServerStrategy
 class PSSync(ParameterServerStrategy):
     """Sync parameter server (mpi4py): servers average N gradients per update; optional backups."""
     name = "ps_sync"
-    options = {"servers": 1, "backup_workers": 0}
+    options = {**ParameterServerStrategy.options, "backup_workers": 0}
 
     @classmethod
     def roles(cls, ranks, options):

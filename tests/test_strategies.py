@@ -122,3 +122,50 @@ def test_killed_rank_fails_the_job_without_hanging(tmp_path):
     assert proc.returncode != 0 and time.time() - t < 40
     assert not (out / "summary.json").exists()
     assert err.strip().splitlines()[-1].startswith("ffnbench: error:")
+
+
+def test_ssp_bounds_staleness_of_a_straggler(runs):
+    free = runs("ps-straggler", "strategy=ps_async", "ranks=3", "train.steps=8", "strategy_options.straggle_s=[0.0,0.4]")
+    bounded = runs("ps-straggler-ssp", "strategy=ps_async", "ranks=3", "train.steps=8",
+                   "strategy_options.straggle_s=[0.0,0.4]", "strategy_options.max_staleness=0")
+    slow = lambda run: [u["staleness"] for u in records(run, "update") if u["worker"] == 2]
+    assert max(slow(free)) >= 3          # the fast worker runs ahead while the straggler computes
+    assert max(slow(bounded)) <= 1       # SSP s=0: at most (s+1)(workers-1) updates in between
+    assert max(u["staleness"] for u in records(bounded, "update")) <= 1
+
+
+def test_lr_divided_by_staleness(runs):
+    run = runs("ps-divide", "strategy=ps_async", "ranks=3", "train.steps=8", "train.optimizer=sgd",
+               "train.lr=0.01", "strategy_options.lr_staleness=divide", "strategy_options.straggle_s=[0.0,0.2]")
+    updates = records(run, "update")
+    assert any(u["staleness"] > 1 for u in updates)
+    for u in updates:
+        assert u["lr"] == pytest.approx(0.01 / max(1, u["staleness"]))
+
+
+def test_emulated_sync_equals_allreduce(runs):
+    hvd = runs("allreduce-sgd", "strategy=allreduce", "ranks=2", "train.batch_size=2", "train.optimizer=sgd")
+    emu = runs("emu-sync-sgd", "strategy=emulated_sync", "strategy_options.workers=2", "train.batch_size=2",
+               "train.optimizer=sgd")
+    assert_same(hvd, emu, 2e-6)
+    assert all(r["emulated"] for r in records(emu, "step"))
+    assert json.load(open(emu / "summary.json"))["workers"] == 2
+
+
+def test_emulated_async_staleness_matches_ps_async_with_equal_workers(runs):
+    ps = runs("ps-1-2", "strategy=ps_async", "ranks=3", "train.steps=20", "train.batch_size=2")
+    emu = runs("emu-async-2", "strategy=emulated_async", "strategy_options.workers=2", "train.steps=20",
+               "train.batch_size=2")
+    real = np.array([u["staleness"] for u in records(ps, "update")])
+    emulated = np.array([u["staleness"] for u in records(emu, "update")])
+    assert len(real) == len(emulated) == 40
+    assert np.bincount(emulated).argmax() == np.bincount(real).argmax() == 1
+    assert abs(real.mean() - emulated.mean()) < 0.35
+
+
+def test_emulated_async_one_worker_is_plain_sgd(runs):
+    single = runs("single-sgd-b2", "train.batch_size=2", "train.optimizer=sgd")
+    emu = runs("emu-async-1", "strategy=emulated_async", "strategy_options.workers=1", "train.batch_size=2",
+               "train.optimizer=sgd")
+    assert_same(single, emu, 2e-6)
+    assert all(u["staleness"] == 0 for u in records(emu, "update"))

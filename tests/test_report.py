@@ -1,0 +1,115 @@
+"""The report's math and table, on fabricated run directories (no training)."""
+import json
+import math
+import os
+
+import pytest
+import yaml
+
+from bench import config
+from bench.report import aggregate_rates, build_report, efficiency, speedup, time_to_target
+from bench.summary import rate_stats
+
+
+def test_efficiency_is_speedup_per_worker():
+    assert speedup(150.0, 100.0) == pytest.approx(1.5)
+    assert efficiency(150.0, 100.0, 2) == pytest.approx(0.75)
+    assert efficiency(400.0, 100.0, 4) == pytest.approx(1.0)
+
+
+def test_efficiency_without_a_one_worker_rate_is_unknown():
+    assert efficiency(150.0, None, 2) is None
+    assert efficiency(150.0, 0.0, 2) is None
+
+
+def test_time_to_target_takes_the_first_evaluation_reaching_it():
+    evals = [{"time": 30.0, "fovs_total": 300, "f1": 0.85},  # out of order on purpose
+             {"time": 10.0, "fovs_total": 100, "f1": 0.4},
+             {"time": 20.0, "fovs_total": 200, "f1": 0.8},
+             {"time": 40.0, "fovs_total": 400, "f1": 0.7}]
+    assert time_to_target(evals, 0.8) == (20.0, 200)  # >= counts
+    assert time_to_target(evals, 0.9) == (None, None)
+    assert time_to_target([], 0.5) == (None, None)
+
+
+def test_rate_stats_follow_tf_cnn_benchmarks():
+    # mean 4; population std sqrt(50/5) = sqrt(10), so uncertainty = sqrt(10)/sqrt(5) = sqrt(2);
+    # median 3, absolute deviations 2,1,0,1,7 -> MAD 1, so jitter = 1.4826.
+    stats = rate_stats([1, 2, 3, 4, 10])
+    assert stats["mean"] == pytest.approx(4.0)
+    assert stats["uncertainty"] == pytest.approx(math.sqrt(2))
+    assert stats["jitter"] == pytest.approx(1.4826)
+    assert stats["n"] == 5
+
+
+def test_repeats_spread_is_their_std_and_one_run_keeps_its_uncertainty():
+    one = {"mean": 10.0, "uncertainty": 0.3}
+    assert aggregate_rates([one]) == (10.0, 0.3)
+    mean, spread = aggregate_rates([one, {"mean": 12.0, "uncertainty": 0.1}])
+    assert mean == pytest.approx(11.0)
+    assert spread == pytest.approx(math.sqrt(2))  # sample std of 10 and 12
+
+
+def fake_run(run_dir, strategy, ranks, workers, rate, evals, staleness=None, seg=None):
+    """A complete run directory as `ffnbench run` leaves it, with made-up numbers."""
+    os.makedirs(run_dir)
+    cfg = config.load(None, [("strategy", strategy), ("ranks", ranks)])
+    with open(os.path.join(run_dir, "config.yaml"), "w") as f:
+        yaml.safe_dump(cfg, f)
+    records = [{"kind": "eval", "step": i, "time": t, "fovs_total": fovs, "loss": 0.5, "f1": f1}
+               for i, (t, fovs, f1) in enumerate(evals)]
+    with open(os.path.join(run_dir, "metrics.jsonl"), "w") as f:
+        f.writelines(json.dumps(r) + "\n" for r in records)
+    summary = {"strategy": strategy, "ranks": ranks, "workers": workers, "global_batch": 4 * workers,
+               "fovs_per_s": {"mean": rate, "uncertainty": 0.5, "jitter": 1.0, "n": 20}, "comm_share": 0.25,
+               "wall_s": evals[-1][0], "final_eval": records[-1], "staleness": staleness,
+               "step_time_s": {"step_s": 1.0, "compute_s": 0.75, "comm_s": 0.25, "data_s": 0.0, "wait_s": 0.0}}
+    with open(os.path.join(run_dir, "summary.json"), "w") as f:
+        json.dump(summary, f)
+    if seg:
+        with open(os.path.join(run_dir, "eval.json"), "w") as f:
+            json.dump(seg, f)
+
+
+@pytest.fixture
+def runs_dir(tmp_path):
+    fake_run(tmp_path / "single", "single", 1, 1, 10.0, [(10.0, 40, 0.5), (20.0, 80, 0.9)])
+    fake_run(tmp_path / "ps" / "rep0", "ps_async", 3, 2, 15.0, [(5.0, 40, 0.6), (12.0, 80, 0.85)],
+             staleness={"mean": 1.0, "p99": 3.0}, seg={"are": 0.1, "voi": 2.0})
+    fake_run(tmp_path / "ps" / "rep1", "ps_async", 3, 2, 17.0, [(6.0, 40, 0.7), (10.0, 80, 0.81)],
+             staleness={"mean": 1.2, "p99": 5.0}, seg={"are": 0.2, "voi": 3.0})
+    os.makedirs(tmp_path / "crashed")
+    with open(tmp_path / "crashed" / "config.yaml", "w") as f:
+        yaml.safe_dump(config.load(None), f)
+    return tmp_path
+
+
+def test_report_aggregates_repeats_and_compares_with_one_worker(runs_dir):
+    text, rows, seg = build_report(str(runs_dir), target=0.8)
+    assert [r["strategy"] for r in rows] == ["single", "ps_async"]
+    ps = rows[1]
+    assert ps["n"] == 2
+    assert ps["fovs_per_s"] == pytest.approx(16.0)
+    assert ps["fovs_per_s_err"] == pytest.approx(math.sqrt(2))
+    assert ps["speedup"] == pytest.approx(1.6)  # against single's 10 FOVs/s
+    assert ps["efficiency"] == pytest.approx(0.8)
+    assert ps["time_to_target_s"] == pytest.approx(11.0)  # 12 s and 10 s
+    assert ps["fovs_to_target"] == pytest.approx(80)
+    assert ps["staleness_mean"] == pytest.approx(1.1)
+    assert (ps["are"], ps["voi"]) == (pytest.approx(0.15), pytest.approx(2.5))
+    assert "| ps_async (2 workers) | 0.1500 | 2.5000 |" in seg
+    assert os.path.isfile(runs_dir / "report.csv") and os.path.isfile(runs_dir / "report.md")
+
+
+def test_incomplete_runs_are_listed_but_never_results(runs_dir):
+    text, rows, _ = build_report(str(runs_dir), target=0.8)
+    assert len(rows) == 2
+    assert "## Incomplete runs" in text and "- crashed: incomplete" in text
+    with open(runs_dir / "report.csv") as f:
+        assert "crashed" not in f.read()
+
+
+def test_target_not_reached_is_said_so(runs_dir):
+    text, rows, _ = build_report(str(runs_dir), target=0.95)
+    assert all(r["time_to_target_s"] is None for r in rows)
+    assert "not reached" in text

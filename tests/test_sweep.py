@@ -1,0 +1,117 @@
+"""`ffnbench sweep`, `report` and `plot` end to end on two tiny runs, plus the sweep file's checks."""
+import json
+import os
+
+import pytest
+import yaml
+
+from bench import launcher, sweep
+from conftest import ROOT, ffnbench
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+def write_sweep(directory, spec, name="sweep.yaml"):
+    path = os.path.join(directory, name)
+    with open(path, "w") as f:
+        yaml.safe_dump(spec, f)
+    return path
+
+
+TINY = {"name": "tiny", "base": "configs/smoke.yaml",  # relative to the working directory
+        "set": {"train.steps": 4, "eval.every": 2}, "grid": {"train.batch_size": [1, 2]}}
+
+
+@pytest.fixture(scope="module")
+def tiny_sweep(tmp_path_factory):
+    """Two single-process runs at 2 batch sizes; (sweep file, results dir, first output)."""
+    tmp = str(tmp_path_factory.mktemp("sweep"))
+    path = write_sweep(tmp, TINY)
+    out = os.path.join(tmp, "results")
+    first = ffnbench("sweep", path, "--out", out, timeout=300)
+    assert first.returncode == 0, first.stderr
+    return path, out, first
+
+
+def read_index(out):
+    with open(os.path.join(out, "index.json")) as f:
+        return json.load(f)
+
+
+def test_sweep_runs_every_grid_point_to_completion(tiny_sweep):
+    _, out, _ = tiny_sweep
+    index = read_index(out)
+    assert [r["id"] for r in index["runs"]] == ["train.batch_size=1,rep=0", "train.batch_size=2,rep=0"]
+    for run in index["runs"]:
+        assert run["status"] == "complete" and run["error"] is None
+        assert os.path.isfile(os.path.join(run["run_dir"], "summary.json"))
+        with open(os.path.join(run["run_dir"], "config.yaml")) as f:
+            assert yaml.safe_load(f)["train"]["batch_size"] == run["overrides"]["train.batch_size"]
+
+
+def test_rerunning_a_sweep_skips_completed_runs(tiny_sweep):
+    path, out, _ = tiny_sweep
+    summaries = [os.path.join(r["run_dir"], "summary.json") for r in read_index(out)["runs"]]
+    before = [os.path.getmtime(s) for s in summaries]
+    again = ffnbench("sweep", path, "--out", out)
+    assert again.returncode == 0, again.stderr
+    assert again.stdout.count("skipped (already complete)") == 2
+    assert [os.path.getmtime(s) for s in summaries] == before
+
+
+def test_report_of_the_sweep(tiny_sweep):
+    _, out, _ = tiny_sweep
+    result = ffnbench("report", out)
+    assert result.returncode == 0, result.stderr
+    assert "2 of 2 runs complete" in result.stdout
+    assert "| batch_size=1 | single |" in result.stdout and "| batch_size=2 | single |" in result.stdout
+    assert os.path.isfile(os.path.join(out, "report.csv"))
+
+
+def test_plot_writes_the_always_produced_figures(tiny_sweep):
+    _, out, _ = tiny_sweep
+    result = ffnbench("plot", out)
+    assert result.returncode == 0, result.stderr
+    assert "staleness: skipped" in result.stdout  # no parameter server in this sweep
+    for name in ("scaling", "convergence", "breakdown", "batch_size"):
+        png = os.path.join(out, "plots", f"{name}.png")
+        with open(png, "rb") as f:
+            assert f.read(8) == PNG_SIGNATURE
+        assert os.path.getsize(png) > 10_000
+        assert os.path.getsize(os.path.join(out, "plots", f"{name}.svg")) > 0
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"colour": "blue"}, "colour: unknown key"),
+    ({"grid": {}}, "grid: must be a non-empty mapping"),
+    ({"grid": {"train.lr": 0.1}}, "grid.train.lr: must be a non-empty list"),
+    ({"grid": {"train.lrate": [0.1]}}, "config field train.lrate: unknown field"),
+])
+def test_malformed_sweep_file_exits_2_with_one_line(tmp_path, change, message):
+    path = write_sweep(str(tmp_path), {**TINY, **change})
+    result = ffnbench("sweep", path, "--out", str(tmp_path / "results"))
+    assert result.returncode == 2
+    assert result.stderr.count("\n") == 1 and result.stderr.startswith("ffnbench: error: ")
+    assert message in result.stderr
+    assert not os.path.exists(tmp_path / "results")  # nothing started
+
+
+def test_fov_budget_gives_every_run_the_same_fovs():
+    spec = sweep.load_sweep(os.path.join(ROOT, "configs/sweeps/demo.yaml"))
+    planned, budget = sweep.plan(spec), spec["fov_budget"]
+    for run in planned:
+        cfg = run["config"]
+        fovs = cfg["train"]["steps"] * sweep.workers_of(cfg) * cfg["train"]["batch_size"]
+        assert budget <= fovs < budget + sweep.workers_of(cfg) * cfg["train"]["batch_size"]
+    assert [r["config"]["train"]["steps"] for r in planned][:2] == [300, 150]  # single does twice the steps
+
+
+def test_a_failed_run_is_recorded_and_the_sweep_goes_on(tmp_path, monkeypatch):
+    def fake_run(cfg, out=None):
+        return out, "boom" if cfg["train"]["batch_size"] == 1 else None
+    monkeypatch.setattr(launcher, "run_experiment", fake_run)
+    path = write_sweep(str(tmp_path), {**TINY, "base": os.path.join(ROOT, "configs/smoke.yaml")})
+    sweep_dir, failed = sweep.run_sweep(path, str(tmp_path / "results"))
+    runs = read_index(sweep_dir)["runs"]
+    assert failed == 1
+    assert [(r["status"], r["error"]) for r in runs] == [("failed", "boom"), ("complete", None)]
