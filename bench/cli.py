@@ -79,6 +79,30 @@ def cmd_plot(args):
     return 0
 
 
+def cmd_evaluate(args):
+    from bench.evaluate import evaluate, table
+    result, figure = evaluate(args.run_dir, args.volume)
+    print(table(result))
+    print(f"evaluated {result['volume']} in {result['seconds']:.1f}s; wrote {args.run_dir}/eval.json and {figure}")
+    return 0
+
+
+def cmd_job(args):
+    from bench.jobs import render_job
+    from bench import config
+    config.load(args.config)  # refuse to write a job for a config that would fail on the cluster
+    script = render_job(args.config, args.scheduler, args.nodes, ranks_per_node=args.ranks_per_node,
+                        threads_per_rank=args.threads, walltime=args.walltime, account=args.account,
+                        queue=args.queue)
+    if args.out:
+        with open(args.out, "w") as f:
+            f.write(script)
+        print(f"wrote {args.out}")
+    else:
+        print(script, end="")
+    return 0
+
+
 def parser():
     p = argparse.ArgumentParser(prog="ffnbench", description="Distributed FFN training benchmarks")
     sub = p.add_subparsers(dest="command", required=True)
@@ -117,6 +141,21 @@ def parser():
     o = sub.add_parser("plot", help="figures of a sweep's (or any directory's) runs, in DIR/plots/")
     o.add_argument("dir")
     o.set_defaults(fn=cmd_plot)
+    v = sub.add_parser("evaluate", help="flood-fill a held-out volume with a run's model; ARE and VOI")
+    v.add_argument("run_dir")
+    v.add_argument("--volume", help="file.h5:image,file.h5:labels (default: the run's held-out volume)")
+    v.set_defaults(fn=cmd_evaluate)
+    j = sub.add_parser("job", help="write a cluster job script (slurm, pbs, cobalt) that runs `ffnbench train`")
+    j.add_argument("config")
+    j.add_argument("--scheduler", required=True, choices=["slurm", "pbs", "cobalt"])
+    j.add_argument("--nodes", type=int, required=True)
+    j.add_argument("--ranks-per-node", type=int, default=1)
+    j.add_argument("--threads", type=int, default=None, help="threads per rank (default: the node's cores)")
+    j.add_argument("--walltime", default="01:00:00")
+    j.add_argument("--account")
+    j.add_argument("--queue")
+    j.add_argument("--out", help="write the script here instead of printing it")
+    j.set_defaults(fn=cmd_job)
     return p
 
 

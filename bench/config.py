@@ -49,6 +49,13 @@ SCHEMA = {
     "train.augment": (True, bool, "permute y/x and reflect z/y/x"),
     "eval.every": (50, int, "evaluate every this many steps (0 = only at the end)"),
     "eval.fovs": (64, int, "held-out FOVs per evaluation"),
+    "inference.init_activation": (0.95, float, "flood fill: seed probability at the seed voxel"),
+    "inference.pad_value": (0.05, float, "flood fill: canvas probability before prediction"),
+    "inference.move_threshold": (0.9, float, "flood fill: move to a face's max point if its probability >= this"),
+    "inference.segment_threshold": (0.6, float, "flood fill: voxels >= this probability join the segment"),
+    "inference.min_segment_size": (1000, int, "flood fill: smaller segments are rejected"),
+    "inference.min_boundary_dist": ([1, 1, 1], _int3, "flood fill: seeds this close to a segment are skipped"),
+    "inference.batch_size": (8, int, "flood fill: FOVs per predictor call"),
     "run.threads_per_rank": (0, int, "TF intra-op threads per rank (0 = cores / compute ranks)"),
     "run.out": ("results", str, "results directory; each run gets a subdirectory"),
     "run.timeout_s": (300.0, float, "bound on every blocking MPI wait"),
@@ -178,6 +185,12 @@ def validate(cfg):
                               f"= {2 * m['deltas'][i] + 1}")
         if m["fov"][i] % 2 == 0:
             raise ConfigError(f"config field model.fov: must be odd so the FOV has a centre voxel (got {m['fov']})")
+    for key in ("init_activation", "pad_value", "move_threshold", "segment_threshold"):
+        if not 0 < cfg["inference"][key] < 1:
+            raise ConfigError(f"config field inference.{key}: must be a probability in (0, 1) "
+                              f"(got {cfg['inference'][key]})")
+    if cfg["inference"]["batch_size"] < 1 or cfg["inference"]["min_segment_size"] < 0:
+        raise ConfigError("config field inference.batch_size: must be >= 1 (and min_segment_size >= 0)")
     if not 0 < t["move_threshold"] < 1:
         raise ConfigError(f"config field train.move_threshold: must be in (0, 1) (got {t['move_threshold']})")
     if not 0 < d["holdout_fraction"] < 1:

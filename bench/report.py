@@ -196,15 +196,14 @@ def varying_fields(runs, exclude=("strategy", "ranks")):
             and len({json.dumps(r.fields.get(k), sort_keys=True, default=str) for r in runs}) > 1]
 
 
-def label_of(run, keys):
-    """'batch_size=4,lr=0.001' from the given fields, by leaf name unless two leaves collide."""
+def fields_text(run, keys):
+    """['batch_size=4', 'lr=0.001'] for the given fields, by leaf name unless two leaves collide."""
     leaves = [k.rsplit(".", 1)[-1] for k in keys]
     parts = []
     for k, leaf in zip(keys, leaves):
-        name = leaf if leaves.count(leaf) == 1 else k
-        value = run.fields.get(k)
+        name, value = (leaf if leaves.count(leaf) == 1 else k), run.fields.get(k)
         parts.append(f"{name}={format(value, 'g') if isinstance(value, float) else value}")
-    return ",".join(parts)
+    return parts
 
 
 def group_runs(runs):
@@ -248,7 +247,7 @@ def report_rows(runs, target):
         f1s = [f for f in f1s if f is not None]
         stale = [r.summary["staleness"] for r in group if r.summary.get("staleness")]
         rows.append({
-            "config": label_of(group[0], keys),
+            "config": ",".join(fields_text(group[0], keys)),
             "strategy": first["strategy"], "ranks": first["ranks"], "workers": first["workers"],
             "global_batch": first["global_batch"], "n": len(group),
             "fovs_per_s": rate, "fovs_per_s_err": err,

@@ -6,9 +6,10 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
-from matplotlib.ticker import FixedLocator, FuncFormatter, LogLocator, NullFormatter, NullLocator  # noqa: E402
+from matplotlib.ticker import (FixedFormatter, FixedLocator, FuncFormatter, LogLocator, NullFormatter,  # noqa: E402
+                               NullLocator)
 
-from bench.report import machine, sortable, strategy_sort_key, varying_fields  # noqa: E402
+from bench.report import fields_text, machine, sortable, strategy_sort_key, varying_fields  # noqa: E402
 
 STRATEGY_COLORS = {
     "single": "#4d4d4d",
@@ -41,12 +42,6 @@ def color_for(strategy):
 
 def workers_text(n):
     return f"{n} worker" + ("" if n == 1 else "s")
-
-
-def fields_text(run, keys):
-    """['batch_size=4', 'lr=0.001'] for the given fields of a run."""
-    values = [run.fields.get(k) for k in keys]
-    return [f"{k.rsplit('.', 1)[-1]}={format(v, 'g') if isinstance(v, float) else v}" for k, v in zip(keys, values)]
 
 
 def series_label(run, keys):
@@ -91,7 +86,7 @@ def log2_workers_axis(ax, workers, label="workers"):
     ax.set_xscale("log", base=2)
     ax.set_xlim(ticks[0] / 1.3, ticks[-1] * 1.3)
     ax.xaxis.set_major_locator(FixedLocator(ticks))
-    ax.xaxis.set_major_formatter(matplotlib.ticker.FixedFormatter([str(t) for t in ticks]))
+    ax.xaxis.set_major_formatter(FixedFormatter([str(t) for t in ticks]))
     ax.xaxis.set_minor_locator(NullLocator())
     ax.set_xlabel(label)
 

@@ -7,8 +7,9 @@ import matplotlib.pyplot as plt
 import numpy as np
 from matplotlib.lines import Line2D
 
-from bench.report import NOT_THROUGHPUT, aggregate_rates, baseline_rate, strategy_sort_key, varying_fields
-from plots.common import (PHASE_COLORS, color_for, fields_text, geometric_edges, label_keys, log2_workers_axis,
+from bench.report import (NOT_THROUGHPUT, aggregate_rates, baseline_rate, fields_text, strategy_sort_key,
+                          varying_fields)
+from plots.common import (PHASE_COLORS, color_for, geometric_edges, label_keys, log2_workers_axis,
                           plain_log_yaxis, run_sort_key, series_label, series_styles, side_legend, strategies_text,
                           styles_for, title, workers_text)
 
@@ -37,12 +38,14 @@ def scaling(runs, target=None):
         bars = ax_rate.errorbar(workers, means, yerr=[e for _, e in rates], color=color, ls=ls, marker=marker,
                                 capsize=3, lw=1.8)
         legend.append((bars, label))
-        base, _ = (None, None) if members[0].emulated else baseline_rate(members, runs)
+        base, base_strategy = (None, None) if members[0].emulated else baseline_rate(members, runs)
         if base:
-            ax_rate.plot(workers, [base * w for w in workers], color=color, ls=(0, (2, 2)), lw=1, alpha=0.5)
+            ideal = sorted({1, *workers})  # from the baseline's point, in the baseline's colour
+            ax_rate.plot(ideal, [base * w for w in ideal], color=color_for(base_strategy), ls=(0, (2, 2)), lw=1,
+                         alpha=0.6)
             ax_eff.plot(workers, [m / (base * w) for m, w in zip(means, workers)], color=color, ls=ls,
                         marker=marker, lw=1.8)
-            all_rates += [base * w for w in workers]
+            all_rates += [base * w for w in ideal]
         all_workers += workers
         all_rates += means
     plain_log_yaxis(ax_rate)
@@ -217,7 +220,8 @@ def lr_scaling(runs, target=None):
     n = "N" if n0 == 1 else f"N/{n0}"
     xs = np.geomspace(x_edges[0], x_edges[-1], 50)
     ax.plot(xs, base * xs / n0, color="white", ls="--", lw=2, label=f"linear rule: lr = {base:.3g} × {n}")
-    ax.plot(xs, base * np.sqrt(xs / n0), color="#ff7f0e", lw=2, label=f"sqrt rule: lr = {base:.3g} × √{n if n0 == 1 else f'({n})'}")
+    root = "√N" if n0 == 1 else f"√({n})"
+    ax.plot(xs, base * np.sqrt(xs / n0), color="#ff7f0e", lw=2, label=f"sqrt rule: lr = {base:.3g} × {root}")
     ax.set_ylabel("effective learning rate (lr × scaling factor)")
     legend = ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.12), ncols=3, markerscale=0.6)
     legend.get_frame().set_facecolor("0.8")

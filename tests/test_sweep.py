@@ -103,7 +103,7 @@ def test_fov_budget_gives_every_run_the_same_fovs():
         cfg = run["config"]
         fovs = cfg["train"]["steps"] * sweep.workers_of(cfg) * cfg["train"]["batch_size"]
         assert budget <= fovs < budget + sweep.workers_of(cfg) * cfg["train"]["batch_size"]
-    assert [r["config"]["train"]["steps"] for r in planned][:2] == [300, 150]  # single does twice the steps
+    assert [r["config"]["train"]["steps"] for r in planned][:2] == [250, 125]  # single does twice the steps
 
 
 def test_a_failed_run_is_recorded_and_the_sweep_goes_on(tmp_path, monkeypatch):

@@ -1,0 +1,88 @@
+"""`ffnbench evaluate RUN_DIR`: flood-fill a held-out volume with the run's trained FFN and score
+the segmentation (ARE, VOI) against ground truth, next to two trivial segmentations."""
+import os
+import time
+
+import numpy as np
+import yaml
+from skimage.filters import threshold_otsu
+from skimage.measure import label as connected_components
+
+from bench.config import ConfigError, load
+from bench.summary import write_json_atomic
+
+FIELDS = ("are", "voi", "voi_split", "voi_merge", "rand_precision", "rand_recall", "segments", "gt_segments")
+
+
+def load_eval_volume(cfg, volume_spec):
+    """Raw (uint8-range) image and labels: --volume image,labels, else the run's held-out volume."""
+    from model.synthetic import make_volume, read_h5_dataset
+    if volume_spec:
+        parts = volume_spec.split(",")
+        if len(parts) != 2:
+            raise ConfigError(f"--volume {volume_spec}: expected file.h5:image,file.h5:labels")
+        image, labels = (read_h5_dataset(p) for p in parts)
+        source = volume_spec
+    elif cfg["data"]["source"] == "synthetic":
+        d = cfg["data"]
+        image, labels = make_volume(tuple(d["shape"]), seed=d["seed"] + 1, density=d["density"])
+        source = f"synthetic seed {d['seed'] + 1} (training used {d['seed']})"
+    else:
+        image, labels = (read_h5_dataset(cfg["data"][k]) for k in ("image", "labels"))
+        split = int(round(image.shape[0] * (1 - cfg["data"]["holdout_fraction"])))
+        image, labels, source = image[split:], labels[split:], f"{cfg['data']['image']} held-out z >= {split}"
+    if image.shape != labels.shape:
+        raise ConfigError(f"--volume: image shape {image.shape} differs from labels shape {labels.shape}")
+    return image, labels.astype(np.int64), source
+
+
+def inner(array, margin):
+    """Score only where a full FOV can be centred: seeds never start within fov//2 of the edge."""
+    return array[tuple(slice(m, n - m) for m, n in zip(margin, array.shape))]
+
+
+def trivial_segmentations(image, gt):
+    """The two baselines a trained FFN must beat: one segment, and components of the thresholded image."""
+    one = np.ones_like(gt)
+    cells = image > threshold_otsu(image)
+    return {"one_segment": one, "threshold_components": connected_components(cells, connectivity=1)}
+
+
+def evaluate(run_dir, volume_spec=None, progress=True):
+    from model.api import FFNModel
+    from model.inference import InferenceOptions, segment_volume
+    from model.seg_metrics import segmentation_scores
+    config_path = os.path.join(run_dir, "config.yaml")
+    if not os.path.isfile(config_path):
+        raise ConfigError(f"{run_dir}: not a run directory (no config.yaml)")
+    with open(config_path) as f:
+        cfg = load(base=yaml.safe_load(f))
+    m, d = cfg["model"], cfg["data"]
+    model = FFNModel(m["fov"], m["depth"], m["features"])
+    model.restore(os.path.join(run_dir, "checkpoints"))
+    image, gt, source = load_eval_volume(cfg, volume_spec)
+    opts = InferenceOptions(fov=tuple(m["fov"]), deltas=tuple(m["deltas"]), image_mean=d["image_mean"],
+                            image_stddev=d["image_stddev"],
+                            **{k: (tuple(v) if isinstance(v, list) else v) for k, v in cfg["inference"].items()})
+    start = time.time()
+    seg, stats = segment_volume(image, model.predict, opts, progress=progress)
+    seconds = time.time() - start
+    margin = [f // 2 for f in m["fov"]]
+    gt_in = inner(gt, margin)
+    result = {**segmentation_scores(inner(seg, margin), gt_in), "seconds": seconds, "volume": source,
+              "scored_region": "voxels at least fov//2 from every edge", "inference": stats,
+              "baselines": {name: segmentation_scores(inner(s, margin), gt_in)
+                            for name, s in trivial_segmentations(image, gt).items()}}
+    write_json_atomic(os.path.join(run_dir, "eval.json"), result)
+    from plots.segmentation import plot_segmentation
+    figure = plot_segmentation(image, gt, seg, os.path.join(run_dir, "segmentation.png"),
+                               title=f"{cfg['name']} ({cfg['strategy']}): FFN flood fill on {source}")
+    return result, figure
+
+
+def table(result):
+    rows = ["| segmentation | ARE | VOI | VOI split | VOI merge | segments |", "|---|---|---|---|---|---|"]
+    for name, r in [("trained FFN", result), *result["baselines"].items()]:
+        rows.append(f"| {name} | {r['are']:.4f} | {r['voi']:.4f} | {r['voi_split']:.4f} | {r['voi_merge']:.4f} "
+                    f"| {r['segments']} (gt {r['gt_segments']}) |")
+    return "\n".join(rows)

@@ -1,0 +1,51 @@
+import json
+
+import h5py
+import numpy as np
+import pytest
+
+from bench.evaluate import FIELDS
+
+EVAL_FIELDS = set(FIELDS) | {"seconds"}
+
+
+@pytest.fixture(scope="module")
+def smoke_run(tmp_path_factory):
+    from conftest import ffnbench
+    out = tmp_path_factory.mktemp("eval") / "run"
+    r = ffnbench("run", "configs/smoke.yaml", "--set", "run.progress=false", "--set", "train.steps=20",
+                 "--out", str(out))
+    assert r.returncode == 0, r.stderr
+    return out
+
+
+def test_evaluate_writes_every_field_and_a_figure(run_cli, smoke_run):
+    r = run_cli("evaluate", str(smoke_run))
+    assert r.returncode == 0, r.stderr
+    result = json.load(open(smoke_run / "eval.json"))
+    assert EVAL_FIELDS <= set(result)
+    assert 0 <= result["are"] <= 1 and result["voi"] >= 0 and result["gt_segments"] > 1
+    assert set(result["baselines"]) == {"one_segment", "threshold_components"}
+    assert result["baselines"]["one_segment"]["voi_split"] == 0.0  # one segment never splits
+    assert (smoke_run / "segmentation.png").stat().st_size > 10_000
+    assert "| trained FFN |" in r.stdout
+
+
+def test_missing_checkpoint_is_one_clear_line(run_cli, smoke_run, tmp_path):
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    (broken / "config.yaml").write_text((smoke_run / "config.yaml").read_text())
+    r = run_cli("evaluate", str(broken))
+    assert r.returncode == 2
+    assert r.stderr.strip().splitlines() == [f"ffnbench: error: no checkpoint in {broken}/checkpoints"]
+
+
+def test_volume_shape_mismatch_is_one_clear_line(run_cli, smoke_run, tmp_path):
+    path = tmp_path / "bad.h5"
+    with h5py.File(path, "w") as f:
+        f["image"] = np.zeros((32, 40, 40), np.uint8)
+        f["labels"] = np.zeros((32, 40, 41), np.int32)
+    r = run_cli("evaluate", str(smoke_run), "--volume", f"{path}:image,{path}:labels")
+    assert r.returncode == 2
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and "differs from labels shape" in lines[0]
