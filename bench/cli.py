@@ -103,6 +103,34 @@ def cmd_job(args):
     return 0
 
 
+def cmd_calibrate(args):
+    from bench.calibrate import calibrate, ranks_main
+    if args.ranks_part:
+        ranks_main(args.ranks_part)
+        return 0
+    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
+    cal = calibrate(args.out)
+    print(f"alpha = {cal['alpha_s'] * 1e6:.2f} us, beta = {1 / cal['beta_s_per_byte'] / 1e9:.2f} GB/s, "
+          f"server apply = {cal['server_apply_s_per_byte'] * 1e9:.3f} ns/byte; wrote {args.out}")
+    return 0
+
+
+def cmd_simulate(args):
+    from dataclasses import replace
+    from bench import predict
+    net = predict.network(args.network)
+    if args.validate:
+        print(predict.format_validation(predict.validate(args.validate, net)))
+        return 0
+    inp = predict.compute_inputs(args, net)
+    if args.servers:
+        inp = replace(inp, servers=args.servers)
+    print(f"simulated {args.strategy} (discrete-event/Monte Carlo; network {args.network}); "
+          f"compute per step: {'run ' + args.run if args.run else f'mean {args.mean_s}s cv {args.cv}'}")
+    print(predict.format_scaling(predict.scaling_table(args.strategy, predict.parse_workers(args.workers), inp)))
+    return 0
+
+
 def parser():
     p = argparse.ArgumentParser(prog="ffnbench", description="Distributed FFN training benchmarks")
     sub = p.add_subparsers(dest="command", required=True)
@@ -156,6 +184,23 @@ def parser():
     j.add_argument("--queue")
     j.add_argument("--out", help="write the script here instead of printing it")
     j.set_defaults(fn=cmd_job)
+    c = sub.add_parser("calibrate", help="measure MPI alpha/beta between two ranks and the server apply cost")
+    c.add_argument("--out", default="results/calibration.json")
+    c.add_argument("--ranks-part", help=argparse.SUPPRESS)
+    c.set_defaults(fn=cmd_calibrate)
+    m = sub.add_parser("simulate", help="predict FOVs/s and efficiency at N workers (or validate against runs)")
+    m.add_argument("--strategy", default="allreduce", choices=["allreduce", "ps_async", "ps_sync"])
+    m.add_argument("--workers", default="1,2,4,8,16,32,64,128,256,512,1024,2048,4096")
+    m.add_argument("--network", default="theta_aries", help="preset name or calibration JSON")
+    m.add_argument("--run", help="take per-step compute times, batch and model size from this run")
+    m.add_argument("--mean-s", type=float, default=5.71, help="mean compute seconds per step (default: KNL, "
+                   "4 FOVs at 0.7 FOVs/s)")
+    m.add_argument("--cv", type=float, default=0.106, help="coefficient of variation of step compute time")
+    m.add_argument("--batch", type=int, default=4)
+    m.add_argument("--params", type=int, default=638433)
+    m.add_argument("--servers", type=int, default=0, help="parameter servers (ps strategies)")
+    m.add_argument("--validate", nargs="+", metavar="DIR", help="predicted vs measured for the runs below DIR")
+    m.set_defaults(fn=cmd_simulate)
     return p
 
 
@@ -170,7 +215,7 @@ def main(argv=None):
     from strategies.base import LayoutError
     try:
         return args.fn(args)
-    except (ConfigError, LayoutError, FileNotFoundError, KeyError, ValueError) as e:
+    except (ConfigError, LayoutError, FileNotFoundError, KeyError, ValueError, RuntimeError) as e:
         return _die(str(e).strip("'\""))
     except KeyboardInterrupt:
         return _die("interrupted", 130)

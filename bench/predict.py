@@ -1,0 +1,109 @@
+"""`ffnbench simulate`: predicted throughput at N workers, and predicted vs measured for real runs."""
+import json
+import os
+
+import numpy as np
+
+from bench.simulator import NETWORK_PRESETS, SimInputs, simulate
+from bench.summary import read_records
+
+# Measured strategies and the simulator model that describes each.
+MODEL_OF = {"single": "allreduce", "allreduce": "allreduce", "mpi_allreduce": "allreduce",
+            "ps_async": "ps_async", "ps_sync": "ps_sync"}
+
+
+def network(name_or_path):
+    """A preset name (e.g. theta_aries) or a calibration JSON written by `ffnbench calibrate`."""
+    if name_or_path in NETWORK_PRESETS:
+        return dict(NETWORK_PRESETS[name_or_path])
+    if not os.path.isfile(name_or_path):
+        raise FileNotFoundError(f"--network {name_or_path}: neither a preset "
+                                f"({', '.join(NETWORK_PRESETS)}) nor a calibration file")
+    with open(name_or_path) as f:
+        cal = json.load(f)
+    return {k: cal[k] for k in ("alpha_s", "beta_s_per_byte", "server_apply_s_per_byte") if k in cal}
+
+
+def inputs_from_run(run_dir, net):
+    """Per-step compute (+ data) seconds of every worker step after warm-up, the run's batch,
+    gradient size and servers."""
+    with open(os.path.join(run_dir, "manifest.json")) as f:
+        manifest = json.load(f)
+    cfg = manifest["config"]
+    warm = cfg["run"]["timing_warmup_steps"]
+    steps = [r for r in read_records(run_dir) if r["kind"] == "step" and r["step"] >= warm]
+    samples = [r["compute_s"] + r["data_s"] + r.get("wait_s", 0.0) for r in steps]
+    servers = manifest["role_counts"].get("server", 1)
+    return manifest, SimInputs(samples=samples, grad_bytes=4.0 * manifest["params"],
+                               batch_per_worker=cfg["train"]["batch_size"], servers=servers, **net)
+
+
+def measured_throughput(run_dir, warm):
+    """Worker FOVs after warm-up over the wall time they took: the quantity the simulator predicts
+    (a ratio of totals, not the mean of per-step rates that the summary line reports)."""
+    steps = [r for r in read_records(run_dir) if r["kind"] == "step" and r["step"] >= warm]
+    start = min(r["time"] - r["step_s"] for r in steps)
+    return sum(r["fovs"] for r in steps) / (max(r["time"] for r in steps) - start)
+
+
+def validate(dirs, net):
+    """Rows of (run, strategy, workers, measured, predicted, ratio) for every complete run."""
+    rows = []
+    for top in dirs:
+        for root, _, files in sorted(os.walk(top)):
+            if "summary.json" not in files:
+                continue
+            with open(os.path.join(root, "summary.json")) as f:
+                summary = json.load(f)
+            if summary["strategy"] not in MODEL_OF:
+                continue
+            manifest, inp = inputs_from_run(root, net)
+            predicted = simulate(MODEL_OF[summary["strategy"]], summary["workers"], inp, steps=2000)["fovs_per_s"]
+            measured = measured_throughput(root, manifest["config"]["run"]["timing_warmup_steps"])
+            rows.append({"run": os.path.relpath(root, top), "strategy": summary["strategy"],
+                         "workers": summary["workers"], "measured": measured, "predicted": predicted,
+                         "ratio": predicted / measured})
+    return rows
+
+
+def scaling_table(strategy, workers, inp):
+    return [simulate(strategy, n, inp, steps=400) for n in workers]
+
+
+def format_validation(rows):
+    lines = ["| run | strategy | workers | measured FOVs/s | predicted FOVs/s | predicted / measured |",
+             "|---|---|---|---|---|---|"]
+    lines += [f"| {r['run']} | {r['strategy']} | {r['workers']} | {r['measured']:.2f} | {r['predicted']:.2f} "
+              f"| {r['ratio']:.3f} |" for r in rows]
+    return "\n".join(lines)
+
+
+def format_scaling(results):
+    lines = ["| workers | FOVs/s | step s | efficiency | staleness mean | staleness p99 |", "|---|---|---|---|---|---|"]
+    for r in results:
+        st = r.get("staleness") or {}
+        lines.append(f"| {r['n_workers']} | {r['fovs_per_s']:.1f} | {r['step_s_mean']:.3f} | {r['efficiency']:.3f} "
+                     f"| {st.get('mean', float('nan')):.2f} | {st.get('p99', float('nan')):.0f} |")
+    return "\n".join(lines)
+
+
+def parse_workers(text):
+    try:
+        values = [int(v) for v in text.split(",")]
+    except ValueError:
+        raise ValueError(f"--workers {text}: expected a comma-separated list of integers")
+    if min(values) < 1:
+        raise ValueError(f"--workers {text}: worker counts must be >= 1")
+    return values
+
+
+def compute_inputs(args, net):
+    if args.run:
+        return inputs_from_run(args.run, net)[1]
+    return SimInputs(mean_s=args.mean_s, cv=args.cv, batch_per_worker=args.batch, grad_bytes=4.0 * args.params,
+                     servers=args.servers or 1, **net)
+
+
+def mean_and_cv(samples):
+    x = np.asarray(samples)
+    return float(x.mean()), float(x.std() / x.mean())
