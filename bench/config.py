@@ -112,20 +112,25 @@ def parse_override(text):
     return key.strip(), yaml.safe_load(raw)
 
 
+def read_mapping(path, kind="config file"):
+    """A YAML file whose top level is a mapping (safe_load only), or one ConfigError line."""
+    if not os.path.isfile(path):
+        raise ConfigError(f"{kind} {path}: not found")
+    with open(path) as f:
+        try:
+            data = yaml.safe_load(f) or {}
+        except yaml.YAMLError as e:
+            raise ConfigError(f"{kind} {path}: not valid YAML ({str(e).splitlines()[0]})")
+    if not isinstance(data, dict):
+        raise ConfigError(f"{kind} {path}: top level must be a mapping")
+    return data
+
+
 def load(path=None, overrides=(), base=None):
     """Merge defaults <- file <- overrides, then validate. Returns a nested dict."""
     cfg = defaults()
     if path is not None:
-        if not os.path.isfile(path):
-            raise ConfigError(f"config file {path}: not found")
-        with open(path) as f:
-            try:
-                data = yaml.safe_load(f) or {}
-            except yaml.YAMLError as e:
-                raise ConfigError(f"config file {path}: not valid YAML ({str(e).splitlines()[0]})")
-        if not isinstance(data, dict):
-            raise ConfigError(f"config file {path}: top level must be a mapping")
-        merge(cfg, data)
+        merge(cfg, read_mapping(path))
     if base is not None:
         merge(cfg, base)
     for item in overrides:

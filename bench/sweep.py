@@ -48,15 +48,7 @@ DEFAULT_TARGET_F1 = 0.8
 
 def load_sweep(path):
     """Read and check a sweep file; every problem is one ConfigError line naming the key."""
-    if not os.path.isfile(path):
-        raise ConfigError(f"sweep file {path}: not found")
-    with open(path) as f:
-        try:
-            spec = yaml.safe_load(f) or {}
-        except yaml.YAMLError as e:
-            raise ConfigError(f"sweep file {path}: not valid YAML ({str(e).splitlines()[0]})")
-    if not isinstance(spec, dict):
-        raise ConfigError(f"sweep file {path}: top level must be a mapping")
+    spec = config.read_mapping(path, "sweep file")
 
     def bad(key, message):
         return ConfigError(f"sweep file {path}: {key}: {message}")

@@ -154,7 +154,7 @@ def train(cfg, run_dir):
     if comm.rank == 0:
         manifest = {"config": cfg, "strategy": cfg["strategy"], "ranks": comm.size, "roles": roles,
                     "role_counts": {r: roles.count(r) for r in sorted(set(roles))}, "workers": run.workers,
-                    "threads_per_rank": threads, "params": run.model.num_params, **versions(),
+                    "emulated": cls.emulated, "threads_per_rank": threads, "params": run.model.num_params, **versions(),
                     "host": socket.gethostname(), "start_time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
                     "git_commit": git_commit()}
         summ.write_json_atomic(os.path.join(run_dir, "manifest.json"), manifest)

@@ -6,11 +6,11 @@ so nothing overlaps that the split loses.
 """
 import os
 
-from strategies.base import Strategy, register
+from strategies.base import SyncDataParallel, register
 
 
 @register
-class HorovodAllreduce(Strategy):
+class HorovodAllreduce(SyncDataParallel):
     """Sync ring all-reduce with Horovod (hvd.allreduce per gradient inside a tf.function)."""
     name = "allreduce"
     options = {"fusion_threshold_mb": 128.0, "cycle_time_ms": 1.0, "fp16": False, "timeline": False}
@@ -30,21 +30,11 @@ class HorovodAllreduce(Strategy):
             lambda grads: [hvd.allreduce(g, op=hvd.Average, compression=compression) for g in grads])
         self.hvd = hvd
 
-    def loop(self):
-        run, rec = self.run, self.run.recorder
-        for step in range(run.steps):
-            self.model.set_lr(run.lr(step))
-            with rec.phase("data"):
-                batch = run.stream.next_batch()
-            with rec.phase("compute"):
-                grads, loss, logits = self.model.gradients(batch)
-            with rec.phase("comm"):
-                grads = self.allreduce(grads)
-            with rec.phase("compute"):
-                self.model.apply_gradients(grads)
-                run.stream.feedback(logits.numpy())
-            rec.step(step, len(batch), float(loss))
-            run.after_step(step, fovs_total=(step + 1) * len(batch) * self.comm.size)
+    def gradients(self, batch):
+        return self.model.gradients(batch)  # per-variable tensors, for Horovod's fusion buffer
+
+    def average(self, grads):
+        return self.allreduce(grads)
 
     def finish(self):
         self.hvd.shutdown()

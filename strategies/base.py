@@ -4,6 +4,8 @@ A strategy sees a `Run` (bench/train.py): the model API (`run.model`), the commu
 (`run.comm`), this rank's example stream, the lr schedule, the recorder and the evaluator.
 """
 
+import numpy as np
+
 
 class LayoutError(ValueError):
     """An impossible rank layout for a strategy."""
@@ -13,6 +15,8 @@ class Strategy:
     name = ""
     #: strategy_options this strategy accepts, with defaults
     options = {}
+    #: True when N workers are emulated inside one process (records say so)
+    emulated = False
 
     def __init__(self, run):
         self.run = run
@@ -47,6 +51,34 @@ class Strategy:
     def finish(self):
         """Final flat weights on rank 0 (None elsewhere)."""
         return self.model.get_flat() if self.comm.rank == 0 else None
+
+
+class SyncDataParallel(Strategy):
+    """Each worker computes a gradient on its own batch; `average` turns them into one mean
+    gradient (the only communication); every worker applies the same update."""
+
+    def gradients(self, batch):
+        """(gradient, loss, logits) for this worker's batch."""
+        return self.model.flat_gradients(batch)
+
+    def average(self, grads):
+        raise NotImplementedError
+
+    def loop(self):
+        run, rec, model = self.run, self.run.recorder, self.model
+        for step in range(run.steps):
+            model.set_lr(run.lr(step))
+            with rec.phase("data"):
+                batch = run.stream.next_batch()
+            with rec.phase("compute"):
+                grads, loss, logits = self.gradients(batch)
+            with rec.phase("comm"):
+                grads = self.average(grads)
+            with rec.phase("compute"):
+                model.apply_gradients(grads)
+                run.stream.feedback(np.asarray(logits))
+            rec.step(step, len(batch), float(loss))
+            run.after_step(step, fovs_total=(step + 1) * len(batch) * run.workers)
 
 
 REGISTRY = {}

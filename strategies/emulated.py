@@ -12,6 +12,7 @@ from strategies.ps_optimizer import ShardUpdater
 
 class _Emulated(Strategy):
     options = {"workers": 2}
+    emulated = True
 
     @classmethod
     def roles(cls, ranks, options):

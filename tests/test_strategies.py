@@ -86,8 +86,12 @@ def test_ps_async_two_servers_equal_one_server(runs):
     np.testing.assert_array_equal(final_weights(one), final_weights(two))
 
 
+# Equal workers whose steps are long against message latency, so their steps overlap as on a cluster.
+EQUAL_WORKERS = ("train.steps=20", "train.batch_size=2", "model.features=24")
+
+
 def test_ps_async_two_workers_are_stale_by_about_one(runs):
-    ps = runs("ps-1-2", "strategy=ps_async", "ranks=3", "train.steps=20", "train.batch_size=2")
+    ps = runs("ps-1-2", "strategy=ps_async", "ranks=3", *EQUAL_WORKERS)
     stale = [u["staleness"] for u in records(ps, "update")]
     assert len(stale) == 40 and max(stale) > 0
     assert 0.5 <= np.mean(stale) <= 1.5, np.bincount(stale)
@@ -153,9 +157,8 @@ def test_emulated_sync_equals_allreduce(runs):
 
 
 def test_emulated_async_staleness_matches_ps_async_with_equal_workers(runs):
-    ps = runs("ps-1-2", "strategy=ps_async", "ranks=3", "train.steps=20", "train.batch_size=2")
-    emu = runs("emu-async-2", "strategy=emulated_async", "strategy_options.workers=2", "train.steps=20",
-               "train.batch_size=2")
+    ps = runs("ps-1-2", "strategy=ps_async", "ranks=3", *EQUAL_WORKERS)
+    emu = runs("emu-async-2", "strategy=emulated_async", "strategy_options.workers=2", *EQUAL_WORKERS)
     real = np.array([u["staleness"] for u in records(ps, "update")])
     emulated = np.array([u["staleness"] for u in records(emu, "update")])
     assert len(real) == len(emulated) == 40
