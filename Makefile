@@ -1,5 +1,6 @@
 # The README's two commands. Each sets up whatever is missing (apt MPI, the cached pinned venv).
 .PHONY: setup test demo clean
+DEMO := results/sweeps/demo
 
 setup:
 	@bash scripts/setup_env.sh
@@ -7,8 +8,13 @@ setup:
 test: setup
 	.venv/bin/python -m pytest -q tests
 
+# single vs Horovod all-reduce x2 vs async PS 1+2 on one FOV budget (re-running resumes; `make clean` restarts)
 demo: setup
-	.venv/bin/ffnbench run configs/bench.yaml --set run.out=results/demo
+	.venv/bin/ffnbench sweep configs/sweeps/demo.yaml --out $(DEMO)
+	.venv/bin/ffnbench report $(DEMO)
+	.venv/bin/ffnbench plot $(DEMO) > /dev/null
+	@echo "report:  $(DEMO)/report.md  $(DEMO)/report.csv"
+	@echo "figures: $$(ls $(DEMO)/plots/*.png | tr '\n' ' ')"
 
 clean:
 	rm -rf results .pytest_cache

@@ -106,12 +106,19 @@ def cmd_job(args):
 def cmd_calibrate(args):
     from bench.calibrate import calibrate, ranks_main
     if args.ranks_part:
-        ranks_main(args.ranks_part)
+        ranks_main(args.ranks_part, args.params)
         return 0
+    from bench.config import load
+    from model.network import param_count
+    params = args.params
+    if args.config:
+        m = load(args.config)["model"]
+        params = param_count(m["depth"], m["features"])
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-    cal = calibrate(args.out)
+    cal = calibrate(args.out, params)
     print(f"alpha = {cal['alpha_s'] * 1e6:.2f} us, beta = {1 / cal['beta_s_per_byte'] / 1e9:.2f} GB/s, "
-          f"server apply = {cal['server_apply_s_per_byte'] * 1e9:.3f} ns/byte; wrote {args.out}")
+          f"server apply = {cal['server_apply_s_per_byte'] * 1e9:.3f} ns/byte, raw MPI Allreduce of "
+          f"{params} float32 between 2 ranks = {cal['allreduce_s'] * 1e3:.3f} ms; wrote {args.out}")
     return 0
 
 
@@ -187,6 +194,8 @@ def parser():
     c = sub.add_parser("calibrate", help="measure MPI alpha/beta between two ranks and the server apply cost")
     c.add_argument("--out", default="results/calibration.json")
     c.add_argument("--ranks-part", help=argparse.SUPPRESS)
+    c.add_argument("--config", help="size the Allreduce and server apply to this config's model")
+    c.add_argument("--params", type=int, default=638433, help="gradient size in float32 (default: paper model)")
     c.set_defaults(fn=cmd_calibrate)
     m = sub.add_parser("simulate", help="predict FOVs/s and efficiency at N workers (or validate against runs)")
     m.add_argument("--strategy", default="allreduce", choices=["allreduce", "ps_async", "ps_sync"])

@@ -26,6 +26,7 @@ SCHEMA = {
     "model.deltas": ([8, 8, 8], _int3, "FOV movement step z,y,x"),
     "model.depth": (12, int, "number of conv modules (1 + depth-1 residual)"),
     "model.features": (32, int, "channels per conv"),
+    "model.init_stddev": (0.01, float, "stddev of the truncated-normal weight init (FFN: 0.01)"),
     "data.source": ("synthetic", str, "synthetic | hdf5"),
     "data.seed": (0, int, "seed of the synthetic training volume (held-out volume uses seed+1)"),
     "data.shape": ([64, 128, 128], _int3, "synthetic volume shape z,y,x"),
@@ -175,7 +176,7 @@ def validate(cfg):
     for key in positive:
         if flat[key] < 1:
             raise ConfigError(f"config field {key}: must be >= 1 (got {flat[key]})")
-    for key in ["train.lr", "data.image_stddev", "data.density", "run.timeout_s", "train.clip"]:
+    for key in ["train.lr", "model.init_stddev", "data.image_stddev", "data.density", "run.timeout_s", "train.clip"]:
         if flat[key] <= 0:
             raise ConfigError(f"config field {key}: must be > 0 (got {flat[key]})")
     for key in ["train.warmup_steps", "eval.every", "run.threads_per_rank", "run.timing_warmup_steps",

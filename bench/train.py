@@ -72,7 +72,8 @@ class Run:
         self.steps, self.batch_size = t["steps"], t["batch_size"]
         self.lr = lr_schedule(t, self.workers)
         self.timeout = cfg["run"]["timeout_s"]
-        self.model = FFNModel(m["fov"], m["depth"], m["features"], t["optimizer"], t["lr"], t["clip"], t["seed"])
+        self.model = FFNModel(m["fov"], m["depth"], m["features"], t["optimizer"], t["lr"], t["clip"], t["seed"],
+                              m["init_stddev"])
         self.evaluator_rank = self.worker_ranks[0]
         self.stream, self.heldout = None, None
         if self.role == "worker" or comm.rank in (0, self.evaluator_rank):

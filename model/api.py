@@ -48,10 +48,10 @@ def voxel_metrics(logits, labels, threshold=logit(0.9)):
 
 
 class FFNModel:
-    def __init__(self, fov, depth, features, optimizer="adam", lr=1e-3, clip=0.7, seed=0):
+    def __init__(self, fov, depth, features, optimizer="adam", lr=1e-3, clip=0.7, seed=0, init_stddev=0.01):
         tf.random.set_seed(seed)
         self.fov = tuple(fov)
-        self.net = build_convstack_3d(self.fov, depth, features, seed=seed)
+        self.net = build_convstack_3d(self.fov, depth, features, seed=seed, init_stddev=init_stddev)
         self.variables = self.net.trainable_variables
         self.shapes = [tuple(v.shape) for v in self.variables]
         self.sizes = [int(np.prod(s)) for s in self.shapes]

@@ -7,9 +7,9 @@ def logit(p):
     return float(np.log(p / (1.0 - p)))
 
 
-def build_convstack_3d(fov, depth=12, features=32, seed=0):
+def build_convstack_3d(fov, depth=12, features=32, seed=0, init_stddev=0.01):
     """Input (B, z, y, x, 2) = [image, seed logits]; output new seed logits = seed + update."""
-    init = tf.keras.initializers.TruncatedNormal(stddev=0.01, seed=seed)
+    init = tf.keras.initializers.TruncatedNormal(stddev=init_stddev, seed=seed)
 
     def conv(name, activation=None, size=3, filters=features):
         return tf.keras.layers.Conv3D(filters, size, padding="same", activation=activation,
@@ -26,6 +26,12 @@ def build_convstack_3d(fov, depth=12, features=32, seed=0):
         x = x + y
     update = conv("conv_lom", size=1, filters=1)(tf.nn.relu(x))
     return tf.keras.Model(inputs, seed_logits + update, name="convstack_3d")
+
+
+def param_count(depth, features):
+    """Trainable parameters of convstack_3d, without building it (638,433 at depth 12 x 32)."""
+    conv = 27 * features * features + features
+    return (27 * 2 * features + features) + conv * (1 + 2 * (depth - 1)) + (features + 1)
 
 
 def weights_per_voxel(depth, features):

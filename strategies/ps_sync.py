@@ -27,10 +27,10 @@ class PSSync(ParameterServerStrategy):
 
     def serve(self):
         run, token = self.run, np.empty(1, np.int64)
-        pending, deferred_pulls = {}, []
-        done = dropped = 0
+        pending, deferred_pulls, finished = {}, [], set()
+        dropped = 0
         needed = run.workers - self.opts["backup_workers"]
-        while done < run.workers:
+        while len(finished) < run.workers:
             worker, tag = self.next_message()
             if tag == PULL:
                 self.recv(token, worker, PULL, "a pull request")
@@ -46,10 +46,11 @@ class PSSync(ParameterServerStrategy):
                     pending[worker] = grad
             elif tag == DONE:
                 self.recv(token, worker, DONE, "a done message")
-                done += 1
+                finished.add(worker)
             else:
                 fail(self.comm, f"unexpected message tag {tag} from rank {worker}")
-            if pending and len(pending) >= min(needed, run.workers - done):
+            may_still_push = [w for w in run.worker_ranks if w not in finished and w not in pending]
+            if pending and (len(pending) >= needed or not may_still_push):
                 mean = np.sum([pending[w] for w in sorted(pending)], axis=0, dtype=np.float32)
                 mean /= np.float32(len(pending))
                 for w in sorted(pending):
