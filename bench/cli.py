@@ -81,7 +81,7 @@ def cmd_plot(args):
 
 def cmd_evaluate(args):
     from bench.evaluate import evaluate, table
-    result, figure = evaluate(args.run_dir, args.volume)
+    result, figure = evaluate(args.run_dir, args.volume, args.set)
     print(table(result))
     print(f"evaluated {result['volume']} in {result['seconds']:.1f}s; wrote {args.run_dir}/eval.json and {figure}")
     return 0
@@ -179,6 +179,8 @@ def parser():
     v = sub.add_parser("evaluate", help="flood-fill a held-out volume with a run's model; ARE and VOI")
     v.add_argument("run_dir")
     v.add_argument("--volume", help="file.h5:image,file.h5:labels (default: the run's held-out volume)")
+    v.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config field, e.g. inference.min_segment_size=200")
     v.set_defaults(fn=cmd_evaluate)
     j = sub.add_parser("job", help="write a cluster job script (slurm, pbs, cobalt) that runs `ffnbench train`")
     j.add_argument("config")

@@ -48,7 +48,7 @@ def trivial_segmentations(image, gt):
     return {"one_segment": one, "threshold_components": connected_components(cells, connectivity=1)}
 
 
-def evaluate(run_dir, volume_spec=None, progress=True):
+def evaluate(run_dir, volume_spec=None, overrides=(), progress=True):
     from model.api import FFNModel
     from model.inference import InferenceOptions, segment_volume
     from model.seg_metrics import segmentation_scores
@@ -56,7 +56,7 @@ def evaluate(run_dir, volume_spec=None, progress=True):
     if not os.path.isfile(config_path):
         raise ConfigError(f"{run_dir}: not a run directory (no config.yaml)")
     with open(config_path) as f:
-        cfg = load(base=yaml.safe_load(f))
+        cfg = load(base=yaml.safe_load(f), overrides=overrides)
     m, d = cfg["model"], cfg["data"]
     model = FFNModel(m["fov"], m["depth"], m["features"])
     model.restore(os.path.join(run_dir, "checkpoints"))
