@@ -138,6 +138,19 @@ def cmd_simulate(args):
     return 0
 
 
+def cmd_commbench(args):
+    from bench import config
+    cfg = config.load(args.config)
+    if args.ranks_part:
+        from bench.commbench import ranks_main
+        ranks_main(cfg)
+        return 0
+    import subprocess
+    from bench.launcher import child_env, mpirun_command
+    cmd = mpirun_command(args.ranks, ["commbench", args.config, "--ranks-part"])
+    return subprocess.run(cmd, env=child_env(cfg), timeout=600).returncode
+
+
 def parser():
     p = argparse.ArgumentParser(prog="ffnbench", description="Distributed FFN training benchmarks")
     sub = p.add_subparsers(dest="command", required=True)
@@ -212,6 +225,11 @@ def parser():
     m.add_argument("--servers", type=int, default=0, help="parameter servers (ps strategies)")
     m.add_argument("--validate", nargs="+", metavar="DIR", help="predicted vs measured for the runs below DIR")
     m.set_defaults(fn=cmd_simulate)
+    b = sub.add_parser("commbench", help="all-reduce of one gradient: raw MPI vs mpi_allreduce vs Horovod")
+    b.add_argument("config", help="sizes the gradient to this config's model")
+    b.add_argument("--ranks", type=int, default=2)
+    b.add_argument("--ranks-part", action="store_true", help=argparse.SUPPRESS)
+    b.set_defaults(fn=cmd_commbench)
     return p
 
 
