@@ -1,7 +1,9 @@
 """Bounded, low-CPU waits on nonblocking MPI requests.
 
 Open MPI busy-polls inside blocking calls; polling Test() with a short sleep keeps an idle rank
-off the CPU, and a deadline turns a lost peer into one clear error and an MPI Abort.
+off the CPU, and a deadline turns a lost peer into one clear error and an MPI Abort. A
+nonblocking collective only progresses inside MPI calls, so the first SPIN_S are polled without
+sleeping (a quick operation finishes at full speed) before the sleeps grow to 1 ms.
 """
 import sys
 import time
@@ -9,6 +11,7 @@ import time
 from mpi4py import MPI
 
 ABORT_CODE = 3
+SPIN_S = 0.005
 
 
 def fail(comm, message):
@@ -17,25 +20,25 @@ def fail(comm, message):
     comm.Abort(ABORT_CODE)
 
 
-def wait(comm, request, timeout_s, what, status=None):
-    """Wait for one request, sleeping between polls; abort after timeout_s."""
-    deadline = time.monotonic() + timeout_s
+def _poll(comm, done, timeout_s, what):
+    start = time.monotonic()
     nap = 2e-5
-    while not request.Test(status):
-        if time.monotonic() > deadline:
+    while not done():
+        elapsed = time.monotonic() - start
+        if elapsed > timeout_s:
             fail(comm, f"timed out after {timeout_s:g}s waiting for {what}")
-        time.sleep(nap)
-        nap = min(nap * 2, 1e-3)
+        if elapsed > SPIN_S:
+            time.sleep(nap)
+            nap = min(nap * 2, 1e-3)
+
+
+def wait(comm, request, timeout_s, what, status=None):
+    """Wait for one request; abort the job after timeout_s."""
+    _poll(comm, lambda: request.Test(status), timeout_s, what)
 
 
 def wait_all(comm, requests, timeout_s, what):
-    deadline = time.monotonic() + timeout_s
-    nap = 2e-5
-    while not MPI.Request.Testall(requests):
-        if time.monotonic() > deadline:
-            fail(comm, f"timed out after {timeout_s:g}s waiting for {what}")
-        time.sleep(nap)
-        nap = min(nap * 2, 1e-3)
+    _poll(comm, lambda: MPI.Request.Testall(requests), timeout_s, what)
 
 
 def barrier(comm, timeout_s, what="the other ranks"):
