@@ -148,7 +148,7 @@ def cmd_commbench(args):
     import subprocess
     from bench.launcher import child_env, mpirun_command
     cmd = mpirun_command(args.ranks, ["commbench", args.config, "--ranks-part"])
-    return subprocess.run(cmd, env=child_env(cfg), timeout=600).returncode
+    return subprocess.run(cmd, env=child_env(), timeout=600).returncode
 
 
 def parser():

@@ -58,15 +58,12 @@ def mpirun_command(ranks, args, cores=None):
     return cmd + [sys.executable, "-m", "bench.cli"] + args
 
 
-def child_env(cfg):
+def child_env():
     env = dict(os.environ)
     env["PYTHONPATH"] = PACKAGE_ROOT + os.pathsep + env.get("PYTHONPATH", "")
     env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     env.setdefault("OMPI_MCA_mpi_yield_when_idle", "1")
     env.setdefault("OMPI_MCA_btl_vader_single_copy_mechanism", "none")
-    # Horovod aborts a stalled collective instead of hanging (bounded waits).
-    env.setdefault("HOROVOD_STALL_CHECK_TIME_SECONDS", str(int(min(60, cfg["run"]["timeout_s"]))))
-    env.setdefault("HOROVOD_STALL_SHUTDOWN_TIME_SECONDS", str(int(cfg["run"]["timeout_s"])))
     return env
 
 
@@ -75,7 +72,7 @@ def launch(cfg, run_dir):
     config_path = os.path.join(run_dir, "config.yaml")
     args = ["train", config_path, "--run-dir", run_dir]
     cmd = mpirun_command(cfg["ranks"], args) if cfg["ranks"] > 1 else [sys.executable, "-m", "bench.cli", *args]
-    proc = subprocess.Popen(cmd, env=child_env(cfg), stderr=subprocess.PIPE, text=True, bufsize=1)
+    proc = subprocess.Popen(cmd, env=child_env(), stderr=subprocess.PIPE, text=True, bufsize=1)
     errors, deaths = [], []
 
     def relay():

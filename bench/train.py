@@ -146,8 +146,13 @@ def train(cfg, run_dir):
     roles = cls.roles(cfg["ranks"], {**cls.options, **cfg["strategy_options"]})
     if comm.size != cfg["ranks"]:
         raise ConfigError(f"config field ranks: is {cfg['ranks']} but the job has {comm.size} MPI ranks")
+    import numpy as np
+    from strategies.mpi_wait import wait
+    timeout = cfg["run"]["timeout_s"]
     local = comm.Split_type(MPI.COMM_TYPE_SHARED)
-    local_workers = local.allreduce(1 if roles[comm.rank] == "worker" else 0)
+    is_worker, local_workers = np.array([roles[comm.rank] == "worker"], np.int64), np.zeros(1, np.int64)
+    wait(comm, local.Iallreduce(is_worker, local_workers, op=MPI.SUM), timeout, "the ranks on this node")
+    local_workers = int(local_workers[0])
     threads = threads_for(cfg, local_workers) if roles[comm.rank] == "worker" else 1
     configure_threads(threads)
     run = Run(cfg, run_dir, comm, roles)
@@ -162,7 +167,9 @@ def train(cfg, run_dir):
     strategy = cls(run)
     strategy.setup()
     barrier(comm, run.timeout, "all ranks to finish set-up")
-    t0 = comm.bcast(time.time() if comm.rank == 0 else None, root=0)
+    t0 = np.array([time.time()])
+    wait(comm, comm.Ibcast(t0, root=0), run.timeout, "rank 0's start time")
+    t0 = float(t0[0])
     run.start(t0, strategy.expected_updates())
     strategy.loop()
     final = strategy.finish()

@@ -19,6 +19,9 @@ class HorovodAllreduce(SyncDataParallel):
         o = self.opts
         os.environ["HOROVOD_FUSION_THRESHOLD"] = str(int(float(o["fusion_threshold_mb"]) * 1024 * 1024))
         os.environ["HOROVOD_CYCLE_TIME"] = str(float(o["cycle_time_ms"]))
+        # A lost rank stalls Horovod's collectives: shut down after the run's wait bound.
+        os.environ.setdefault("HOROVOD_STALL_CHECK_TIME_SECONDS", str(int(min(60, self.run.timeout))))
+        os.environ.setdefault("HOROVOD_STALL_SHUTDOWN_TIME_SECONDS", str(int(self.run.timeout)))
         if o["timeline"]:
             os.environ["HOROVOD_TIMELINE"] = os.path.join(self.run.run_dir, "horovod_timeline.json")
         import horovod.tensorflow as hvd
