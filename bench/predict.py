@@ -2,7 +2,6 @@
 import json
 import os
 
-import numpy as np
 
 from bench.simulator import NETWORK_PRESETS, SimInputs, simulate
 from bench.summary import read_records
@@ -102,8 +101,3 @@ def compute_inputs(args, net):
         return inputs_from_run(args.run, net)[1]
     return SimInputs(mean_s=args.mean_s, cv=args.cv, batch_per_worker=args.batch, grad_bytes=4.0 * args.params,
                      servers=args.servers or 1, **net)
-
-
-def mean_and_cv(samples):
-    x = np.asarray(samples)
-    return float(x.mean()), float(x.std() / x.mean())

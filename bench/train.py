@@ -191,10 +191,6 @@ def finish_run(run, manifest, updates):
     from model.network import train_flops_per_fov
     import numpy as np
     cfg = run.cfg
-    if run.heldout is None:
-        from model.data import heldout_batch, load_volumes
-        run.heldout = heldout_batch(load_volumes(cfg["data"])[1], cfg["model"]["fov"], cfg["model"]["deltas"],
-                                    cfg["eval"]["fovs"], cfg["data"]["seed"], cfg["data"]["min_object_size"])
     fovs_total = run.steps * run.workers * run.batch_size
     run.evaluate(updates, fovs_total)
     p = float(np.mean(run.heldout.labels > 0.5))
