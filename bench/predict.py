@@ -2,7 +2,6 @@
 import json
 import os
 
-
 from bench.simulator import NETWORK_PRESETS, SimInputs, simulate
 from bench.summary import read_records
 
