@@ -20,25 +20,27 @@ def fail(comm, message):
     comm.Abort(ABORT_CODE)
 
 
-def _poll(comm, done, timeout_s, what):
+def poll(comm, done, timeout_s, what, spin_s=SPIN_S):
+    """Call done() until it is true: without sleeping for spin_s, then with sleeps growing to
+    1 ms; abort the job after timeout_s."""
     start = time.monotonic()
     nap = 2e-5
     while not done():
         elapsed = time.monotonic() - start
         if elapsed > timeout_s:
             fail(comm, f"timed out after {timeout_s:g}s waiting for {what}")
-        if elapsed > SPIN_S:
+        if elapsed > spin_s:
             time.sleep(nap)
             nap = min(nap * 2, 1e-3)
 
 
 def wait(comm, request, timeout_s, what, status=None):
     """Wait for one request; abort the job after timeout_s."""
-    _poll(comm, lambda: request.Test(status), timeout_s, what)
+    poll(comm, lambda: request.Test(status), timeout_s, what)
 
 
 def wait_all(comm, requests, timeout_s, what):
-    _poll(comm, lambda: MPI.Request.Testall(requests), timeout_s, what)
+    poll(comm, lambda: MPI.Request.Testall(requests), timeout_s, what)
 
 
 def barrier(comm, timeout_s, what="the other ranks"):

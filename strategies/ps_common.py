@@ -14,7 +14,7 @@ import numpy as np
 from mpi4py import MPI
 
 from strategies.base import LayoutError, Strategy
-from strategies.mpi_wait import fail, wait, wait_all
+from strategies.mpi_wait import poll, wait, wait_all
 from strategies.ps_optimizer import ShardUpdater
 
 PULL, VERSION, PARAMS, PUSH, GRAD, DONE, FINAL = range(1, 8)
@@ -90,16 +90,13 @@ class ParameterServerStrategy(Strategy):
 
     # ---- server side ----
     def next_message(self):
-        """Sleep-poll for any message (so an idle server stays off the CPU); bounded."""
+        """Wait for any message, sleeping from the start so an idle server stays off the CPU."""
         status = MPI.Status()
-        deadline = time.monotonic() + self.run.timeout
-        nap = 2e-5
-        while not self.comm.Iprobe(source=MPI.ANY_SOURCE, tag=MPI.ANY_TAG, status=status):
+
+        def arrived():
             self.sends = [r for r in self.sends if not r.Test()]
-            if time.monotonic() > deadline:
-                fail(self.comm, f"timed out after {self.run.timeout:g}s waiting for any worker")
-            time.sleep(nap)
-            nap = min(nap * 2, 1e-3)
+            return self.comm.Iprobe(source=MPI.ANY_SOURCE, tag=MPI.ANY_TAG, status=status)
+        poll(self.comm, arrived, self.run.timeout, "any worker", spin_s=0.0)
         return status.Get_source(), status.Get_tag()
 
     def recv(self, buf, source, tag, what):
