@@ -88,7 +88,7 @@ def test_ps_async_two_servers_equal_one_server(runs):
     one = runs("ps-1-1", "strategy=ps_async", "ranks=2", "train.batch_size=2", "train.optimizer=adam")
     two = runs("ps-2-1", "strategy=ps_async", "ranks=3", "strategy_options.servers=2", "train.batch_size=2",
                "train.optimizer=adam")
-    np.testing.assert_array_equal(final_weights(one), final_weights(two))
+    assert_same(one, two, 2e-5)  # TF's inter-op threads may sum gradient parts in either order
 
 
 # Equal workers whose steps are long against message latency, so their steps overlap as on a cluster.
