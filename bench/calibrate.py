@@ -1,7 +1,8 @@
-"""`ffnbench calibrate`: this machine's MPI alpha/beta, server apply cost and per-step compute.
+"""`ffnbench calibrate`: this machine's MPI alpha/beta, a raw Allreduce of one gradient, and the costs
+of the strategies' own machinery (e.g. a parameter server's update), for the simulator.
 
-The ping-pong runs in two ranks that `calibrate` starts with mpirun; the parent process never
-becomes an MPI rank.
+The ping-pong runs in two ranks that `calibrate` starts through strategies/comm.py, with the same MCA
+settings as the strategies it is a yardstick for; the parent process never becomes an MPI rank.
 """
 import json
 import os
@@ -10,60 +11,98 @@ import time
 
 import numpy as np
 
-from bench.launcher import PACKAGE_ROOT, mpirun_command
-from bench.summary import write_json_atomic
+from ffnbench import strategies
+from ffnbench.bench.summary import write_json_atomic
+from ffnbench.strategies import comm
+
+
+def calibrate_network(world, sizes=(8, 1024, 16_384, 262_144, 1 << 20, 4 << 20), repeats=20, timeout_s=60.0):
+    """Fit T(n) = alpha + n*beta from ping-pong between ranks 0 and 1 of `world`.
+
+    Buffer-based Isend/Irecv on numpy arrays (no pickling), each wait bounded by `timeout_s` (a lost
+    peer aborts the job). T is the median half round trip per size (robust to OS noise); the fit
+    weights each size by 1/T so latency-bound small sizes set alpha and bandwidth-bound large sizes
+    set beta.
+
+    Args:
+        world: an mpi4py communicator with at least 2 ranks; ranks >= 2 take no part.
+        sizes: message sizes in bytes.
+        repeats: round trips per size (after one that warms up the path).
+        timeout_s: bound on each wait.
+    Returns:
+        (alpha_s, beta_s_per_byte, table) on ranks 0 and 1, None on the others.
+    """
+    if world.Get_size() < 2:
+        raise ValueError("calibrate_network needs at least 2 ranks")
+    rank = world.Get_rank()
+    if rank > 1:
+        return None
+
+    def wait(request):
+        comm.wait(world, request, timeout_s, "the ping-pong peer")
+    medians = np.zeros(len(sizes))
+    for i, n in enumerate(sizes):
+        buf = np.zeros(int(n), dtype=np.uint8)
+        half = []
+        for r in range(repeats + 1):  # the first exchange warms up the path
+            if rank == 0:
+                t0 = time.perf_counter()
+                answer = world.Irecv(buf, source=1, tag=i)
+                wait(world.Isend(buf, dest=1, tag=i))
+                wait(answer)
+                if r:
+                    half.append((time.perf_counter() - t0) / 2)
+            else:
+                wait(world.Irecv(buf, source=0, tag=i))
+                wait(world.Isend(buf, dest=0, tag=i))
+        if rank == 0:
+            medians[i] = np.median(half)
+    if rank == 0:
+        wait(world.Isend(medians, dest=1, tag=len(sizes)))
+    else:
+        wait(world.Irecv(medians, source=0, tag=len(sizes)))
+    n = np.asarray(sizes, dtype=float)
+    design = np.column_stack([np.ones_like(n), n]) / medians[:, None]
+    (alpha, beta), *_ = np.linalg.lstsq(design, np.ones_like(n), rcond=None)
+    table = [{"bytes": int(b), "half_rtt_s": float(t)} for b, t in zip(sizes, medians)]
+    return float(alpha), float(beta), table
 
 
 def ranks_main(out, params):
     """Under mpirun -np 2: fit alpha and beta, and time a raw MPI Allreduce of one gradient
     (`params` float32), the yardstick for the strategies' comm_s; rank 0 writes `out`."""
     from mpi4py import MPI
-    from bench.simulator import calibrate_network
-    if not MPI.Is_initialized():
-        MPI.Init()
-    comm = MPI.COMM_WORLD
-    result = calibrate_network(comm)
+    world = comm.init_world()
+    result = calibrate_network(world)
     grad, summed, times = np.ones(params, np.float32), np.empty(params, np.float32), []
     for _ in range(30):
-        comm.Barrier()
+        world.Barrier()
         t = time.perf_counter()
-        comm.Allreduce(grad, summed, op=MPI.SUM)
+        world.Allreduce(grad, summed, op=MPI.SUM)
         times.append(time.perf_counter() - t)
-    if comm.rank == 0:
+    if world.rank == 0:
         alpha, beta, table = result
         write_json_atomic(out, {"alpha_s": alpha, "beta_s_per_byte": beta, "pingpong": table,
                                 "allreduce_params": params, "allreduce_s": float(np.median(times[5:]))})
 
 
-def server_apply_s_per_byte(params=638_433, optimizer="adam", repeats=20):
-    """Seconds per gradient byte for a parameter server's clip + optimizer update (numpy)."""
-    from strategies.ps_optimizer import ShardUpdater
-    updater = ShardUpdater(optimizer, params, 0.7)
-    w = np.zeros(params, np.float32)
-    g = np.random.default_rng(0).normal(size=params).astype(np.float32)
-    best = min(_timed(lambda: updater.apply(w, g.copy(), 1e-3)) for _ in range(repeats))
-    return best / (4 * params)
-
-
-def _timed(fn):
-    t = time.perf_counter()
-    fn()
-    return time.perf_counter() - t
-
-
-def calibrate(out, params, timeout_s=120):
+def calibrate(out, cfg, params, timeout_s=120):
+    """Measure, write `out` (JSON) and return the calibration: network, raw Allreduce, strategy costs."""
+    from ffnbench.bench.context import training_settings
+    from ffnbench.bench.launcher import cli_command
     tmp = out + ".ranks"
-    env = dict(os.environ, PYTHONPATH=PACKAGE_ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    cmd = mpirun_command(2, ["calibrate", "--ranks-part", tmp, "--params", str(params)])
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout_s)
+    proc = comm.launch_ranks(2, cli_command("calibrate", "--ranks-part", tmp, "--params", str(params)),
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    _, err = proc.communicate(timeout=timeout_s)
     if proc.returncode != 0 or not os.path.exists(tmp):
-        last = (proc.stderr.strip().splitlines() or ["no output"])[-1]
+        last = (err.strip().splitlines() or ["no output"])[-1]
         raise RuntimeError(f"calibration ranks failed: {last}")
     with open(tmp) as f:
         result = json.load(f)
     os.remove(tmp)
-    result["server_apply_s_per_byte"] = server_apply_s_per_byte(params)
+    settings = training_settings(cfg)
+    for name in strategies.names():
+        result.update(strategies.get(name).measure_costs(settings, params))
     result["host"], result["cores"] = os.uname().nodename, os.cpu_count()
     write_json_atomic(out, result)
     return result
-

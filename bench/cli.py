@@ -10,37 +10,36 @@ def _die(message, code=2):
 
 
 def cmd_run(args):
-    from bench import config, launcher
+    from ffnbench.bench import config, launcher
     cfg = config.load(args.config, args.set)
     _, error = launcher.run_experiment(cfg, args.out)
     return _die(error, 1) if error else 0
 
 
 def cmd_train(args):
-    from bench import config
-    from bench.train import train
+    from ffnbench.bench import config
+    from ffnbench.bench.rank import train
     cfg = config.load(args.config, args.set)
     run_dir = args.run_dir or os.path.dirname(os.path.abspath(args.config))
     os.makedirs(run_dir, exist_ok=True)
     try:
         train(cfg, run_dir)
     except (ValueError, FileNotFoundError, KeyError) as e:
-        from mpi4py import MPI
-        from strategies.mpi_wait import fail
-        fail(MPI.COMM_WORLD, str(e).strip("'\""))
+        from ffnbench.strategies import comm
+        comm.fail(comm.init_world(), str(e).strip("'\""))
     return 0
 
 
 def cmd_peak(args):
-    from bench.peak import matmul_peak
-    from bench.train import configure_threads
+    from ffnbench.bench.peak import matmul_peak
+    from ffnbench.bench.rank import configure_threads
     configure_threads(args.threads or os.cpu_count())
     print(f"matmul peak: {matmul_peak(seconds=args.seconds) / 1e9:.1f} GFLOP/s (float32, n=2048)")
     return 0
 
 
 def cmd_data_synth(args):
-    from model.synthetic import make_volume, write_h5
+    from ffnbench.model.synthetic import make_volume, write_h5
     image, labels = make_volume(tuple(args.shape), seed=args.seed, density=args.density)
     write_h5(args.out, image, labels)
     print(f"wrote {args.out}: image {image.shape} {image.dtype}, labels with {labels.max()} objects "
@@ -49,20 +48,26 @@ def cmd_data_synth(args):
 
 
 def cmd_strategies(args):
-    import strategies
-    for name, cls in sorted(strategies.REGISTRY.items()):
-        print(f"{name:16s} {(cls.__doc__ or '').strip().splitlines()[0]}")
+    from ffnbench import strategies
+    for name in strategies.names():
+        print(f"{name:16s} {(strategies.get(name).__doc__ or '').strip().splitlines()[0]}")
+    return 0
+
+
+def cmd_config(args):
+    from ffnbench.bench import config
+    print(config.describe(), end="")
     return 0
 
 
 def cmd_sweep(args):
-    from bench.sweep import run_sweep
+    from ffnbench.bench.sweep import run_sweep
     sweep_dir, failed = run_sweep(args.sweep, args.out)
     return _die(f"{failed} run(s) of the sweep failed; see {sweep_dir}/index.json", 1) if failed else 0
 
 
 def cmd_report(args):
-    from bench.report import build_report
+    from ffnbench.bench.report import build_report
     text, _, seg = build_report(args.dir, args.target_f1)
     if args.seg_table:
         print(seg or f"no run below {args.dir} has eval.json (ARE, VOI)")
@@ -72,7 +77,7 @@ def cmd_report(args):
 
 
 def cmd_plot(args):
-    from plots.make import make_plots
+    from ffnbench.plots.make import make_plots
     written, notes = make_plots(args.dir)
     for line in notes + [f"wrote {path}" for path in written]:
         print(line)
@@ -80,16 +85,19 @@ def cmd_plot(args):
 
 
 def cmd_evaluate(args):
-    from bench.evaluate import evaluate, table
-    result, figure = evaluate(args.run_dir, args.volume, args.set)
+    from ffnbench.bench.segmentation_eval import evaluate, table
+    from ffnbench.plots.segmentation import plot_segmentation
+    result, drawn = evaluate(args.run_dir, args.volume, args.set)
+    figure = plot_segmentation(drawn.image, drawn.gt, drawn.seg, os.path.join(args.run_dir, "segmentation.png"),
+                               title=drawn.title)
     print(table(result))
     print(f"evaluated {result['volume']} in {result['seconds']:.1f}s; wrote {args.run_dir}/eval.json and {figure}")
     return 0
 
 
 def cmd_job(args):
-    from bench.jobs import render_job
-    from bench import config
+    from ffnbench.bench.jobs import render_job
+    from ffnbench.bench import config
     config.load(args.config)  # refuse to write a job for a config that would fail on the cluster
     script = render_job(args.config, args.scheduler, args.nodes, ranks_per_node=args.ranks_per_node,
                         threads_per_rank=args.threads, walltime=args.walltime, account=args.account,
@@ -104,18 +112,16 @@ def cmd_job(args):
 
 
 def cmd_calibrate(args):
-    from bench.calibrate import calibrate, ranks_main
+    from ffnbench.bench.calibrate import calibrate, ranks_main
     if args.ranks_part:
         ranks_main(args.ranks_part, args.params)
         return 0
-    from bench.config import load
-    from model.network import param_count
-    params = args.params
-    if args.config:
-        m = load(args.config)["model"]
-        params = param_count(m["depth"], m["features"])
+    from ffnbench.bench.config import load
+    from ffnbench.model.network import param_count
+    cfg = load(args.config)  # no config: the defaults, i.e. the paper's model
+    params = param_count(cfg["model"]["depth"], cfg["model"]["features"])
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-    cal = calibrate(args.out, params)
+    cal = calibrate(args.out, cfg, params)
     print(f"alpha = {cal['alpha_s'] * 1e6:.2f} us, beta = {1 / cal['beta_s_per_byte'] / 1e9:.2f} GB/s, "
           f"server apply = {cal['server_apply_s_per_byte'] * 1e9:.3f} ns/byte, raw MPI Allreduce of "
           f"{params} float32 between 2 ranks = {cal['allreduce_s'] * 1e3:.3f} ms; wrote {args.out}")
@@ -124,34 +130,41 @@ def cmd_calibrate(args):
 
 def cmd_simulate(args):
     from dataclasses import replace
-    from bench import predict
-    net = predict.network(args.network)
+    from ffnbench.bench import simulate
+    net = simulate.network(args.network)
     if args.validate:
-        print(predict.format_validation(predict.validate(args.validate, net)))
+        rows, notes = simulate.validate(args.validate, net)
+        print(simulate.format_validation(rows))
+        for note in notes:
+            print(note)
         return 0
-    inp = predict.compute_inputs(args, net)
+    strategy = args.strategy or simulate.modelled_strategies()[0]
+    if strategy not in simulate.modelled_strategies():
+        raise ValueError(f"--strategy {strategy}: choose one of {', '.join(simulate.modelled_strategies())}")
+    inp = simulate.compute_inputs(args, net)
     if args.servers:
         inp = replace(inp, servers=args.servers)
-    print(f"simulated {args.strategy} (discrete-event/Monte Carlo; network {args.network}); "
-          f"compute per step: {'run ' + args.run if args.run else f'mean {args.mean_s}s cv {args.cv}'}")
-    print(predict.format_scaling(predict.scaling_table(args.strategy, predict.parse_workers(args.workers), inp)))
+    print(f"simulated {strategy} as {simulate.simulator_model(strategy)} (discrete-event/Monte Carlo; network "
+          f"{args.network}); compute per step: {'run ' + args.run if args.run else f'mean {args.mean_s}s cv {args.cv}'}")
+    print(simulate.format_scaling(simulate.scaling_table(strategy, simulate.parse_workers(args.workers), inp)))
     return 0
 
 
 def cmd_commbench(args):
-    from bench import config
+    from ffnbench.bench import config
     cfg = config.load(args.config)
     if args.ranks_part:
-        from bench.commbench import ranks_main
+        from ffnbench.bench.commbench import ranks_main
         ranks_main(cfg)
         return 0
-    import subprocess
-    from bench.launcher import child_env, mpirun_command
-    cmd = mpirun_command(args.ranks, ["commbench", args.config, "--ranks-part"])
-    return subprocess.run(cmd, env=child_env(), timeout=600).returncode
+    from ffnbench.bench.launcher import cli_command
+    from ffnbench.strategies import comm
+    proc = comm.launch_ranks(args.ranks, cli_command("commbench", args.config, "--ranks-part"))
+    return proc.wait(timeout=600)
 
 
 def parser():
+    from ffnbench.bench.simulator import PAPER_PARAMS
     p = argparse.ArgumentParser(prog="ffnbench", description="Distributed FFN training benchmarks")
     sub = p.add_subparsers(dest="command", required=True)
     r = sub.add_parser("run", help="run one experiment (launches mpirun for ranks > 1)")
@@ -177,6 +190,9 @@ def parser():
     s.set_defaults(fn=cmd_data_synth)
     g = sub.add_parser("strategies", help="list the strategies")
     g.set_defaults(fn=cmd_strategies)
+    f = sub.add_parser("config", help="describe the config fields")
+    f.add_argument("--doc", action="store_true", required=True, help="print configs/README.md (generated)")
+    f.set_defaults(fn=cmd_config)
     w = sub.add_parser("sweep", help="run every experiment of a sweep file; re-running resumes")
     w.add_argument("sweep", help="sweep file (see configs/sweeps/)")
     w.add_argument("--out", help="sweep results directory (default: the file's out/name)")
@@ -209,11 +225,12 @@ def parser():
     c = sub.add_parser("calibrate", help="measure MPI alpha/beta between two ranks and the server apply cost")
     c.add_argument("--out", default="results/calibration.json")
     c.add_argument("--ranks-part", help=argparse.SUPPRESS)
-    c.add_argument("--config", help="size the Allreduce and server apply to this config's model")
-    c.add_argument("--params", type=int, default=638433, help="gradient size in float32 (default: paper model)")
+    c.add_argument("--config", help="size the Allreduce and server apply to this config's model and optimizer "
+                   "(default: the defaults, the paper's model)")
+    c.add_argument("--params", type=int, help=argparse.SUPPRESS)
     c.set_defaults(fn=cmd_calibrate)
     m = sub.add_parser("simulate", help="predict FOVs/s and efficiency at N workers (or validate against runs)")
-    m.add_argument("--strategy", default="allreduce", choices=["allreduce", "ps_async", "ps_sync"])
+    m.add_argument("--strategy", help="a strategy that declares a simulator model (default: the first)")
     m.add_argument("--workers", default="1,2,4,8,16,32,64,128,256,512,1024,2048,4096")
     m.add_argument("--network", default="theta_aries", help="preset name or calibration JSON")
     m.add_argument("--run", help="take per-step compute times, batch and model size from this run")
@@ -221,7 +238,8 @@ def parser():
                    "4 FOVs at 0.7 FOVs/s)")
     m.add_argument("--cv", type=float, default=0.106, help="coefficient of variation of step compute time")
     m.add_argument("--batch", type=int, default=4)
-    m.add_argument("--params", type=int, default=638433)
+    m.add_argument("--params", type=int, default=PAPER_PARAMS, help="gradient size in float32 (default: the "
+                   "paper's model)")
     m.add_argument("--servers", type=int, default=0, help="parameter servers (ps strategies)")
     m.add_argument("--validate", nargs="+", metavar="DIR", help="predicted vs measured for the runs below DIR")
     m.set_defaults(fn=cmd_simulate)
@@ -240,8 +258,8 @@ def main(argv=None):
     mpi4py.rc.finalize = True
     mpi4py.rc.threads = True
     args = parser().parse_args(argv)
-    from bench.config import ConfigError
-    from strategies.base import LayoutError
+    from ffnbench.bench.config import ConfigError
+    from ffnbench.strategies.base import LayoutError
     try:
         return args.fn(args)
     except (ConfigError, LayoutError, FileNotFoundError, KeyError, ValueError, RuntimeError) as e:

@@ -9,13 +9,13 @@ import time
 
 import numpy as np
 
-from strategies.mpi_wait import wait
+from ffnbench.strategies import comm
 
 
-def timed_median(comm, fn, repeats):
+def timed_median(world, fn, repeats):
     times = []
     for _ in range(repeats):
-        comm.Barrier()
+        world.Barrier()
         t = time.perf_counter()
         fn()
         times.append(time.perf_counter() - t)
@@ -24,30 +24,28 @@ def timed_median(comm, fn, repeats):
 
 def ranks_main(cfg, repeats=50):
     from mpi4py import MPI
-    if not MPI.Is_initialized():
-        MPI.Init_thread(MPI.THREAD_MULTIPLE)
+    world = comm.init_world()
     import horovod.tensorflow as hvd
     import tensorflow as tf
-    from model.api import FFNModel
-    comm = MPI.COMM_WORLD
+    from ffnbench.model.api import FFNModel
     m = cfg["model"]
     model = FFNModel(m["fov"], m["depth"], m["features"])
     grads = [tf.ones_like(v) for v in model.variables]
     flat = np.ones(model.num_params, np.float32)
     out = np.empty_like(flat)
-    hvd.init(comm=comm)
+    hvd.init(comm=world)
     hvd_allreduce = tf.function(lambda gs: [hvd.allreduce(g, op=hvd.Average) for g in gs])
     hvd_allreduce(grads)  # trace
     results = {
-        "raw MPI.Allreduce": timed_median(comm, lambda: comm.Allreduce(flat, out, op=MPI.SUM), repeats),
-        "mpi_allreduce (Iallreduce + bounded wait)": timed_median(
-            comm, lambda: wait(comm, comm.Iallreduce(flat, out, op=MPI.SUM), 60, "allreduce"), repeats),
-        "allreduce (Horovod, in-graph)": timed_median(comm, lambda: hvd_allreduce(grads), repeats),
+        "raw MPI.Allreduce": timed_median(world, lambda: world.Allreduce(flat, out, op=MPI.SUM), repeats),
+        "mpi4py Iallreduce + bounded wait (ours)": timed_median(
+            world, lambda: comm.sum_allreduce(world, flat, out, 60, "allreduce"), repeats),
+        "Horovod hvd.allreduce, in-graph (ours)": timed_median(world, lambda: hvd_allreduce(grads), repeats),
     }
     hvd.shutdown()
-    if comm.rank == 0:
+    if world.rank == 0:
         raw = results["raw MPI.Allreduce"]
-        print(f"all-reduce of {model.num_params} float32 ({4 * model.num_params / 1e6:.2f} MB) over {comm.size} ranks, "
+        print(f"all-reduce of {model.num_params} float32 ({4 * model.num_params / 1e6:.2f} MB) over {world.size} ranks, "
               f"median of {repeats - 3}:")
         for name, t in results.items():
             print(f"  {name:45s} {t * 1e3:8.3f} ms   ours / raw MPI = {t / raw:.2f}")

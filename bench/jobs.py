@@ -8,9 +8,9 @@ thread affinity are decided and each site spells it differently:
           --use-hwthread-cpus -x VAR` (T counts logical CPUs, as nproc does;
           it does not forward the environment by itself); MPICH/Hydra gets
           `-n N -ppn R` (Hydra forwards the environment).
-- cobalt: ALCF Theta (Cray XC40, KNL) + aprun, as the paper ran it (REFERENCE
-          §1): `-N 1 -d 128 -j 2 -cc depth`, i.e. 128 threads on 64 cores x 2
-          hyper-threads per rank, pinned by depth.
+- cobalt: ALCF Theta (Cray XC40, KNL) + aprun, where Dong et al. 2019 ran FFN
+          (one rank per 64-core KNL node): `-N 1 -d 128 -j 2 -cc depth`, i.e.
+          128 threads on 64 cores x 2 hyper-threads per rank, pinned by depth.
 OMP/KMP variables follow Intel's advice for TensorFlow on Xeon Phi: one OpenMP
 thread per slot, threads released at once after a parallel region
 (KMP_BLOCKTIME=0) and packed onto neighbouring cores (KMP_AFFINITY).

@@ -6,26 +6,26 @@ import sys
 import threading
 import time
 
-import strategies
 import yaml
-from bench.config import ConfigError
 
-PACKAGE_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from ffnbench import strategies
+from ffnbench.bench.config import ConfigError
+from ffnbench.strategies import comm
+
 # Open MPI's multi-line banners around an abort add nothing to our one-line error.
 _MPI_NOISE = re.compile(r"^(-{20,}|MPI_ABORT|NOTE: invoking|You may or may not|exactly when|with errorcode|"
                         r"Primary job|a non-zero exit|Process name|Exit code|mpirun (noticed|detected|has exited)|"
                         r"  Process name|  Exit code|\s*$|\[[^\]]+\] \d+ more process|\[[^\]]+\] Set MCA)")
 
 
-def check_layout(cfg):
-    """Fail before launching anything when the strategy cannot run on these ranks."""
-    cls = strategies.get(cfg["strategy"])
-    options = {**cls.options, **cfg["strategy_options"]}
-    unknown = sorted(set(cfg["strategy_options"]) - set(cls.options))
-    if unknown:
-        raise ConfigError(f"config field strategy_options.{unknown[0]}: not an option of strategy "
-                          f"{cfg['strategy']} (options: {', '.join(sorted(cls.options)) or 'none'})")
-    cls.roles(cfg["ranks"], options)
+def cli_command(*args):
+    """The command that runs `ffnbench ARGS` with this interpreter (every rank runs one)."""
+    return [sys.executable, "-m", "ffnbench.bench.cli", *args]
+
+
+def check_inputs(cfg):
+    """Fail before launching anything when an input file is missing (the layout is checked with
+    the config)."""
     if cfg["data"]["source"] == "hdf5":
         for key in ("image", "labels"):
             path = cfg["data"][key].rsplit(":", 1)[0]
@@ -48,31 +48,14 @@ def make_run_dir(cfg, out=None):
     return out
 
 
-def mpirun_command(ranks, args, cores=None):
-    cores = cores or os.cpu_count() or 1
-    cmd = ["mpirun", "-np", str(ranks), "--bind-to", "none"]
-    if os.geteuid() == 0:
-        cmd.append("--allow-run-as-root")
-    if ranks > cores:
-        cmd.append("--oversubscribe")
-    return cmd + [sys.executable, "-m", "bench.cli"] + args
-
-
-def child_env():
-    env = dict(os.environ)
-    env["PYTHONPATH"] = PACKAGE_ROOT + os.pathsep + env.get("PYTHONPATH", "")
-    env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    env.setdefault("OMPI_MCA_mpi_yield_when_idle", "1")
-    env.setdefault("OMPI_MCA_btl_vader_single_copy_mechanism", "none")
-    return env
-
-
 def launch(cfg, run_dir):
     """Run the job; returns (exit status, first error line or None)."""
-    config_path = os.path.join(run_dir, "config.yaml")
-    args = ["train", config_path, "--run-dir", run_dir]
-    cmd = mpirun_command(cfg["ranks"], args) if cfg["ranks"] > 1 else [sys.executable, "-m", "bench.cli", *args]
-    proc = subprocess.Popen(cmd, env=child_env(), stderr=subprocess.PIPE, text=True, bufsize=1)
+    launch = strategies.get(cfg["strategy"]).launch
+    if launch != "mpirun":
+        raise ConfigError(f"config field strategy: {cfg['strategy']} needs launch {launch!r}, which this "
+                          f"launcher does not start")
+    argv = cli_command("train", os.path.join(run_dir, "config.yaml"), "--run-dir", run_dir)
+    proc = comm.launch_ranks(cfg["ranks"], argv, stderr=subprocess.PIPE, text=True, bufsize=1)
     errors, deaths = [], []
 
     def relay():
@@ -96,7 +79,7 @@ def run_experiment(cfg, out=None):
 
     Returns (run_dir, error line or None); a run is complete only if summary.json exists.
     """
-    check_layout(cfg)
+    check_inputs(cfg)
     run_dir = make_run_dir(cfg, out)
     print(f"run directory: {run_dir}", flush=True)
     status, error = launch(cfg, run_dir)

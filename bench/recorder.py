@@ -1,29 +1,46 @@
 """Per-rank records: JSON lines appended to RUN_DIR/metrics.jsonl, and a chrome trace of step phases.
 
-Each record is one os.write on an O_APPEND descriptor, so ranks can share the file without locks.
+Implements the `Recorder` of strategies/base.py, whose record classes are the schema. Each record is
+one os.write on an O_APPEND descriptor, so ranks can share the file without locks. Bench reacts to
+what strategies record through listeners (progress bar, periodic evaluation, checkpoints), so a
+strategy only trains.
 """
 import json
 import os
 import time
 from contextlib import contextmanager
+from dataclasses import asdict
+from typing import Callable, Dict, List, Optional
+
+from ffnbench.strategies.base import PHASES, EvalRecord, ServerRecord, StepRecord, UpdateRecord
 
 
 class Recorder:
-    def __init__(self, run_dir, rank, t0):
-        self.run_dir, self.rank, self.t0 = run_dir, rank, t0
+    def __init__(self, run_dir: str, rank: int):
+        self.run_dir, self.rank = run_dir, rank
+        self.t0 = time.time()
         self.fd = os.open(os.path.join(run_dir, "metrics.jsonl"), os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-        self.phases = {}
-        self.trace = []
+        self.phases: Dict[str, float] = {}
+        self.trace: List[dict] = []
+        self.on_step: List[Callable[[StepRecord], None]] = []
+        self.on_update: List[Callable[[UpdateRecord], None]] = []
 
-    def now(self):
+    def start_clock(self, t0: float) -> None:
+        """Times are seconds since `t0`, the job's common start (rank 0's clock)."""
+        self.t0 = t0
+
+    def now(self) -> float:
         return time.time() - self.t0
 
-    def write(self, record):
-        os.write(self.fd, (json.dumps(record) + "\n").encode())
+    def write(self, record) -> None:
+        """Append one record (a dataclass of strategies/base.py) as a JSON line."""
+        os.write(self.fd, (json.dumps({"kind": record.kind, **asdict(record)}) + "\n").encode())
 
     @contextmanager
-    def phase(self, name):
-        """Time one phase of the current step (data, compute, comm, wait); traced too."""
+    def phase(self, name: str):
+        """Time one phase of the current step (one of PHASES); traced too."""
+        if name not in PHASES:
+            raise ValueError(f"unknown phase {name!r}; phases: {', '.join(PHASES)}")
         start = time.time()
         try:
             yield
@@ -33,20 +50,39 @@ class Recorder:
             self.trace.append({"name": name, "ph": "X", "pid": self.rank, "tid": 0,
                                "ts": (start - self.t0) * 1e6, "dur": (end - start) * 1e6})
 
-    def step(self, step, fovs, loss, **extra):
-        """A worker step record carrying the phases timed since the previous step."""
+    def step(self, step: int, fovs: int, loss: float, model_version: int, emulated: bool = False) -> None:
+        """A worker step carrying the phases timed since the previous step; then the listeners."""
         p = self.phases
-        record = {"kind": "step", "rank": self.rank, "step": step, "time": self.now(), "fovs": fovs,
-                  "loss": loss, "compute_s": p.get("compute", 0.0), "comm_s": p.get("comm", 0.0),
-                  "data_s": p.get("data", 0.0), "wait_s": p.get("wait", 0.0),
-                  "step_s": sum(p.values()), **extra}
+        record = StepRecord(rank=self.rank, step=step, time=self.now(), fovs=int(fovs), loss=float(loss),
+                            model_version=int(model_version), compute_s=p.get("compute", 0.0),
+                            comm_s=p.get("comm", 0.0), data_s=p.get("data", 0.0), wait_s=p.get("wait", 0.0),
+                            step_s=sum(p.values()), emulated=emulated)
         self.phases = {}
         self.write(record)
+        for listener in self.on_step:
+            listener(record)
 
-    def eval(self, step, fovs_total, metrics):
-        self.write({"kind": "eval", "step": step, "time": self.now(), "fovs_total": fovs_total, **metrics})
+    def update(self, worker: int, read: int, version: int, lr: Optional[float] = None,
+               emulated: bool = False) -> None:
+        """A gradient computed on version `read`, applied on top of `version`."""
+        record = UpdateRecord(rank=self.rank, time=self.now(), worker=int(worker), version=int(version),
+                              read=int(read), staleness=int(version - read),
+                              lr=None if lr is None else float(lr), emulated=emulated)
+        self.write(record)
+        for listener in self.on_update:
+            listener(record)
 
-    def close(self):
+    def server(self, updates: int, dropped: int, wall_s: float, cpu_s: float) -> None:
+        self.write(ServerRecord(rank=self.rank, time=self.now(), updates=int(updates), dropped=int(dropped),
+                                wall_s=wall_s, cpu_s=cpu_s, cpu_share=cpu_s / wall_s if wall_s else 0.0))
+
+    def eval(self, step: int, fovs_total: int, metrics: Dict[str, float]) -> EvalRecord:
+        """A held-out evaluation (bench's, not a strategy's)."""
+        record = EvalRecord(step=int(step), time=self.now(), fovs_total=int(fovs_total), **metrics)
+        self.write(record)
+        return record
+
+    def close(self) -> None:
         os.close(self.fd)
         with open(os.path.join(self.run_dir, f"trace.rank{self.rank}.json"), "w") as f:
             json.dump({"traceEvents": self.trace, "displayTimeUnit": "ms"}, f)

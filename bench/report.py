@@ -4,29 +4,18 @@ Runs that differ only by repeat are one row: the mean over repeats, with the spr
 ± the std over repeats when there are several (n > 1), else ± the run's own tf_cnn_benchmarks
 uncertainty (std/sqrt(n) over steps). Speed-up and scaling efficiency are against the 1-worker run
 with the same throughput-relevant config (model, data, per-worker batch, threads): of the same
-strategy when there is one, else of `single`.
+strategy when there is one, else of the reference strategy (the first in display order). Runs are
+loaded and grouped by bench/results.py.
 """
 import csv
-import json
 import math
 import os
-import socket
-from dataclasses import dataclass, field
-from functools import cached_property
 
 import numpy as np
-import yaml
 
-from bench.config import flatten
-from bench.summary import read_records
-
-DEFAULT_TARGET_F1 = 0.8
-#: fields that never change a result: repeats of one experiment may differ in these
-NOT_THE_EXPERIMENT = ("name", "run.out", "run.progress", "run.timeout_s", "run.checkpoint_every")
-#: fields that do not change per-worker throughput: the 1-worker baseline may differ in these
-NOT_THROUGHPUT = NOT_THE_EXPERIMENT + ("strategy", "ranks", "strategy_options", "train.steps", "train.lr",
-                                       "train.lr_scaling", "train.warmup_steps", "train.seed", "eval.")
-STRATEGY_ORDER = ("single", "allreduce", "mpi_allreduce", "ps_sync", "ps_async", "emulated_sync")
+from ffnbench import strategies
+from ffnbench.bench.results import (DEFAULT_TARGET_F1, aggregate_rates, baseline_rate, collect_runs, fields_text,
+                                    group_runs, machine, sortable, varying_fields)
 
 
 # ---------------------------------------------------------------- the math (pure, tested)
@@ -42,187 +31,10 @@ def efficiency(rate, rate_1worker, workers):
 
 
 def time_to_target(eval_records, target):
-    """(seconds, FOVs processed) at the first evaluation with F1 >= target, else (None, None)."""
-    for r in sorted(eval_records, key=lambda r: r["time"]):
-        if r.get("f1") is not None and r["f1"] >= target:
-            return r["time"], r["fovs_total"]
-    return None, None
-
-
-def aggregate_rates(rates):
-    """Mean FOVs/s over repeats, ± std over repeats (n > 1) or the single run's uncertainty."""
-    means = [r["mean"] for r in rates]
-    if len(means) == 1:
-        return means[0], rates[0]["uncertainty"]
-    return float(np.mean(means)), float(np.std(means, ddof=1))
-
-
-# ---------------------------------------------------------------- loading runs
-
-@dataclass
-class RunData:
-    """One run directory; complete only if it has summary.json."""
-    run_dir: str
-    run_id: str
-    status: str = "incomplete"
-    error: str = None
-    summary: dict = None
-    manifest: dict = None
-    config: dict = None
-    seg: dict = None  # eval.json (ARE, VOI), written by segmentation evaluation when run
-    fields: dict = field(default_factory=dict)  # flattened config
-
-    @property
-    def complete(self):
-        return self.summary is not None
-
-    @cached_property
-    def records(self):
-        return read_records(self.run_dir)
-
-    @cached_property
-    def evals(self):
-        return sorted((r for r in self.records if r["kind"] == "eval"), key=lambda r: r["time"])
-
-    @cached_property
-    def emulated(self):
-        """N logical workers in one process: its FOVs/s is one process's, not N workers'."""
-        return bool((self.manifest or {}).get("emulated")
-                    or any(r.get("emulated") for r in self.records if r["kind"] == "step"))
-
-    @property
-    def strategy(self):
-        return self.summary["strategy"] if self.complete else self.fields.get("strategy", "?")
-
-    @property
-    def workers(self):
-        return self.summary["workers"]
-
-
-def _read_json(path):
-    if not os.path.isfile(path):
-        return None
-    with open(path) as f:
-        return json.load(f)
-
-
-def flat_fields(cfg):
-    """Flattened config with strategy_options spread out as strategy_options.KEY."""
-    flat = flatten(cfg or {})
-    for key, value in (flat.pop("strategy_options", None) or {}).items():
-        flat[f"strategy_options.{key}"] = value
-    return flat
-
-
-def load_run(run_dir, run_id=None, status=None, error=None):
-    run = RunData(run_dir=run_dir, run_id=run_id or os.path.basename(run_dir.rstrip(os.sep)))
-    run.summary = _read_json(os.path.join(run_dir, "summary.json"))
-    run.manifest = _read_json(os.path.join(run_dir, "manifest.json"))
-    run.seg = _read_json(os.path.join(run_dir, "eval.json"))
-    cfg_path = os.path.join(run_dir, "config.yaml")
-    if os.path.isfile(cfg_path):
-        with open(cfg_path) as f:
-            run.config = yaml.safe_load(f)
-    elif run.manifest:
-        run.config = run.manifest["config"]
-    run.fields = flat_fields(run.config)
-    run.status = "complete" if run.complete else (status if status in ("failed", "pending") else "incomplete")
-    run.error = error
-    return run
-
-
-def find_run_dirs(directory):
-    """Directories holding a run (config.yaml or summary.json), not looking inside a run."""
-    found = []
-    for root, dirs, files in os.walk(directory):
-        dirs.sort()
-        if "summary.json" in files or "config.yaml" in files:
-            found.append(root)
-            dirs[:] = []
-    return found
-
-
-def collect_runs(directory):
-    """(runs, index.json or None): the sweep's runs in sweep order, or every run below DIR."""
-    if not os.path.isdir(directory):
-        raise ValueError(f"{directory}: not a directory")
-    index = _read_json(os.path.join(directory, "index.json"))
-    if index is not None:
-        runs = [load_run(e["run_dir"] if os.path.isdir(e["run_dir"]) else os.path.join(directory, e["id"]),
-                         e["id"], e["status"], e.get("error")) for e in index["runs"]]
-    else:
-        runs = [load_run(d, os.path.relpath(d, directory)) for d in find_run_dirs(directory)]
-    if not runs:
-        raise ValueError(f"{directory}: no runs found (no index.json and no run directories below it)")
-    return runs, index
-
-
-def machine(runs):
-    """'host (N cores)' for the runs' hosts; cores are known for this host or from the manifest."""
-    here = socket.gethostname()
-    described = []
-    for host in sorted({r.manifest["host"] for r in runs if r.manifest and r.manifest.get("host")}):
-        cores = next((r.manifest.get("cores") for r in runs if r.manifest and r.manifest.get("host") == host
-                      and r.manifest.get("cores")), None)
-        cores = cores or (os.cpu_count() if host == here else None)
-        described.append(f"{host} ({cores} cores)" if cores else host)
-    return ", ".join(described) or "unknown host"
-
-
-# ---------------------------------------------------------------- grouping
-
-def ignored(key, ignore):
-    """Whether a flattened field is in `ignore` (entries ending in '.' cover a whole section)."""
-    return any(key == i or key.startswith(i if i.endswith(".") else i + ".") for i in ignore)
-
-
-def _key(run, ignore):
-    kept = {k: v for k, v in run.fields.items() if not ignored(k, ignore)}
-    return json.dumps(kept, sort_keys=True, default=str)
-
-
-def experiment_key(run):
-    return _key(run, NOT_THE_EXPERIMENT)
-
-
-def throughput_key(run):
-    return _key(run, NOT_THROUGHPUT)
-
-
-def varying_fields(runs, exclude=("strategy", "ranks")):
-    """Config fields whose value differs between the runs (what tells experiments apart)."""
-    keys = sorted({k for r in runs for k in r.fields})
-    return [k for k in keys if not ignored(k, tuple(exclude) + NOT_THE_EXPERIMENT)
-            and len({json.dumps(r.fields.get(k), sort_keys=True, default=str) for r in runs}) > 1]
-
-
-def fields_text(run, keys):
-    """['batch_size=4', 'lr=0.001'] for the given fields, by leaf name unless two leaves collide."""
-    leaves = [k.rsplit(".", 1)[-1] for k in keys]
-    parts = []
-    for k, leaf in zip(keys, leaves):
-        name, value = (leaf if leaves.count(leaf) == 1 else k), run.fields.get(k)
-        parts.append(f"{name}={format(value, 'g') if isinstance(value, float) else value}")
-    return parts
-
-
-def group_runs(runs):
-    """Complete runs grouped by experiment (repeats together), in order of first appearance."""
-    groups = {}
-    for r in runs:
-        if r.complete:
-            groups.setdefault(experiment_key(r), []).append(r)
-    return list(groups.values())
-
-
-def baseline_rate(group, complete_runs):
-    """(FOVs/s of the 1-worker baseline, its strategy) for a group, or (None, None)."""
-    key = throughput_key(group[0])
-    candidates = [r for r in complete_runs if r.workers == 1 and throughput_key(r) == key]
-    for wanted in (group[0].strategy, "single"):
-        chosen = [r for r in candidates if r.strategy == wanted]
-        if chosen:
-            return aggregate_rates([r.summary["fovs_per_s"] for r in chosen])[0], wanted
+    """(seconds, FOVs processed) at the first evaluation (EvalRecord) with F1 >= target, else (None, None)."""
+    for r in sorted(eval_records, key=lambda r: r.time):
+        if r.f1 is not None and r.f1 >= target:
+            return r.time, r.fovs_total
     return None, None
 
 
@@ -262,23 +74,11 @@ def report_rows(runs, target):
             "are": _mean([(r.seg or {}).get("are") for r in group]),
             "voi": _mean([(r.seg or {}).get("voi") for r in group]),
             "run_dirs": ";".join(r.run_dir for r in group),
-            "_order": (strategy_sort_key(first["strategy"]), first["workers"], first["ranks"],
+            "_order": (strategies.order_key(first["strategy"]), first["workers"], first["ranks"],
                        [sortable(group[0].fields.get(k)) for k in keys]),
         })
     rows.sort(key=lambda row: row.pop("_order"))
     return rows
-
-
-def sortable(value):
-    """Numbers in numeric order, anything else after them by its text."""
-    if isinstance(value, (int, float)) and not isinstance(value, bool):
-        return (0, value, "")
-    return (1, 0, json.dumps(value, sort_keys=True, default=str))
-
-
-def strategy_sort_key(name):
-    """Known strategies in a fixed order (simplest first), then the rest by name."""
-    return (STRATEGY_ORDER.index(name), "") if name in STRATEGY_ORDER else (len(STRATEGY_ORDER), name)
 
 
 # ---------------------------------------------------------------- formatting

@@ -12,14 +12,16 @@ per server link, capped at a fixed number of updates so N=4096 stays fast.
 Network costs use the alpha-beta model (alpha s per message, beta s per byte).
 """
 import heapq
-import time
 from dataclasses import dataclass, replace
 from typing import Optional, Sequence
 
 import numpy as np
 
-FFN_PARAMS = 638_433  # convstack_3d, depth 12, 32 features (REFERENCE §1)
-STRATEGIES = ("allreduce", "ps_async", "ps_sync")
+from ffnbench.model.network import param_count
+from ffnbench.strategies.base import SIMULATOR_MODELS
+
+#: the paper's network: convstack_3d at depth 12 with 32 features (Dong et al. 2019, after google/ffn)
+PAPER_PARAMS = param_count(depth=12, features=32)
 
 # Nominal Cray XC40 (Theta) Aries figures, not measurements of ours:
 # - Alverson, Froese, Kaplan, Roweth, "Cray XC Series Network", Cray white paper
@@ -46,7 +48,7 @@ class SimInputs:
     mean_s: float = 1.0
     cv: float = 0.0
     samples: Optional[Sequence[float]] = None
-    grad_bytes: float = 4.0 * FFN_PARAMS
+    grad_bytes: float = 4.0 * PAPER_PARAMS
     batch_per_worker: int = 4
     alpha_s: float = 0.0
     beta_s_per_byte: float = 0.0
@@ -77,7 +79,8 @@ class SimInputs:
 
 
 def ring_allreduce_s(n_bytes: float, p: int, alpha_s: float, beta_s_per_byte: float) -> float:
-    """Ring all-reduce: 2(p-1) messages of n/p bytes each (REFERENCE §6)."""
+    """Ring all-reduce: 2(p-1) messages of n/p bytes each (reduce-scatter then all-gather; Patarasuk
+    and Yuan, "Bandwidth optimal all-reduce algorithms for clusters of workstations", JPDC 2009)."""
     return 2 * (p - 1) * alpha_s + 2 * (p - 1) / p * n_bytes * beta_s_per_byte
 
 
@@ -105,11 +108,11 @@ def _kth_fastest_compute(inp: SimInputs, rng, steps: int, width: int, k: int) ->
     return out
 
 
-def _run_sync(strategy: str, n: int, inp: SimInputs, steps: int, rng) -> dict:
-    if strategy == "allreduce":
+def _run_sync(model: str, n: int, inp: SimInputs, steps: int, rng) -> dict:
+    if model == "ring_allreduce":
         comp = _kth_fastest_compute(inp, rng, steps, n, n)
         step = comp + ring_allreduce_s(inp.grad_bytes, n, inp.alpha_s, inp.beta_s_per_byte)
-    else:  # ps_sync: the first n of n + b gradients close the step (Chen et al. 2016)
+    else:  # sync_ps: the first n of n + b gradients close the step (Chen et al. 2016)
         comp = _kth_fastest_compute(inp, rng, steps, n + inp.backup_workers, n)
         step = comp + ps_sync_comm_s(n, inp)
     step_mean = float(step.mean())
@@ -191,34 +194,41 @@ def _run_async(n: int, inp: SimInputs, steps: int, rng, max_events: int) -> dict
     }
 
 
-def _run(strategy, n, inp, steps, seed, max_events):
+def _run(model, n, inp, steps, seed, max_events):
     rng = np.random.default_rng(seed)
-    if strategy == "ps_async":
+    if model == "async_ps":
         return _run_async(n, inp, steps, rng, max_events)
-    return _run_sync(strategy, n, inp, steps, rng)
+    return _run_sync(model, n, inp, steps, rng)
 
 
-def simulate(strategy: str, n_workers: int, inputs: SimInputs, steps: int = 200,
+def simulate(model: str, n_workers: int, inputs: SimInputs, steps: int = 200,
              seed: int = 0, max_events: int = 400_000) -> dict:
-    """Predicted FOVs/s, mean step time and efficiency of `strategy` at `n_workers`.
+    """Predicted throughput of one simulator model at `n_workers`.
 
-    Efficiency = FOVs/s over (machines x FOVs/s of the same strategy and inputs
-    at one worker without backups); backup workers count as machines because
-    they are paid for. Sync models sample `steps` steps; ps_async runs `steps`
-    updates per worker, capped at `max_events` shard updates but never fewer
-    than 4 rounds, and also returns the staleness distribution (after warm-up).
+    Args:
+        model: one of SIMULATOR_MODELS (ring_allreduce, async_ps, sync_ps); a strategy declares
+            which one describes it (`simulator_model`).
+        n_workers: workers.
+        inputs: compute-time distribution, sizes and network costs.
+        steps: sync models sample this many steps; async_ps runs this many updates per worker,
+            capped at `max_events` shard updates but never fewer than 4 rounds.
+        seed: random seed (common random numbers across worker counts).
+    Returns:
+        {fovs_per_s, step_s_mean, efficiency, model, n_workers}, plus `staleness` (after warm-up)
+        for async_ps. Efficiency = FOVs/s over (machines x FOVs/s of the same model and inputs at
+        one worker without backups); backup workers count as machines because they are paid for.
     """
-    if strategy not in STRATEGIES:
-        raise ValueError(f"unknown strategy {strategy!r}; choose from {', '.join(STRATEGIES)}")
+    if model not in SIMULATOR_MODELS:
+        raise ValueError(f"unknown simulator model {model!r}; choose from {', '.join(SIMULATOR_MODELS)}")
     if n_workers < 1 or steps < 1:
         raise ValueError("need n_workers >= 1 and steps >= 1")
-    out = _run(strategy, n_workers, inputs, steps, seed, max_events)
+    out = _run(model, n_workers, inputs, steps, seed, max_events)
     # The one-worker reference is cheap, so run it long enough (20k steps) that
     # its sampling noise does not push efficiency above 1.
-    one = _run(strategy, 1, replace(inputs, backup_workers=0), max(steps, 20_000), seed, max_events)
-    machines = n_workers + (inputs.backup_workers if strategy == "ps_sync" else 0)
+    one = _run(model, 1, replace(inputs, backup_workers=0), max(steps, 20_000), seed, max_events)
+    machines = n_workers + (inputs.backup_workers if model == "sync_ps" else 0)
     out["efficiency"] = out["fovs_per_s"] / (machines * one["fovs_per_s"])
-    out.update(strategy=strategy, n_workers=n_workers)
+    out.update(model=model, n_workers=n_workers)
     return out
 
 
@@ -227,8 +237,8 @@ def paper_calibration_check(fovs_per_s_1node: float = 0.7, nodes: int = 1024,
                             network: str = "theta_aries", steps: int = 200, seed: int = 0) -> dict:
     """Straggler spread (cv) that makes sync all-reduce hit the paper's efficiency.
 
-    REFERENCE §5: ~0.7 FOVs/s on one KNL node, ~520 of ~730 ideal FOVs/s at 1024
-    nodes. With Aries costs the all-reduce of 2.55 MB is milliseconds against a
+    Dong et al. 2019 (arXiv 1905.06236) report about 0.7 FOVs/s on one KNL node and
+    about 520 of about 730 ideal FOVs/s at 1024 nodes. With Aries costs the all-reduce of 2.55 MB is milliseconds against a
     ~5.7 s step, so the model must attribute the loss to the max over nodes of
     step time. Bisection is valid because, with common random numbers, the
     expected max grows monotonically with cv. Everything the model leaves out
@@ -237,10 +247,10 @@ def paper_calibration_check(fovs_per_s_1node: float = 0.7, nodes: int = 1024,
     """
     mean_s = batch_per_worker / fovs_per_s_1node
     base = SimInputs(mean_s=mean_s, batch_per_worker=batch_per_worker,
-                     grad_bytes=4.0 * FFN_PARAMS, **NETWORK_PRESETS[network])
+                     grad_bytes=4.0 * PAPER_PARAMS, **NETWORK_PRESETS[network])
 
     def eff(cv):
-        return simulate("allreduce", nodes, replace(base, cv=cv), steps=steps, seed=seed)
+        return simulate("ring_allreduce", nodes, replace(base, cv=cv), steps=steps, seed=seed)
 
     lo, hi = 0.0, 2.0
     if eff(hi)["efficiency"] > target_efficiency:
@@ -252,55 +262,3 @@ def paper_calibration_check(fovs_per_s_1node: float = 0.7, nodes: int = 1024,
     comm = ring_allreduce_s(base.grad_bytes, nodes, base.alpha_s, base.beta_s_per_byte)
     return {"cv": hi, "efficiency": res["efficiency"], "fovs_per_s": res["fovs_per_s"],
             "step_mean_s": mean_s, "allreduce_s": comm, "nodes": nodes}
-
-
-def _wait(req, deadline: float) -> None:
-    while not req.Test():
-        if time.monotonic() > deadline:
-            raise TimeoutError("calibrate_network: peer did not answer before the deadline")
-
-
-def calibrate_network(comm, sizes=(8, 1024, 16_384, 262_144, 1 << 20, 4 << 20),
-                      repeats: int = 20, timeout_s: float = 60.0):
-    """Fit T(n) = alpha + n*beta from ping-pong between ranks 0 and 1 of `comm`.
-
-    Buffer-based Isend/Irecv on numpy arrays (no pickling), polled with Test()
-    against a deadline so a dead peer raises TimeoutError instead of hanging.
-    T is the median half round trip per size (robust to OS noise); the fit
-    weights each size by 1/T so latency-bound small sizes set alpha and
-    bandwidth-bound large sizes set beta. Ranks >= 2 take no part and get None.
-    Returns (alpha_s, beta_s_per_byte, table) on ranks 0 and 1.
-    """
-    if comm.Get_size() < 2:
-        raise ValueError("calibrate_network needs at least 2 ranks")
-    rank = comm.Get_rank()
-    if rank > 1:
-        return None
-    deadline = time.monotonic() + timeout_s
-    medians = np.zeros(len(sizes))
-    for i, n in enumerate(sizes):
-        buf = np.zeros(int(n), dtype=np.uint8)
-        half = []
-        for r in range(repeats + 1):  # first exchange warms up the path
-            if rank == 0:
-                t0 = time.perf_counter()
-                rreq = comm.Irecv(buf, source=1, tag=i)
-                _wait(comm.Isend(buf, dest=1, tag=i), deadline)
-                _wait(rreq, deadline)
-                if r:
-                    half.append((time.perf_counter() - t0) / 2)
-            else:
-                _wait(comm.Irecv(buf, source=0, tag=i), deadline)
-                _wait(comm.Isend(buf, dest=0, tag=i), deadline)
-        if rank == 0:
-            medians[i] = np.median(half)
-    tag = len(sizes)
-    if rank == 0:
-        _wait(comm.Isend(medians, dest=1, tag=tag), deadline)
-    else:
-        _wait(comm.Irecv(medians, source=0, tag=tag), deadline)
-    n = np.asarray(sizes, dtype=float)
-    design = np.column_stack([np.ones_like(n), n]) / medians[:, None]
-    (alpha, beta), *_ = np.linalg.lstsq(design, np.ones_like(n), rcond=None)
-    table = [{"bytes": int(b), "half_rtt_s": float(t)} for b, t in zip(sizes, medians)]
-    return float(alpha), float(beta), table

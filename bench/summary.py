@@ -1,16 +1,14 @@
 """summary.json from a run's records: the same math `ffnbench report` uses."""
 import json
 import os
+from dataclasses import asdict
 
 import numpy as np
 
+from ffnbench.bench.results import read_records, staleness_values
+from ffnbench.strategies.base import EvalRecord
 
-def read_records(run_dir):
-    path = os.path.join(run_dir, "metrics.jsonl")
-    if not os.path.isfile(path):
-        return []
-    with open(path) as f:
-        return [json.loads(line) for line in f if line.strip()]
+STEP_TIMES = ("step_s", "compute_s", "comm_s", "data_s", "wait_s")
 
 
 def rate_stats(samples):
@@ -31,8 +29,8 @@ def throughput_samples(steps, warmup):
     """
     per_rank = {}
     for r in steps:
-        if r["step"] >= warmup and r["step_s"] > 0:
-            per_rank.setdefault(r["rank"], {})[r["step"]] = r["fovs"] / r["step_s"]
+        if r.step >= warmup and r.step_s > 0:
+            per_rank.setdefault(r.rank, {})[r.step] = r.fovs / r.step_s
     if not per_rank:
         return []
     common = set.intersection(*(set(v) for v in per_rank.values()))
@@ -48,36 +46,29 @@ def staleness_stats(values):
             "max": int(x.max()), "histogram": hist.tolist(), "n": int(x.size)}
 
 
-def summarize(run_dir, manifest, extra=None):
+def summarize(run_dir, manifest):
+    """summary.json of a finished run: its records reduced to the numbers the report shows."""
     records = read_records(run_dir)
-    steps = [r for r in records if r["kind"] == "step"]
-    evals = [r for r in records if r["kind"] == "eval"]
+    steps, evals = records.steps, records.evals
     warmup = manifest["config"]["run"]["timing_warmup_steps"]
-    rate = rate_stats(throughput_samples(steps, warmup))
-    updates = [r for r in records if r["kind"] == "update"]
-    first_server = min((r["rank"] for r in updates), default=None)
-    stale = [r["staleness"] for r in updates if r["rank"] == first_server]  # one shard's view
-    comm = sum(r["comm_s"] for r in steps)
-    total = sum(r["step_s"] for r in steps)
-    summary = {
+    comm = sum(r.comm_s for r in steps)
+    total = sum(r.step_s for r in steps)
+    return {
         "name": manifest["config"]["name"],
         "strategy": manifest["strategy"],
         "ranks": manifest["ranks"],
         "workers": manifest["workers"],
         "roles": manifest["role_counts"],
         "global_batch": manifest["workers"] * manifest["config"]["train"]["batch_size"],
-        "steps": max((r["step"] for r in steps), default=-1) + 1,
-        "fovs_total": int(sum(r["fovs"] for r in steps)),
-        "wall_s": max((r["time"] for r in records), default=0.0),
-        "fovs_per_s": rate,
+        "steps": max((r.step for r in steps), default=-1) + 1,
+        "fovs_total": int(sum(r.fovs for r in steps)),
+        "wall_s": max((r.time for kind in records for r in kind), default=0.0),
+        "fovs_per_s": rate_stats(throughput_samples(steps, warmup)),
         "comm_share": comm / total if total else 0.0,
-        "step_time_s": {k: float(np.mean([r[k] for r in steps])) if steps else 0.0
-                        for k in ("step_s", "compute_s", "comm_s", "data_s", "wait_s")},
-        "final_eval": evals[-1] if evals else None,
-        "staleness": staleness_stats(stale),
+        "step_time_s": {k: float(np.mean([getattr(r, k) for r in steps])) if steps else 0.0 for k in STEP_TIMES},
+        "final_eval": {"kind": EvalRecord.kind, **asdict(evals[-1])} if evals else None,
+        "staleness": staleness_stats(staleness_values(records)),
     }
-    summary.update(extra or {})
-    return summary
 
 
 def write_json_atomic(path, data):

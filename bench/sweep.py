@@ -37,9 +37,10 @@ import time
 
 import yaml
 
-from bench import config, launcher
-from bench.config import ConfigError
-from bench.summary import write_json_atomic
+from ffnbench.bench import config, launcher
+from ffnbench.bench.context import layout_of
+from ffnbench.bench.config import ConfigError
+from ffnbench.bench.summary import write_json_atomic
 
 SWEEP_KEYS = ("name", "base", "set", "runs", "grid", "fov_budget", "repeats", "report", "out")
 REPORT_KEYS = ("target_f1",)
@@ -129,14 +130,6 @@ def run_id(overrides, repeat):
     return re.sub(r"[^A-Za-z0-9._,=+-]", "_", ",".join(parts))
 
 
-def workers_of(cfg):
-    """Workers of a run before it starts (logical ones for emulated strategies)."""
-    import strategies
-    cls = strategies.get(cfg["strategy"])
-    options = {**cls.options, **cfg["strategy_options"]}
-    return cls.logical_workers(cls.roles(cfg["ranks"], options), options)
-
-
 def plan(sweep):
     """Every run of the sweep, resolved and validated: [{id, overrides, config}].
 
@@ -157,10 +150,10 @@ def plan(sweep):
                 try:
                     cfg = config.load(sweep["base"], list(overrides.items()))
                     if sweep["fov_budget"]:
-                        steps = math.ceil(sweep["fov_budget"] / (workers_of(cfg) * cfg["train"]["batch_size"]))
+                        steps = math.ceil(sweep["fov_budget"] / (layout_of(cfg).workers * cfg["train"]["batch_size"]))
                         overrides["train.steps"] = steps
                         cfg["train"]["steps"] = steps
-                    launcher.check_layout(cfg)
+                    launcher.check_inputs(cfg)
                 except ValueError as e:
                     raise ConfigError(f"sweep run {rid}: {e}")
                 planned.append({"id": rid, "overrides": overrides, "config": cfg})

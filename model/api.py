@@ -6,11 +6,12 @@ per step. Clipping is part of *applying* (it acts on the averaged gradient), so 
 batch b and one worker at batch N*b take identical steps.
 """
 from dataclasses import dataclass
+from typing import Dict, List, Sequence, Tuple
 
 import numpy as np
 import tensorflow as tf
 
-from model.network import build_convstack_3d, logit
+from ffnbench.model.network import build_convstack_3d, logit
 
 
 @dataclass
@@ -24,14 +25,24 @@ class Batch:
         return len(self.images)
 
 
-def make_optimizer(name, lr):
-    if name == "sgd":
+def make_optimizer(settings, lr: float) -> tf.keras.optimizers.Optimizer:
+    """The keras optimizer that `settings` names, with its hyperparameters.
+
+    Args:
+        settings: has `name` (sgd | momentum | adam), `momentum`, `beta1`, `beta2` and `epsilon`
+            (strategies/base.py's OptimizerSettings, which the parameter servers' numpy copy reads too).
+        lr: initial learning rate (set_lr changes it per step).
+    Returns:
+        A keras optimizer, not yet built.
+    """
+    if settings.name == "sgd":
         return tf.keras.optimizers.SGD(learning_rate=lr)
-    if name == "momentum":
-        return tf.keras.optimizers.SGD(learning_rate=lr, momentum=0.9)
-    if name == "adam":
-        return tf.keras.optimizers.Adam(learning_rate=lr, beta_1=0.9, beta_2=0.999, epsilon=1e-8)
-    raise ValueError(f"unknown optimizer {name!r}")
+    if settings.name == "momentum":
+        return tf.keras.optimizers.SGD(learning_rate=lr, momentum=settings.momentum)
+    if settings.name == "adam":
+        return tf.keras.optimizers.Adam(learning_rate=lr, beta_1=settings.beta1, beta_2=settings.beta2,
+                                        epsilon=settings.epsilon)
+    raise ValueError(f"unknown optimizer {settings.name!r}")
 
 
 def voxel_metrics(logits, labels, threshold=logit(0.9)):
@@ -48,7 +59,20 @@ def voxel_metrics(logits, labels, threshold=logit(0.9)):
 
 
 class FFNModel:
-    def __init__(self, fov, depth, features, optimizer="adam", lr=1e-3, clip=0.7, seed=0, init_stddev=0.01):
+    """convstack_3d with the operations strategies need, each traced once as a tf.function."""
+
+    def __init__(self, fov: Sequence[int], depth: int, features: int, optimizer=None, lr: float = 1e-3,
+                 clip: float = 0.7, seed: int = 0, init_stddev: float = 0.01):
+        """Build the network (and the optimizer, for training).
+
+        Args:
+            fov: field of view (z, y, x), odd sizes.
+            depth: conv modules; features: channels per conv.
+            optimizer: OptimizerSettings-like (see make_optimizer), or None for a model that only
+                predicts, moves weights or restores checkpoints.
+            lr: initial learning rate; clip: elementwise gradient clip applied before each update.
+            seed: weight init; init_stddev: truncated-normal stddev of the conv kernels.
+        """
         tf.random.set_seed(seed)
         self.fov = tuple(fov)
         self.net = build_convstack_3d(self.fov, depth, features, seed=seed, init_stddev=init_stddev)
@@ -57,8 +81,10 @@ class FFNModel:
         self.sizes = [int(np.prod(s)) for s in self.shapes]
         self.num_params = int(sum(self.sizes))
         self.clip = float(clip)
-        self.optimizer = make_optimizer(optimizer, lr)
-        self.optimizer.build(self.variables)
+        self.optimizer = None
+        if optimizer is not None:
+            self.optimizer = make_optimizer(optimizer, lr)
+            self.optimizer.build(self.variables)
         spec = tf.TensorSpec((None, *self.fov, 1), tf.float32)
         self._gradients = tf.function(self._gradients_graph, input_signature=[spec] * 3)
         self._flat_gradients = tf.function(self._flat_grad_graph, input_signature=[spec] * 3)

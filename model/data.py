@@ -9,10 +9,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from model.api import Batch
-from model.network import logit
-from model.partitions import CoordinateSampler, compute_partitions
-from model.synthetic import make_volume, read_h5_dataset
+from ffnbench.model.api import Batch
+from ffnbench.model.network import logit
+from ffnbench.model.partitions import CoordinateSampler, compute_partitions
+from ffnbench.model.synthetic import make_volume, read_h5_dataset
 
 SOFT_FALSE, SOFT_TRUE = 0.05, 0.95
 

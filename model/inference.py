@@ -27,12 +27,9 @@ from skimage.feature import peak_local_max
 from skimage.filters import sobel, threshold_otsu
 from tqdm import tqdm
 
+from ffnbench.model.network import logit
+
 EDGE_KEY = 1 << 40  # lattice-key component of a centre clamped at a volume edge
-
-
-def logit(p):
-    """Probability -> logit; the canvas and the predictor work in logits."""
-    return float(np.log(p / (1.0 - p)))
 
 
 @dataclass

@@ -1,14 +1,16 @@
-"""FFN convstack_3d (google/ffn) in tf.keras: the one network every strategy trains."""
+"""FFN convstack_3d (google/ffn, ffn/training/models/convstack_3d.py) in tf.keras: the one network
+every strategy trains, and its size and cost arithmetic (which needs no TensorFlow)."""
 import numpy as np
-import tensorflow as tf
 
 
 def logit(p):
+    """Probability -> logit: seeds, canvases and thresholds work in logits, as in google/ffn."""
     return float(np.log(p / (1.0 - p)))
 
 
 def build_convstack_3d(fov, depth=12, features=32, seed=0, init_stddev=0.01):
     """Input (B, z, y, x, 2) = [image, seed logits]; output new seed logits = seed + update."""
+    import tensorflow as tf
     init = tf.keras.initializers.TruncatedNormal(stddev=init_stddev, seed=seed)
 
     def conv(name, activation=None, size=3, filters=features):
@@ -40,5 +42,6 @@ def weights_per_voxel(depth, features):
 
 
 def train_flops_per_fov(fov, depth, features):
-    """Training FLOPs per FOV: forward 2 * voxels * MACs/voxel, times 3 for backward (REFERENCE §1)."""
+    """Training FLOPs per FOV: forward 2 * voxels * MACs/voxel, times 3 for forward plus backward
+    (the backward pass costs about twice the forward: gradients for activations and for weights)."""
     return 3 * 2 * int(np.prod(fov)) * weights_per_voxel(depth, features)

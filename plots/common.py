@@ -1,4 +1,5 @@
-"""What every figure shares: the runs, one colour per strategy, titles that name the machine, saving."""
+"""What every figure shares: the runs, one colour per strategy (the registry's), titles that name the
+machine, saving."""
 import math
 import os
 
@@ -9,17 +10,9 @@ import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.ticker import (FixedFormatter, FixedLocator, FuncFormatter, LogLocator, NullFormatter,  # noqa: E402
                                NullLocator)
 
-from bench.report import fields_text, machine, sortable, strategy_sort_key, varying_fields  # noqa: E402
+from ffnbench import strategies  # noqa: E402
+from ffnbench.bench.results import fields_text, machine, sortable, varying_fields  # noqa: E402
 
-STRATEGY_COLORS = {
-    "single": "#4d4d4d",
-    "allreduce": "#1f77b4",
-    "mpi_allreduce": "#17becf",
-    "ps_sync": "#2ca02c",
-    "ps_async": "#d62728",
-    "emulated_sync": "#9467bd",
-}
-OTHER_COLORS = ("#ff7f0e", "#8c564b", "#e377c2", "#bcbd22", "#7f7f7f")
 PHASE_COLORS = {"compute": "#4c72b0", "comm": "#dd8452", "data": "#55a868", "wait": "#c44e52"}
 LINESTYLES = ("-", "--", ":", "-.")
 MARKERS = ("o", "s", "^", "D", "v", "P")
@@ -31,13 +24,6 @@ def style():
         "legend.fontsize": 9, "axes.grid": True, "grid.alpha": 0.3, "axes.spines.top": False,
         "axes.spines.right": False, "savefig.dpi": 150, "svg.fonttype": "none",
     })
-
-
-def color_for(strategy):
-    """Fixed colours for known strategies, so a strategy looks the same in every figure."""
-    if strategy in STRATEGY_COLORS:
-        return STRATEGY_COLORS[strategy]
-    return OTHER_COLORS[sum(map(ord, strategy)) % len(OTHER_COLORS)]
 
 
 def workers_text(n):
@@ -77,7 +63,7 @@ def title(fig, what, runs):
 
 
 def strategies_text(runs):
-    return ", ".join(sorted({r.strategy for r in runs}, key=strategy_sort_key))
+    return ", ".join(sorted({r.strategy for r in runs}, key=strategies.order_key))
 
 
 def log2_workers_axis(ax, workers, label="workers"):
@@ -112,7 +98,7 @@ def side_legend(fig, handles_labels):
 
 def run_sort_key(run, keys):
     """Strategies in their fixed order, then workers, then the given fields, numbers numerically."""
-    return strategy_sort_key(run.strategy), run.workers, [sortable(run.fields.get(k)) for k in keys]
+    return strategies.order_key(run.strategy), run.workers, [sortable(run.fields.get(k)) for k in keys]
 
 
 def series_styles(runs, keys):
@@ -131,13 +117,13 @@ def styles_for(ordered):
     sweep of one strategy, say): a colour per series from a colour map, line style per strategy.
     """
     per_strategy = {s: [label for s2, label in ordered if s2 == s] for s, _ in ordered}
-    strategies = list(per_strategy)
     if max(len(v) for v in per_strategy.values()) <= len(LINESTYLES):
-        return {label: (color_for(s), LINESTYLES[per_strategy[s].index(label)], MARKERS[per_strategy[s].index(label)])
-                for s, label in ordered}
+        return {label: (strategies.color(s), LINESTYLES[per_strategy[s].index(label)],
+                        MARKERS[per_strategy[s].index(label)]) for s, label in ordered}
     cmap = plt.get_cmap("tab20" if len(ordered) <= 20 else "viridis")
+    names = list(per_strategy)
     return {label: (cmap(i / max(1, len(ordered) - 1)) if len(ordered) > 20 else cmap(i),
-                    LINESTYLES[strategies.index(s) % len(LINESTYLES)], MARKERS[i % len(MARKERS)])
+                    LINESTYLES[names.index(s) % len(LINESTYLES)], MARKERS[i % len(MARKERS)])
             for i, (s, label) in enumerate(ordered)}
 
 

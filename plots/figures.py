@@ -1,17 +1,17 @@
 """The figures of `ffnbench plot DIR`. Each takes the complete runs (and the target F1) and returns
 a Figure, or raises Skip when the runs hold no data for it."""
-import math
 from collections import defaultdict
 
 import matplotlib.pyplot as plt
 import numpy as np
 from matplotlib.lines import Line2D
 
-from bench.report import (NOT_THROUGHPUT, aggregate_rates, baseline_rate, fields_text, strategy_sort_key,
-                          varying_fields)
-from plots.common import (PHASE_COLORS, color_for, geometric_edges, label_keys, log2_workers_axis,
-                          plain_log_yaxis, run_sort_key, series_label, series_styles, side_legend, strategies_text,
-                          styles_for, title, workers_text)
+from ffnbench import strategies
+from ffnbench.bench.results import (NOT_THROUGHPUT, aggregate_rates, baseline_rate, effective_lr, fields_text,
+                                    staleness_values, varying_fields)
+from ffnbench.plots.common import (PHASE_COLORS, geometric_edges, label_keys, log2_workers_axis, plain_log_yaxis,
+                                   run_sort_key, series_label, series_styles, side_legend, strategies_text,
+                                   styles_for, title, workers_text)
 
 
 class Skip(Exception):
@@ -41,7 +41,7 @@ def scaling(runs, target=None):
         base, base_strategy = (None, None) if members[0].emulated else baseline_rate(members, runs)
         if base:
             ideal = sorted({1, *workers})  # from the baseline's point, in the baseline's colour
-            ax_rate.plot(ideal, [base * w for w in ideal], color=color_for(base_strategy), ls=(0, (2, 2)), lw=1,
+            ax_rate.plot(ideal, [base * w for w in ideal], color=strategies.color(base_strategy), ls=(0, (2, 2)), lw=1,
                          alpha=0.6)
             ax_eff.plot(workers, [m / (base * w) for m, w in zip(means, workers)], color=color, ls=ls,
                         marker=marker, lw=1.8)
@@ -81,10 +81,10 @@ def convergence(runs, target=None):
             continue
         label = series_label(r, keys)
         color, ls, marker = styles[label]
-        x_values = ([e["time"] for e in r.evals], [e["fovs_total"] for e in r.evals])
+        x_values = ([e.time for e in r.evals], [e.fovs_total for e in r.evals])
         for row, metric in enumerate(("f1", "loss")):
             for col, x in enumerate(x_values):
-                line, = axes[row, col].plot(x, [e[metric] for e in r.evals], color=color, ls=ls, marker=marker,
+                line, = axes[row, col].plot(x, [getattr(e, metric) for e in r.evals], color=color, ls=ls, marker=marker,
                                             ms=4, lw=1.6)
         legend.append((line, label))
     if not legend:
@@ -97,7 +97,7 @@ def convergence(runs, target=None):
             ax.axhline(target, color="black", ls="--", lw=0.8, alpha=0.5)
     axes[0, 0].set_ylabel("held-out F1")
     axes[1, 0].set_ylabel("held-out loss (sigmoid cross-entropy)")
-    losses = [e["loss"] for r in runs for e in r.evals if e["loss"] > 0]
+    losses = [e.loss for r in runs for e in r.evals if e.loss > 0]
     if max(losses) > 3 * min(losses):  # a log scale only helps across a wide range
         plain_log_yaxis(axes[1, 0])
     for col, (name, xlabel) in enumerate((("wall time", "wall time since the start of training (s)"),
@@ -121,25 +121,23 @@ def staleness(runs, target=None):
         raise Skip("no parameter-server runs (no staleness records)")
     by_workers = defaultdict(lambda: defaultdict(list))
     for r in ps_runs:
-        updates = [u for u in r.records if u["kind"] == "update"]
-        first_server = min(u["rank"] for u in updates)
-        by_workers[r.workers][r.strategy] += [u["staleness"] for u in updates if u["rank"] == first_server]
+        by_workers[r.workers][r.strategy] += staleness_values(r.records)
     counts = sorted(by_workers)
     fig, axes = plt.subplots(1, len(counts), figsize=(min(16, 4 * len(counts) + 3), 4.5), layout="constrained",
                              sharey=True, squeeze=False)
     legend = []
     for ax, n in zip(axes[0], counts):
-        strategies = sorted(by_workers[n], key=strategy_sort_key)
-        width = 0.8 / len(strategies)
+        names = sorted(by_workers[n], key=strategies.order_key)
+        width = 0.8 / len(names)
         top = max(max(v) for v in by_workers[n].values())
-        for i, s in enumerate(strategies):
+        for i, s in enumerate(names):
             values = np.asarray(by_workers[n][s])
             share = np.bincount(values, minlength=top + 1) / values.size
-            bars = ax.bar(np.arange(top + 1) + (i - (len(strategies) - 1) / 2) * width, share, width,
-                          color=color_for(s), alpha=0.85)
+            bars = ax.bar(np.arange(top + 1) + (i - (len(names) - 1) / 2) * width, share, width,
+                          color=strategies.color(s), alpha=0.85)
             legend.append((bars, s))
             ax.text(0.97, 0.95 - 0.08 * i, f"{s}: mean {values.mean():.2f}, p99 {np.percentile(values, 99):.0f}",
-                    transform=ax.transAxes, ha="right", va="top", color=color_for(s), fontsize=9)
+                    transform=ax.transAxes, ha="right", va="top", color=strategies.color(s), fontsize=9)
         ax.axvline(n - 1, color="0.3", ls="--", lw=1)
         ax.set_title(workers_text(n))
         ax.set_xlabel("staleness τ (versions)")
@@ -176,11 +174,6 @@ def breakdown(runs, target=None):
     side_legend(fig, zip(*ax.get_legend_handles_labels()))
     title(fig, f"Where a step's time goes: {strategies_text(runs)}", runs)
     return fig
-
-
-def effective_lr(run):
-    factor = {"linear": run.workers, "sqrt": math.sqrt(run.workers)}.get(run.fields.get("train.lr_scaling"), 1.0)
-    return run.fields["train.lr"] * factor
 
 
 def lr_scaling(runs, target=None):
@@ -242,9 +235,9 @@ def batch_size(runs, target=None):
     legend = []
     for r in sorted(runs, key=lambda r: r.summary["global_batch"]):
         b = r.summary["global_batch"]
-        f1 = [e["f1"] for e in r.evals]
-        axes[0].plot([e["time"] for e in r.evals], f1, color=colors[b], marker="o", ms=4, lw=1.6)
-        line, = axes[1].plot([e["fovs_total"] for e in r.evals], f1, color=colors[b], marker="o", ms=4, lw=1.6)
+        f1 = [e.f1 for e in r.evals]
+        axes[0].plot([e.time for e in r.evals], f1, color=colors[b], marker="o", ms=4, lw=1.6)
+        line, = axes[1].plot([e.fovs_total for e in r.evals], f1, color=colors[b], marker="o", ms=4, lw=1.6)
         legend.append((line, f"global batch {b}"))
     if target:
         for ax in axes:

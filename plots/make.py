@@ -1,9 +1,9 @@
 """`ffnbench plot DIR`: every figure the runs below DIR have data for, as PNG and SVG in DIR/plots/."""
 import os
 
-from bench.report import DEFAULT_TARGET_F1, collect_runs
-from plots.common import save, style
-from plots.figures import FIGURES, Skip
+from ffnbench.bench.results import DEFAULT_TARGET_F1, collect_runs
+from ffnbench.plots.common import save, style
+from ffnbench.plots.figures import FIGURES, Skip
 
 
 def make_plots(directory):

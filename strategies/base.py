@@ -1,61 +1,372 @@
-"""The strategy interface: set up, run this rank's loop, finish.
+"""The contract between bench and a strategy: what a strategy is given, what it must do, what it records.
 
-A strategy sees a `Run` (bench/train.py): the model API (`run.model`), the communicator
-(`run.comm`), this rank's example stream, the lr schedule, the recorder and the evaluator.
+A strategy reads like a page: `setup()` makes every rank start from the same state, `train()` runs
+this rank's part of training, `finish()` hands back the final weights. It is given one
+`TrainingContext`, which bench builds from the config; it never imports bench. It writes results only
+through the context's `Recorder`, whose record kinds are declared here, so the summary, the report
+and the plots read exactly the fields that strategies write.
+
+Bench owns everything around training: the progress bar, periodic evaluation and checkpoints (driven
+by the records), FOV totals, the summary.
 """
+from __future__ import annotations
+
+import contextlib
+import math
+from dataclasses import dataclass, field
+from typing import Any, Callable, ClassVar, ContextManager, Dict, List, Optional, Protocol, Sequence, Tuple
 
 import numpy as np
 
 
 class LayoutError(ValueError):
-    """An impossible rank layout for a strategy."""
+    """An impossible rank layout or a bad strategy option; the message names it."""
+
+
+# ------------------------------------------------------------------ training settings
+
+LR_SCALING_RULES = ("none", "linear", "sqrt")
+OPTIMIZERS = ("sgd", "momentum", "adam")
+
+
+def lr_scale(rule: str, workers: int) -> float:
+    """The factor the base learning rate is multiplied by at `workers` workers.
+
+    Args:
+        rule: none | linear | sqrt (Goyal et al. 2017 use linear; Dong et al. 2019 find sqrt better
+            beyond 16 nodes).
+        workers: workers whose batches make one update.
+    Returns:
+        1, workers, or sqrt(workers).
+    """
+    return {"none": 1.0, "linear": float(workers), "sqrt": math.sqrt(workers)}[rule]
+
+
+@dataclass(frozen=True)
+class OptimizerSettings:
+    """One optimizer and its hyperparameters: the single source for the TF model and the numpy copy
+    that parameter servers apply."""
+    name: str = "adam"
+    momentum: float = 0.9
+    beta1: float = 0.9
+    beta2: float = 0.999
+    epsilon: float = 1e-8
+
+
+@dataclass(frozen=True)
+class TrainingSettings:
+    """The resolved training settings a strategy needs (never the raw config)."""
+    steps: int               # steps per worker
+    batch_size: int          # FOVs per worker step
+    lr: float                # base learning rate, before scaling by workers
+    lr_scaling: str          # one of LR_SCALING_RULES
+    warmup_steps: int        # linear ramp from lr to the scaled lr over these updates
+    clip: float              # elementwise gradient clip, applied to the (averaged) gradient
+    seed: int                # weights and example streams
+    optimizer: OptimizerSettings
+    timeout_s: float         # bound on every blocking wait
+
+    def lr_schedule(self, workers: int) -> Callable[[int], float]:
+        """The learning rate at each update.
+
+        Args:
+            workers: workers whose batches make one update (the layout's logical workers).
+        Returns:
+            lr(update): the base lr scaled by `lr_scale`, ramped linearly over warmup_steps.
+        """
+        base, warm = self.lr, self.warmup_steps
+        target = base * lr_scale(self.lr_scaling, workers)
+
+        def lr(update: int) -> float:
+            if warm and update < warm:
+                return base + (target - base) * update / warm
+            return target
+        return lr
+
+
+@dataclass(frozen=True)
+class Layout:
+    """Where a strategy's ranks go: a role per rank, and the (logical) workers behind one update."""
+    strategy: str
+    ranks: int
+    options: Dict[str, Any]
+    roles: Tuple[str, ...]
+    workers: int
+
+    @property
+    def worker_ranks(self) -> List[int]:
+        return [r for r, role in enumerate(self.roles) if role == "worker"]
+
+    def role_counts(self) -> Dict[str, int]:
+        return {r: self.roles.count(r) for r in sorted(set(self.roles))}
+
+
+# ------------------------------------------------------------------ records
+
+PHASES = ("data", "compute", "comm", "wait")
+
+
+@dataclass
+class StepRecord:
+    """One worker step. `fovs`: the FOVs this record stands for. `model_version`: the updates in the
+    weights this rank's model holds after the step, which an evaluation right after it would see."""
+    kind: ClassVar[str] = "step"
+    rank: int
+    step: int
+    time: float
+    fovs: int
+    loss: float
+    model_version: int
+    compute_s: float
+    comm_s: float
+    data_s: float
+    wait_s: float
+    step_s: float
+    emulated: bool = False
+
+
+@dataclass
+class UpdateRecord:
+    """One gradient applied by a server (or an emulated one): `staleness` = version - read, the
+    updates applied between the worker's read and this gradient's."""
+    kind: ClassVar[str] = "update"
+    rank: int
+    time: float
+    worker: int
+    version: int
+    read: int
+    staleness: int
+    lr: Optional[float] = None
+    emulated: bool = False
+
+
+@dataclass
+class ServerRecord:
+    """A parameter server's totals, written once when it stops."""
+    kind: ClassVar[str] = "server"
+    rank: int
+    time: float
+    updates: int
+    dropped: int
+    wall_s: float
+    cpu_s: float
+    cpu_share: float
+
+
+@dataclass
+class EvalRecord:
+    """A held-out evaluation of the weights after `step` updates, which took `fovs_total` FOVs."""
+    kind: ClassVar[str] = "eval"
+    step: int
+    time: float
+    fovs_total: int
+    loss: float
+    accuracy: float
+    precision: float
+    recall: float
+    f1: float
+
+
+RECORD_TYPES = {cls.kind: cls for cls in (StepRecord, UpdateRecord, ServerRecord, EvalRecord)}
+
+
+class Recorder(Protocol):
+    """What a strategy records. Bench implements it (bench/recorder.py) and reacts to the records:
+    a step record advances the progress bar and may trigger an evaluation or a checkpoint."""
+
+    def phase(self, name: str) -> ContextManager[None]:
+        """Time one phase (one of PHASES) of the current step; the next step record carries it."""
+
+    def step(self, step: int, fovs: int, loss: float, model_version: int, emulated: bool = False) -> None:
+        """Record a finished worker step.
+
+        Args:
+            step: this worker's step index, from 0.
+            fovs: FOVs this record stands for (an emulated round: all its logical workers').
+            loss: training loss of the step.
+            model_version: updates in the weights the model holds now (an evaluation may follow).
+            emulated: N logical workers in one process.
+        """
+
+    def update(self, worker: int, read: int, version: int, lr: Optional[float] = None,
+               emulated: bool = False) -> None:
+        """Record one gradient applied on top of `version` that was computed on version `read`."""
+
+    def server(self, updates: int, dropped: int, wall_s: float, cpu_s: float) -> None:
+        """Record a server's totals: updates applied, gradients dropped, its wall and CPU seconds."""
+
+
+# ------------------------------------------------------------------ what a strategy is given
+
+class Batch(Protocol):
+    def __len__(self) -> int: ...
+
+
+class ExampleStream(Protocol):
+    """A worker's training FOVs. FFN's recurrence: logits go back into each example's seed."""
+
+    def next_batch(self) -> Batch: ...
+
+    def feedback(self, logits: np.ndarray) -> None: ...
+
+
+class ModelAPI(Protocol):
+    """The FFN model as strategies use it (model/api.py): gradients and weights as flat float32
+    vectors in one fixed order, or per-variable tensors for in-graph collectives."""
+    num_params: int
+    variables: Sequence[Any]
+
+    def set_lr(self, lr: float) -> None: ...
+
+    def gradients(self, batch: Batch) -> Tuple[List[Any], Any, Any]: ...
+
+    def flat_gradients(self, batch: Batch) -> Tuple[np.ndarray, float, np.ndarray]: ...
+
+    def apply_gradients(self, grads: Any) -> None: ...
+
+    def train_step(self, batch: Batch) -> Tuple[float, np.ndarray]: ...
+
+    def get_flat(self) -> np.ndarray: ...
+
+    def set_flat(self, flat: np.ndarray) -> None: ...
+
+
+@dataclass
+class TrainingContext:
+    """Everything a strategy sees. Bench builds it; `model` is set inside `Strategy.model_scope()`
+    and `stream` exists on workers only."""
+    settings: TrainingSettings
+    layout: Layout
+    rank: int
+    comm: Any                       # the job's mpi4py communicator (launch "mpirun")
+    recorder: Recorder
+    run_dir: str                    # for artefacts a strategy owns (e.g. Horovod's timeline)
+    make_stream: Callable[[int], ExampleStream]   # the example stream of logical worker w
+    model: Optional[ModelAPI] = None
+    stream: Optional[ExampleStream] = None
+    lr: Callable[[int], float] = field(init=False)
+
+    def __post_init__(self):
+        self.lr = self.settings.lr_schedule(self.layout.workers)
+
+    @property
+    def role(self) -> str:
+        return self.layout.roles[self.rank]
+
+    @property
+    def options(self) -> Dict[str, Any]:
+        return self.layout.options
+
+
+@dataclass
+class Final:
+    """What `finish()` returns: on rank 0 the final flat weights and the updates they hold."""
+    weights: Optional[np.ndarray]
+    model_version: Optional[int]
+
+
+# ------------------------------------------------------------------ the strategy
+
+LAUNCHES = ("mpirun",)            # how a strategy's ranks are started (see strategies/comm.py)
+SIMULATOR_MODELS = ("ring_allreduce", "async_ps", "sync_ps")   # bench/simulator.py
 
 
 class Strategy:
-    name = ""
-    #: strategy_options this strategy accepts, with defaults
-    options = {}
-    #: True when N workers are emulated inside one process (records say so)
-    emulated = False
+    """Base class. Subclasses set `name` and decorate themselves with @register."""
+    name: ClassVar[str] = ""
+    #: strategy_options this strategy accepts, with their defaults, and what each one means
+    options: ClassVar[Dict[str, Any]] = {}
+    option_docs: ClassVar[Dict[str, str]] = {}
+    #: N workers emulated inside one process (its records say so)
+    emulated: ClassVar[bool] = False
+    #: how its ranks are started: one of LAUNCHES
+    launch: ClassVar[str] = "mpirun"
+    #: the simulator model that predicts its throughput at scale (one of SIMULATOR_MODELS), or None
+    simulator_model: ClassVar[Optional[str]] = None
+    #: its colour in every figure (None: a spare one is picked)
+    color: ClassVar[Optional[str]] = None
+    #: position in tables and legends (simplest first); ties by name
+    order: ClassVar[int] = 100
 
-    def __init__(self, run):
-        self.run = run
-        self.comm = run.comm
-        self.model = run.model
-        self.opts = run.options
+    # ---- the layout, checked before any rank starts
+    @classmethod
+    def layout(cls, ranks: int, user_options: Dict[str, Any]) -> Layout:
+        """Resolve options and roles for `ranks` ranks.
+
+        Args:
+            ranks: ranks in the job.
+            user_options: the config's strategy_options.
+        Returns:
+            The Layout.
+        Raises:
+            LayoutError: an unknown option, a bad option value, or an impossible layout.
+        """
+        unknown = sorted(set(user_options) - set(cls.options))
+        if unknown:
+            raise LayoutError(f"config field strategy_options.{unknown[0]}: not an option of strategy {cls.name} "
+                              f"(options: {', '.join(sorted(cls.options)) or 'none'})")
+        options = {**cls.options, **user_options}
+        roles = tuple(cls.roles(ranks, options))
+        return Layout(cls.name, ranks, options, roles, cls.logical_workers(roles, options))
 
     @classmethod
-    def roles(cls, ranks, options):
+    def roles(cls, ranks: int, options: Dict[str, Any]) -> List[str]:
         """Role of each rank ('worker' or 'server'); raise LayoutError when impossible."""
         return ["worker"] * ranks
 
     @classmethod
-    def logical_workers(cls, roles, options):
+    def logical_workers(cls, roles: Sequence[str], options: Dict[str, Any]) -> int:
         """Workers whose batches make one update's worth of data (lr scaling uses it)."""
-        return roles.count("worker")
+        return list(roles).count("worker")
 
-    def setup(self):
+    @classmethod
+    def fovs_per_update(cls, layout: Layout, batch_size: int) -> int:
+        """FOVs behind one model update: a synchronous update averages every worker's batch."""
+        return layout.workers * batch_size
+
+    @classmethod
+    def measure_costs(cls, settings: TrainingSettings, params: int) -> Dict[str, float]:
+        """Costs of this strategy's own machinery that the simulator needs (`ffnbench calibrate`)."""
+        return {}
+
+    # ---- one rank's life
+    def __init__(self, ctx: TrainingContext):
+        self.ctx = ctx
+
+    @property
+    def model(self) -> ModelAPI:
+        return self.ctx.model
+
+    @property
+    def comm(self):
+        return self.ctx.comm
+
+    @property
+    def opts(self) -> Dict[str, Any]:
+        return self.ctx.options
+
+    def model_scope(self) -> ContextManager[None]:
+        """Bench builds the model inside this (e.g. a tf.distribute strategy's scope)."""
+        return contextlib.nullcontext()
+
+    def setup(self) -> None:
         """Make every rank start from the same state."""
 
-    def loop(self):
+    def train(self) -> None:
+        """This rank's part of training."""
         raise NotImplementedError
 
-    def expected_updates(self):
-        """Length of the progress bar."""
-        return self.run.steps
-
-    def updates(self):
-        """Model updates applied by the end (the `step` of the final evaluation)."""
-        return self.run.steps
-
-    def finish(self):
-        """Final flat weights on rank 0 (None elsewhere)."""
-        return self.model.get_flat() if self.comm.rank == 0 else None
+    def finish(self) -> Final:
+        """The final weights on rank 0 (None elsewhere)."""
+        if self.ctx.rank != 0:
+            return Final(None, None)
+        return Final(self.model.get_flat(), self.ctx.settings.steps)
 
 
 class SyncDataParallel(Strategy):
-    """Each worker computes a gradient on its own batch; `average` turns them into one mean
-    gradient (the only communication); every worker applies the same update."""
+    """Each worker computes a gradient on its own batch; `average` turns them into one mean gradient
+    (the only communication); every worker applies the same update."""
+    simulator_model = "ring_allreduce"
 
     def gradients(self, batch):
         """(gradient, loss, logits) for this worker's batch."""
@@ -64,26 +375,34 @@ class SyncDataParallel(Strategy):
     def average(self, grads):
         raise NotImplementedError
 
-    def loop(self):
-        run, rec, model = self.run, self.run.recorder, self.model
-        for step in range(run.steps):
-            model.set_lr(run.lr(step))
+    def train(self):
+        ctx, rec, model = self.ctx, self.ctx.recorder, self.model
+        for step in range(ctx.settings.steps):
+            model.set_lr(ctx.lr(step))
             with rec.phase("data"):
-                batch = run.stream.next_batch()
+                batch = ctx.stream.next_batch()
             with rec.phase("compute"):
                 grads, loss, logits = self.gradients(batch)
             with rec.phase("comm"):
                 grads = self.average(grads)
             with rec.phase("compute"):
                 model.apply_gradients(grads)
-                run.stream.feedback(np.asarray(logits))
-            rec.step(step, len(batch), float(loss))
-            run.after_step(step, fovs_total=(step + 1) * len(batch) * run.workers)
+                ctx.stream.feedback(np.asarray(logits))
+            rec.step(step, len(batch), float(loss), model_version=step + 1)
 
 
-REGISTRY = {}
+REGISTRY: Dict[str, type] = {}
 
 
 def register(cls):
+    """Class decorator: make a strategy known by its name."""
+    if not cls.name or cls.name in REGISTRY:
+        raise LayoutError(f"strategy {cls.__name__}: needs a unique name (got {cls.name!r})")
+    if cls.launch not in LAUNCHES or cls.simulator_model not in SIMULATOR_MODELS + (None,):
+        raise LayoutError(f"strategy {cls.name}: launch must be one of {LAUNCHES} and simulator_model one of "
+                          f"{SIMULATOR_MODELS} or None")
+    undocumented = sorted(set(cls.options) - set(cls.option_docs))
+    if undocumented:
+        raise LayoutError(f"strategy {cls.name}: option {undocumented[0]} has no entry in option_docs")
     REGISTRY[cls.name] = cls
     return cls

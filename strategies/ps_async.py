@@ -1,22 +1,26 @@
 """Asynchronous parameter server over mpi4py: each gradient is applied the moment it arrives.
 
-Staleness controls (REFERENCE §6): `lr_staleness: divide` scales the lr by 1/tau (Zhang et al.
-2016); `max_staleness: s` is stale-synchronous parallel (Ho et al. 2013): a worker more than s
-pushes ahead of the slowest unfinished worker has its pull held until the slowest catches up.
+Staleness controls: `lr_staleness: divide` scales the lr by 1/tau (Zhang, Gupta, Lian, Liu,
+"Staleness-aware Async-SGD for Distributed Deep Learning", IJCAI 2016); `max_staleness: s` is
+stale-synchronous parallel (Ho et al., "More Effective Distributed ML via a Stale Synchronous Parallel
+Parameter Server", NIPS 2013): a worker more than s pushes ahead of the slowest unfinished worker has
+its pull held until the slowest catches up.
 """
-import numpy as np
-
-from strategies.base import LayoutError, register
-from strategies.mpi_wait import fail
-from strategies.ps_common import DONE, PULL, PUSH, ParameterServerStrategy
+from ffnbench.strategies.base import LayoutError, register
+from ffnbench.strategies.parameter_server import ParameterServerStrategy
 
 
 @register
 class PSAsync(ParameterServerStrategy):
     """Async parameter server (mpi4py): gradients applied as they arrive, staleness measured."""
     name = "ps_async"
+    order, color, simulator_model = 50, "#d62728", "async_ps"
     options = {**ParameterServerStrategy.options, "prefetch": False, "lr_staleness": "none",
                "max_staleness": None}
+    option_docs = {**ParameterServerStrategy.option_docs,
+                   "prefetch": "pull the next parameters during compute (more staleness, which is measured)",
+                   "lr_staleness": "`divide`: the server applies lr / tau (Zhang et al. 2016)",
+                   "max_staleness": "SSP bound s (Ho et al. 2013): a worker more than s pushes ahead of the slowest waits"}
 
     @classmethod
     def roles(cls, ranks, options):
@@ -27,43 +31,37 @@ class PSAsync(ParameterServerStrategy):
             raise LayoutError(f"strategy_options.max_staleness must be an integer >= 0 or null (got {s!r})")
         return super().roles(ranks, options)
 
-    def expected_updates(self):
-        return self.run.steps * self.run.workers
+    @classmethod
+    def fovs_per_update(cls, layout, batch_size):
+        return batch_size  # every worker's gradient is an update of its own
 
-    def serve(self):
-        run, token = self.run, np.empty(1, np.int64)
-        bound, divide = self.opts["max_staleness"], self.opts["lr_staleness"] == "divide"
-        clocks = {w: 0 for w in run.worker_ranks}   # pushes received from each worker
-        held = []                                   # pulls held back by the staleness bound
+    def setup(self):
+        super().setup()
+        self.clocks = {w: 0 for w in self.ctx.layout.worker_ranks}  # pushes received from each worker
+        self.held = []                                                # pulls held back by the bound
 
-        def may_proceed(worker):
-            active = [clocks[w] for w in clocks if w not in finished] or [clocks[worker]]
-            return bound is None or clocks[worker] - min(active) <= bound
+    def may_proceed(self, worker):
+        bound = self.opts["max_staleness"]
+        active = [c for w, c in self.clocks.items() if w not in self.server.finished] or [self.clocks[worker]]
+        return bound is None or self.clocks[worker] - min(active) <= bound
 
-        finished = set()
-        while len(finished) < run.workers:
-            worker, tag = self.next_message()
-            if tag == PULL:
-                self.recv(token, worker, PULL, "a pull request")
-                if may_proceed(worker):
-                    self.answer_pull(worker)
-                else:
-                    held.append(worker)
-            elif tag == PUSH:
-                read, _, grad = self.receive_push(worker)
-                staleness = self.version - read
-                lr = run.lr(self.version // run.workers)
-                if divide and staleness > 0:
-                    lr /= staleness
-                self.apply(grad, lr)
-                self.record_update(worker, read, staleness, lr=lr)
-                clocks[worker] += 1
-                run.tick()
-            elif tag == DONE:
-                self.recv(token, worker, DONE, "a done message")
-                finished.add(worker)
-            else:
-                fail(self.comm, f"unexpected message tag {tag} from rank {worker}")
-            for w in [w for w in held if may_proceed(w)]:
-                held.remove(w)
-                self.answer_pull(w)
+    def on_pull(self, worker):
+        if self.may_proceed(worker):
+            self.server.answer_pull(worker)
+        else:
+            self.held.append(worker)
+
+    def on_push(self, worker, read, grad):
+        server = self.server
+        staleness = server.version - read
+        lr = self.ctx.lr(server.version // self.ctx.layout.workers)
+        if self.opts["lr_staleness"] == "divide" and staleness > 0:
+            lr /= staleness
+        server.record(worker, read, lr)
+        server.apply(grad, lr)
+        self.clocks[worker] += 1
+
+    def after_message(self):
+        for w in [w for w in self.held if self.may_proceed(w)]:
+            self.held.remove(w)
+            self.server.answer_pull(w)

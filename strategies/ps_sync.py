@@ -1,20 +1,23 @@
 """Synchronous parameter server: one update from the first N gradients of each round.
 
 With backup_workers b, N = workers - b and the b slowest gradients of a round are dropped
-(SyncReplicas semantics, Chen et al. 2016); with b = 0 it is plain sync SGD through servers.
+(SyncReplicasOptimizer's semantics; Chen, Pan, Monga, Bengio, Jozefowicz, "Revisiting Distributed
+Synchronous SGD", 2016); with b = 0 it is plain sync SGD through servers.
 """
 import numpy as np
 
-from strategies.base import LayoutError, register
-from strategies.mpi_wait import fail
-from strategies.ps_common import DONE, PULL, PUSH, ParameterServerStrategy
+from ffnbench.strategies.base import LayoutError, register
+from ffnbench.strategies.parameter_server import ParameterServerStrategy
 
 
 @register
 class PSSync(ParameterServerStrategy):
     """Sync parameter server (mpi4py): servers average N gradients per update; optional backups."""
     name = "ps_sync"
+    order, color, simulator_model = 40, "#2ca02c", "sync_ps"
     options = {**ParameterServerStrategy.options, "backup_workers": 0}
+    option_docs = {**ParameterServerStrategy.option_docs,
+                   "backup_workers": "aggregate the first N-b of N gradients per round, drop the rest (Chen et al. 2016)"}
 
     @classmethod
     def roles(cls, ranks, options):
@@ -25,40 +28,40 @@ class PSSync(ParameterServerStrategy):
                               f"(got {b!r} with {roles.count('worker')} workers)")
         return roles
 
-    def serve(self):
-        run, token = self.run, np.empty(1, np.int64)
-        pending, deferred_pulls, finished = {}, [], set()
-        dropped = 0
-        needed = run.workers - self.opts["backup_workers"]
-        while len(finished) < run.workers:
-            worker, tag = self.next_message()
-            if tag == PULL:
-                self.recv(token, worker, PULL, "a pull request")
-                if worker in pending:
-                    deferred_pulls.append(worker)  # its next step must see this round's update
-                else:
-                    self.answer_pull(worker)
-            elif tag == PUSH:
-                read, _, grad = self.receive_push(worker)
-                if read < self.version:
-                    dropped += 1  # a backup's gradient for a round already applied
-                else:
-                    pending[worker] = grad
-            elif tag == DONE:
-                self.recv(token, worker, DONE, "a done message")
-                finished.add(worker)
-            else:
-                fail(self.comm, f"unexpected message tag {tag} from rank {worker}")
-            may_still_push = [w for w in run.worker_ranks if w not in finished and w not in pending]
-            if pending and (len(pending) >= needed or not may_still_push):
-                mean = np.sum([pending[w] for w in sorted(pending)], axis=0, dtype=np.float32)
-                mean /= np.float32(len(pending))
-                for w in sorted(pending):
-                    self.record_update(w, self.version, 0)
-                self.apply(mean, run.lr(self.version))
-                run.tick()
-                pending.clear()
-                for w in deferred_pulls:
-                    self.answer_pull(w)
-                deferred_pulls.clear()
-        self.dropped = dropped
+    @classmethod
+    def fovs_per_update(cls, layout, batch_size):
+        return (layout.workers - layout.options["backup_workers"]) * batch_size
+
+    def setup(self):
+        super().setup()
+        self.pending = {}         # this round's gradients, by worker
+        self.deferred_pulls = []  # workers whose next step must see this round's update
+
+    def on_pull(self, worker):
+        if worker in self.pending:
+            self.deferred_pulls.append(worker)
+        else:
+            self.server.answer_pull(worker)
+
+    def on_push(self, worker, read, grad):
+        if read < self.server.version:
+            self.server.dropped += 1  # a backup's gradient for a round already applied
+        else:
+            self.pending[worker] = grad
+
+    def after_message(self):
+        server, layout = self.server, self.ctx.layout
+        needed = layout.workers - self.opts["backup_workers"]
+        may_still_push = [w for w in layout.worker_ranks if w not in server.finished and w not in self.pending]
+        if not self.pending or (len(self.pending) < needed and may_still_push):
+            return
+        mean = np.sum([self.pending[w] for w in sorted(self.pending)], axis=0, dtype=np.float32)
+        mean /= np.float32(len(self.pending))
+        lr = self.ctx.lr(server.version)
+        for w in sorted(self.pending):
+            server.record(w, server.version, lr)
+        server.apply(mean, lr)
+        self.pending.clear()
+        for w in self.deferred_pulls:
+            server.answer_pull(w)
+        self.deferred_pulls.clear()

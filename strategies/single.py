@@ -1,11 +1,12 @@
 """One process, no communication: the reference every distributed strategy must reproduce."""
-from strategies.base import LayoutError, Strategy, register
+from ffnbench.strategies.base import LayoutError, Strategy, register
 
 
 @register
 class Single(Strategy):
     """One process, no communication (the reference)."""
     name = "single"
+    order, color, simulator_model = 0, "#4d4d4d", "ring_allreduce"  # one worker: an all-reduce of one
 
     @classmethod
     def roles(cls, ranks, options):
@@ -13,14 +14,13 @@ class Single(Strategy):
             raise LayoutError(f"strategy single runs on 1 rank (got ranks={ranks})")
         return ["worker"]
 
-    def loop(self):
-        run, model = self.run, self.model
-        for step in range(run.steps):
-            model.set_lr(run.lr(step))
-            with run.recorder.phase("data"):
-                batch = run.stream.next_batch()
-            with run.recorder.phase("compute"):
+    def train(self):
+        ctx, rec, model = self.ctx, self.ctx.recorder, self.model
+        for step in range(ctx.settings.steps):
+            model.set_lr(ctx.lr(step))
+            with rec.phase("data"):
+                batch = ctx.stream.next_batch()
+            with rec.phase("compute"):
                 loss, logits = model.train_step(batch)
-                run.stream.feedback(logits)
-            run.recorder.step(step, len(batch), loss)
-            run.after_step(step, fovs_total=(step + 1) * len(batch))
+                ctx.stream.feedback(logits)
+            rec.step(step, len(batch), loss, model_version=step + 1)

@@ -1,6 +1,6 @@
 import pytest
 
-from bench.config import ConfigError, load
+from ffnbench.bench.config import ConfigError, load
 
 BAD = [
     ("train.batch_size=0", "train.batch_size"),

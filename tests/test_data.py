@@ -1,7 +1,7 @@
 import numpy as np
 
-from model.data import SOFT_FALSE, SOFT_TRUE, ExampleStream, Volume, _Example, fov_shifts
-from model.network import logit
+from ffnbench.model.data import SOFT_FALSE, SOFT_TRUE, ExampleStream, Volume, _Example, fov_shifts
+from ffnbench.model.network import logit
 
 
 class FixedSampler:
@@ -68,7 +68,7 @@ def test_label_moves_follow_the_object():
 
 def test_streams_of_slots_compose():
     """Slots 0..3 in one stream equal slots 0..1 and 2..3 in two streams (data-parallel basis)."""
-    from model.synthetic import make_volume
+    from ffnbench.model.synthetic import make_volume
     img, lab = make_volume((32, 48, 48), seed=3)
     vol = Volume(img.astype(np.float32), lab)
     args = dict(fov=(9, 9, 9), deltas=(2, 2, 2), seed=5, min_size=200)

@@ -4,7 +4,7 @@ import h5py
 import numpy as np
 import pytest
 
-from bench.evaluate import FIELDS
+from ffnbench.bench.evaluate import FIELDS
 
 EVAL_FIELDS = set(FIELDS) | {"seconds"}
 

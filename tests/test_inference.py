@@ -2,8 +2,8 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from model.inference import InferenceOptions, logit, seed_peaks, segment_volume
-from model.seg_metrics import segmentation_scores
+from ffnbench.model.inference import InferenceOptions, logit, seed_peaks, segment_volume
+from ffnbench.model.seg_metrics import segmentation_scores
 
 SHAPE = (30, 40, 40)
 TUBE_LABEL = 99

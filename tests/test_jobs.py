@@ -3,7 +3,7 @@ import subprocess
 
 import pytest
 
-from bench.jobs import SCHEDULERS, render_job
+from ffnbench.bench.jobs import SCHEDULERS, render_job
 
 
 def lines(script):

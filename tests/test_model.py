@@ -2,8 +2,9 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from model.api import Batch, FFNModel, voxel_metrics
-from model.network import build_convstack_3d, logit, train_flops_per_fov
+from ffnbench.model.api import Batch, FFNModel, voxel_metrics
+from ffnbench.strategies.base import OptimizerSettings
+from ffnbench.model.network import build_convstack_3d, logit, train_flops_per_fov
 
 
 def test_paper_model_has_638433_parameters():
@@ -30,7 +31,7 @@ def test_paper_training_flops_match_reference():
 
 
 def small_model(**kw):
-    return FFNModel((5, 5, 5), depth=2, features=4, **{"optimizer": "sgd", "lr": 1.0, **kw})
+    return FFNModel((5, 5, 5), depth=2, features=4, **{"optimizer": OptimizerSettings("sgd"), "lr": 1.0, **kw})
 
 
 def batch(n=2, seed=0, scale=1.0):
@@ -58,7 +59,7 @@ def test_gradient_is_clipped_elementwise_when_applied():
 
 
 def test_train_step_equals_gradient_then_apply():
-    a, b = small_model(optimizer="adam", lr=1e-2), small_model(optimizer="adam", lr=1e-2)
+    a, b = small_model(optimizer=OptimizerSettings("adam"), lr=1e-2), small_model(optimizer=OptimizerSettings("adam"), lr=1e-2)
     b.set_flat(a.get_flat())
     x = batch(scale=30.0)
     for _ in range(3):

@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from model.partitions import CoordinateSampler, compute_partitions
+from ffnbench.model.partitions import CoordinateSampler, compute_partitions
 
 THR = (0.025, 0.05, 0.075, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
 
@@ -83,7 +83,7 @@ def test_sampler_errors_when_nothing_eligible():
 def test_partitions_on_synthetic_volume_fast():
     import time
 
-    from model.synthetic import make_volume
+    from ffnbench.model.synthetic import make_volume
 
     _, labels = make_volume()
     t0 = time.perf_counter()

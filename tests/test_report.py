@@ -2,13 +2,21 @@
 import json
 import math
 import os
+from dataclasses import asdict
 
 import pytest
 import yaml
 
-from bench import config
-from bench.report import aggregate_rates, build_report, efficiency, speedup, time_to_target
-from bench.summary import rate_stats
+from ffnbench.bench import config
+from ffnbench.bench.report import build_report, efficiency, speedup, time_to_target
+from ffnbench.bench.results import aggregate_rates, read_records, staleness_values
+from ffnbench.bench.summary import rate_stats
+from ffnbench.strategies.base import EvalRecord, UpdateRecord
+
+
+def eval_record(step, time, fovs_total, f1):
+    return EvalRecord(step=step, time=time, fovs_total=fovs_total, loss=0.5, accuracy=0.9, precision=f1,
+                      recall=f1, f1=f1)
 
 
 def test_efficiency_is_speedup_per_worker():
@@ -23,10 +31,10 @@ def test_efficiency_without_a_one_worker_rate_is_unknown():
 
 
 def test_time_to_target_takes_the_first_evaluation_reaching_it():
-    evals = [{"time": 30.0, "fovs_total": 300, "f1": 0.85},  # out of order on purpose
-             {"time": 10.0, "fovs_total": 100, "f1": 0.4},
-             {"time": 20.0, "fovs_total": 200, "f1": 0.8},
-             {"time": 40.0, "fovs_total": 400, "f1": 0.7}]
+    evals = [eval_record(3, 30.0, 300, 0.85),  # out of order on purpose
+             eval_record(1, 10.0, 100, 0.4),
+             eval_record(2, 20.0, 200, 0.8),
+             eval_record(4, 40.0, 400, 0.7)]
     assert time_to_target(evals, 0.8) == (20.0, 200)  # >= counts
     assert time_to_target(evals, 0.9) == (None, None)
     assert time_to_target([], 0.5) == (None, None)
@@ -56,7 +64,7 @@ def fake_run(run_dir, strategy, ranks, workers, rate, evals, staleness=None, seg
     cfg = config.load(None, [("strategy", strategy), ("ranks", ranks)])
     with open(os.path.join(run_dir, "config.yaml"), "w") as f:
         yaml.safe_dump(cfg, f)
-    records = [{"kind": "eval", "step": i, "time": t, "fovs_total": fovs, "loss": 0.5, "f1": f1}
+    records = [{"kind": EvalRecord.kind, **asdict(eval_record(i, t, fovs, f1))}
                for i, (t, fovs, f1) in enumerate(evals)]
     with open(os.path.join(run_dir, "metrics.jsonl"), "w") as f:
         f.writelines(json.dumps(r) + "\n" for r in records)
@@ -113,3 +121,14 @@ def test_target_not_reached_is_said_so(runs_dir):
     text, rows, _ = build_report(str(runs_dir), target=0.95)
     assert all(r["time_to_target_s"] is None for r in rows)
     assert "not reached" in text
+
+
+def test_records_are_read_typed_and_staleness_is_one_servers_view(tmp_path):
+    updates = [UpdateRecord(rank=rank, time=0.1 * i, worker=i % 2, version=i, read=i - s, staleness=s)
+               for i, s in enumerate([0, 1, 2]) for rank in (1, 2)]  # 2 servers: each gradient twice
+    with open(tmp_path / "metrics.jsonl", "w") as f:
+        f.writelines(json.dumps({"kind": r.kind, **asdict(r)}) + "\n"
+                     for r in updates + [eval_record(0, 1.0, 8, 0.5)])
+    records = read_records(str(tmp_path))
+    assert records.updates == updates and records.steps == [] and records.evals == [eval_record(0, 1.0, 8, 0.5)]
+    assert staleness_values(records) == [0, 1, 2]

@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from model.seg_metrics import segmentation_scores
+from ffnbench.model.seg_metrics import segmentation_scores
 
 
 def reference_scores(seg, gt):

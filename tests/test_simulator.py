@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 from scipy.stats import norm
 
-from bench import simulator as sim
-from bench.simulator import (NETWORK_PRESETS, SimInputs, calibrate_network, paper_calibration_check,
+from ffnbench.bench import simulator as sim
+from ffnbench.bench.simulator import (NETWORK_PRESETS, SimInputs, calibrate_network, paper_calibration_check,
                              ps_sync_comm_s, ring_allreduce_s, simulate)
 
 REPO = Path(__file__).resolve().parents[1]
@@ -155,7 +155,7 @@ def test_calibration_needs_two_ranks():
 CALIBRATE = f"""
 import os, sys; sys.path.insert(0, {str(REPO)!r})
 from mpi4py import MPI
-from bench.simulator import calibrate_network
+from ffnbench.bench.simulator import calibrate_network
 alpha, beta, table = calibrate_network(MPI.COMM_WORLD, sizes=(8, 4096, 65536, 1 << 20),
                                        repeats=10, timeout_s=30)
 assert [row["bytes"] for row in table] == [8, 4096, 65536, 1 << 20]

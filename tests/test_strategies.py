@@ -35,7 +35,7 @@ def runs(tmp_path_factory):
 
 
 def final_weights(run_dir):
-    from model.api import FFNModel
+    from ffnbench.model.api import FFNModel
     cfg = json.load(open(os.path.join(run_dir, "manifest.json")))["config"]["model"]
     m = FFNModel(cfg["fov"], cfg["depth"], cfg["features"])
     m.restore(os.path.join(run_dir, "checkpoints"))
@@ -58,7 +58,7 @@ def assert_same(a, b, atol):
 
 
 def final_weights_init():
-    from model.api import FFNModel
+    from ffnbench.model.api import FFNModel
     return FFNModel((9, 9, 9), 2, 8).get_flat()
 
 
@@ -113,16 +113,15 @@ def test_ps_sync_equals_allreduce(runs):
 
 def test_killed_rank_fails_the_job_without_hanging(tmp_path):
     out = tmp_path / "killed"
-    env = dict(os.environ, PYTHONPATH=ROOT)
-    cmd = [sys.executable, "-m", "bench.cli", "run", "configs/smoke.yaml", "--set", "strategy=ps_async",
+    cmd = [sys.executable, "-m", "ffnbench.bench.cli", "run", "configs/smoke.yaml", "--set", "strategy=ps_async",
            "--set", "ranks=3", "--set", "train.steps=100000", "--set", "run.timeout_s=20", "--out", str(out)]
-    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     metrics = out / "metrics.jsonl"
     deadline = time.time() + 120
     while time.time() < deadline and not (metrics.exists() and metrics.stat().st_size > 2000):
         time.sleep(0.5)
     assert metrics.exists(), "the run never started"
-    pattern = f"^{re.escape(sys.executable)} -m bench.cli train {out}"
+    pattern = f"^{re.escape(sys.executable)} -m ffnbench.bench.cli train {out}"
     ranks = subprocess.run(["pgrep", "-f", pattern], capture_output=True, text=True).stdout.split()
     assert len(ranks) == 3, ranks
     os.kill(int(max(ranks, key=int)), signal.SIGKILL)

@@ -5,7 +5,7 @@ import os
 import pytest
 import yaml
 
-from bench import launcher, sweep
+from ffnbench.bench import launcher, sweep
 from conftest import ROOT, ffnbench
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"

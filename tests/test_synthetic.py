@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 from skimage.measure import regionprops
 
-from model.synthetic import make_volume, read_h5_dataset, write_h5
+from ffnbench.model.synthetic import make_volume, read_h5_dataset, write_h5
 
 SMALL = (32, 64, 64)
 

@@ -1,13 +1,24 @@
-"""`ffnbench simulate`: predicted throughput at N workers, and predicted vs measured for real runs."""
+"""`ffnbench simulate`: predicted throughput at N workers, and predicted vs measured for real runs.
+
+Each strategy declares the simulator model that describes it (`simulator_model` in strategies/base.py),
+so a new strategy is modelled without being named here.
+"""
 import json
 import os
 
-from bench.simulator import NETWORK_PRESETS, SimInputs, simulate
-from bench.summary import read_records
+from ffnbench import strategies
+from ffnbench.bench.results import read_records
+from ffnbench.bench.simulator import NETWORK_PRESETS, SimInputs, simulate
 
-# Measured strategies and the simulator model that describes each.
-MODEL_OF = {"single": "allreduce", "allreduce": "allreduce", "mpi_allreduce": "allreduce",
-            "ps_async": "ps_async", "ps_sync": "ps_sync"}
+
+def simulator_model(strategy):
+    """The simulator model a registered strategy declares (None: it declares none)."""
+    return strategies.get(strategy).simulator_model
+
+
+def modelled_strategies():
+    """Registered strategies that declare a simulator model, in display order."""
+    return [name for name in strategies.names() if simulator_model(name)]
 
 
 def network(name_or_path):
@@ -29,8 +40,8 @@ def inputs_from_run(run_dir, net):
         manifest = json.load(f)
     cfg = manifest["config"]
     warm = cfg["run"]["timing_warmup_steps"]
-    steps = [r for r in read_records(run_dir) if r["kind"] == "step" and r["step"] >= warm]
-    samples = [r["compute_s"] + r["data_s"] + r.get("wait_s", 0.0) for r in steps]
+    steps = [r for r in read_records(run_dir).steps if r.step >= warm]
+    samples = [r.compute_s + r.data_s + r.wait_s for r in steps]
     servers = manifest["role_counts"].get("server", 1)
     return manifest, SimInputs(samples=samples, grad_bytes=4.0 * manifest["params"],
                                batch_per_worker=cfg["train"]["batch_size"], servers=servers, **net)
@@ -39,33 +50,42 @@ def inputs_from_run(run_dir, net):
 def measured_throughput(run_dir, warm):
     """Worker FOVs after warm-up over the wall time they took: the quantity the simulator predicts
     (a ratio of totals, not the mean of per-step rates that the summary line reports)."""
-    steps = [r for r in read_records(run_dir) if r["kind"] == "step" and r["step"] >= warm]
-    start = min(r["time"] - r["step_s"] for r in steps)
-    return sum(r["fovs"] for r in steps) / (max(r["time"] for r in steps) - start)
+    steps = [r for r in read_records(run_dir).steps if r.step >= warm]
+    start = min(r.time - r.step_s for r in steps)
+    return sum(r.fovs for r in steps) / (max(r.time for r in steps) - start)
 
 
 def validate(dirs, net):
-    """Rows of (run, strategy, workers, measured, predicted, ratio) for every complete run."""
-    rows = []
+    """Predicted vs measured for every complete run below `dirs`.
+
+    Returns:
+        (rows of {run, strategy, workers, measured, predicted, ratio}, notes on runs not modelled).
+    """
+    rows, notes = [], []
     for top in dirs:
         for root, _, files in sorted(os.walk(top)):
             if "summary.json" not in files:
                 continue
             with open(os.path.join(root, "summary.json")) as f:
                 summary = json.load(f)
-            if summary["strategy"] not in MODEL_OF:
+            name = summary["strategy"]
+            model = simulator_model(name) if name in strategies.names() else None
+            if model is None:
+                why = "declares no simulator model" if name in strategies.names() else "is not a registered strategy"
+                notes.append(f"{os.path.relpath(root, top)}: not modelled ({name} {why})")
                 continue
             manifest, inp = inputs_from_run(root, net)
-            predicted = simulate(MODEL_OF[summary["strategy"]], summary["workers"], inp, steps=2000)["fovs_per_s"]
+            predicted = simulate(model, summary["workers"], inp, steps=2000)["fovs_per_s"]
             measured = measured_throughput(root, manifest["config"]["run"]["timing_warmup_steps"])
             rows.append({"run": os.path.relpath(root, top), "strategy": summary["strategy"],
                          "workers": summary["workers"], "measured": measured, "predicted": predicted,
                          "ratio": predicted / measured})
-    return rows
+    return rows, notes
 
 
 def scaling_table(strategy, workers, inp):
-    return [simulate(strategy, n, inp, steps=400) for n in workers]
+    """Predicted throughput of a registered strategy at each worker count."""
+    return [simulate(simulator_model(strategy), n, inp, steps=400) for n in workers]
 
 
 def format_validation(rows):

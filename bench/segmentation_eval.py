@@ -1,22 +1,35 @@
 """`ffnbench evaluate RUN_DIR`: flood-fill a held-out volume with the run's trained FFN and score
-the segmentation (ARE, VOI) against ground truth, next to two trivial segmentations."""
+the segmentation (ARE, VOI) against ground truth, next to two trivial segmentations.
+
+Named apart from the model's held-out voxel metrics (FFNModel.evaluate): this scores whole
+segmentations. The CLI draws the figure from what it returns."""
 import os
 import time
+from dataclasses import dataclass
 
 import numpy as np
 import yaml
 from skimage.filters import threshold_otsu
 from skimage.measure import label as connected_components
 
-from bench.config import ConfigError, load
-from bench.summary import write_json_atomic
+from ffnbench.bench.config import ConfigError, load
+from ffnbench.bench.summary import write_json_atomic
+
+@dataclass
+class Segmentation:
+    """A segmentation next to its image and ground truth, for the figure."""
+    image: np.ndarray
+    gt: np.ndarray
+    seg: np.ndarray
+    title: str
+
 
 FIELDS = ("are", "voi", "voi_split", "voi_merge", "rand_precision", "rand_recall", "segments", "gt_segments")
 
 
 def load_eval_volume(cfg, volume_spec):
     """Raw (uint8-range) image and labels: --volume image,labels, else the run's held-out volume."""
-    from model.synthetic import make_volume, read_h5_dataset
+    from ffnbench.model.synthetic import make_volume, read_h5_dataset
     if volume_spec:
         parts = volume_spec.split(",")
         if len(parts) != 2:
@@ -49,9 +62,14 @@ def trivial_segmentations(image, gt):
 
 
 def evaluate(run_dir, volume_spec=None, overrides=(), progress=True):
-    from model.api import FFNModel
-    from model.inference import InferenceOptions, segment_volume
-    from model.seg_metrics import segmentation_scores
+    """Segment the volume with the run's final checkpoint, score it, write RUN_DIR/eval.json.
+
+    Returns:
+        (result as written to eval.json, Segmentation to draw).
+    """
+    from ffnbench.model.api import FFNModel
+    from ffnbench.model.inference import InferenceOptions, segment_volume
+    from ffnbench.model.seg_metrics import segmentation_scores
     config_path = os.path.join(run_dir, "config.yaml")
     if not os.path.isfile(config_path):
         raise ConfigError(f"{run_dir}: not a run directory (no config.yaml)")
@@ -74,10 +92,7 @@ def evaluate(run_dir, volume_spec=None, overrides=(), progress=True):
               "baselines": {name: segmentation_scores(inner(s, margin), gt_in)
                             for name, s in trivial_segmentations(image, gt).items()}}
     write_json_atomic(os.path.join(run_dir, "eval.json"), result)
-    from plots.segmentation import plot_segmentation
-    figure = plot_segmentation(image, gt, seg, os.path.join(run_dir, "segmentation.png"),
-                               title=f"{cfg['name']} ({cfg['strategy']}): FFN flood fill on {source}")
-    return result, figure
+    return result, Segmentation(image, gt, seg, f"{cfg['name']} ({cfg['strategy']}): FFN flood fill on {source}")
 
 
 def table(result):

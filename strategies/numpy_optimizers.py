@@ -1,13 +1,16 @@
-"""The optimizers a parameter server applies to its shard, in numpy, matching tf.keras 2.15.
+"""The optimizers in numpy, matching tf.keras 2.15's float32 math step for step.
 
-Same float32 math as keras' SGD, SGD(momentum=0.9) and Adam(epsilon=1e-8), so a PS run with
-one worker takes the same steps as the single-process run; tests/test_ps_optimizer.py checks it.
+Parameter servers apply these to their shards (and emulated_async to its copy), so a PS run with one
+worker takes the same steps as the single-process run (tests/test_strategies.py checks it). The
+hyperparameters come from the same OptimizerSettings the TF model is built with.
 """
 import numpy as np
 
+from ffnbench.strategies.base import OptimizerSettings
+
 
 class SGD:
-    def __init__(self, size):
+    def __init__(self, size, settings):
         self.size = size
 
     def apply(self, param, grad, lr):
@@ -15,9 +18,10 @@ class SGD:
 
 
 class Momentum:
-    momentum = np.float32(0.9)
+    """keras SGD(momentum=m): v = m v - lr g; p += v."""
 
-    def __init__(self, size):
+    def __init__(self, size, settings):
+        self.momentum = np.float32(settings.momentum)
         self.velocity = np.zeros(size, np.float32)
 
     def apply(self, param, grad, lr):
@@ -27,9 +31,11 @@ class Momentum:
 
 
 class Adam:
-    beta1, beta2, epsilon = np.float32(0.9), np.float32(0.999), np.float32(1e-8)
+    """keras Adam: bias correction folded into the step size, epsilon outside the square root."""
 
-    def __init__(self, size):
+    def __init__(self, size, settings):
+        self.beta1, self.beta2 = np.float32(settings.beta1), np.float32(settings.beta2)
+        self.epsilon = np.float32(settings.epsilon)
         self.m = np.zeros(size, np.float32)
         self.v = np.zeros(size, np.float32)
         self.t = 0
@@ -44,14 +50,14 @@ class Adam:
         param -= (self.m * alpha) / (np.sqrt(self.v) + self.epsilon)
 
 
-OPTIMIZERS = {"sgd": SGD, "momentum": Momentum, "adam": Adam}
+_OPTIMIZERS = {"sgd": SGD, "momentum": Momentum, "adam": Adam}
 
 
 class ShardUpdater:
     """Clip then apply, as FFNModel.apply_gradients does in-graph."""
 
-    def __init__(self, name, size, clip):
-        self.optimizer = OPTIMIZERS[name](size)
+    def __init__(self, optimizer: OptimizerSettings, size: int, clip: float):
+        self.optimizer = _OPTIMIZERS[optimizer.name](size, optimizer)
         self.clip = np.float32(clip)
 
     def apply(self, param, grad, lr):

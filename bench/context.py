@@ -1,0 +1,72 @@
+"""From a validated config to what a strategy is given: settings, layout, model, data, context.
+
+The only place that reads the config's train/model/data sections for training, so a strategy sees
+resolved values and never the raw config.
+"""
+import os
+
+from ffnbench import strategies
+from ffnbench.strategies.base import OptimizerSettings, TrainingContext, TrainingSettings
+
+
+def optimizer_settings(cfg) -> OptimizerSettings:
+    t = cfg["train"]
+    return OptimizerSettings(name=t["optimizer"], momentum=t["momentum"], beta1=t["adam_beta1"],
+                             beta2=t["adam_beta2"], epsilon=t["adam_epsilon"])
+
+
+def training_settings(cfg) -> TrainingSettings:
+    t = cfg["train"]
+    return TrainingSettings(steps=t["steps"], batch_size=t["batch_size"], lr=t["lr"], lr_scaling=t["lr_scaling"],
+                            warmup_steps=t["warmup_steps"], clip=t["clip"], seed=t["seed"],
+                            optimizer=optimizer_settings(cfg), timeout_s=cfg["run"]["timeout_s"])
+
+
+def layout_of(cfg):
+    """The strategy's Layout for this config (LayoutError when impossible)."""
+    return strategies.layout(cfg["strategy"], cfg["ranks"], cfg["strategy_options"])
+
+
+def fovs_per_update(cfg, layout=None):
+    layout = layout or layout_of(cfg)
+    return strategies.get(cfg["strategy"]).fovs_per_update(layout, cfg["train"]["batch_size"])
+
+
+def build_model(cfg):
+    """The FFN of the config, with the config's optimizer."""
+    from ffnbench.model.api import FFNModel
+    m, t = cfg["model"], cfg["train"]
+    return FFNModel(m["fov"], m["depth"], m["features"], optimizer_settings(cfg), t["lr"], t["clip"], t["seed"],
+                    m["init_stddev"])
+
+
+class Data:
+    """The training volume, the example streams of (logical) workers, and the fixed held-out FOVs."""
+
+    def __init__(self, cfg):
+        from ffnbench.model.data import heldout_batch, load_volumes
+        self.cfg = cfg
+        m, d = cfg["model"], cfg["data"]
+        self.train_volume, heldout_volume = load_volumes(d)
+        self.heldout = heldout_batch(heldout_volume, m["fov"], m["deltas"], cfg["eval"]["fovs"], d["seed"],
+                                     d["min_object_size"])
+
+    def stream(self, worker_index):
+        """The example stream of (logical) worker w: global slots [w*b, (w+1)*b)."""
+        from ffnbench.model.data import ExampleStream
+        m, t, d = self.cfg["model"], self.cfg["train"], self.cfg["data"]
+        b = t["batch_size"]
+        return ExampleStream(self.train_volume, m["fov"], m["deltas"], range(worker_index * b, (worker_index + 1) * b),
+                             t["seed"], d["min_object_size"], t["augment"], t["move_threshold"], t["label_moves"])
+
+
+def build_context(cfg, layout, rank, comm, recorder, run_dir, data):
+    """The TrainingContext of one rank (model and stream are added by the caller, see rank.py).
+
+    `data` is None on ranks that hold no data (servers other than rank 0)."""
+    def make_stream(worker_index):
+        if data is None:
+            raise RuntimeError(f"rank {rank} holds no training data")
+        return data.stream(worker_index)
+    return TrainingContext(settings=training_settings(cfg), layout=layout, rank=rank, comm=comm,
+                           recorder=recorder, run_dir=os.path.abspath(run_dir), make_stream=make_stream)

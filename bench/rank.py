@@ -1,0 +1,193 @@
+"""One rank's life (`ffnbench train`): start up, train with the strategy, finish, write the summary.
+
+Runs unchanged under `ffnbench run`, mpirun, srun or aprun: everything it knows about the job comes
+from the config and from the communicator of the strategy's launch (strategies/comm.py).
+"""
+import os
+import platform
+import socket
+import subprocess
+import sys
+import time
+
+import numpy as np
+
+from ffnbench import strategies
+from ffnbench.bench import context, summary as summ
+from ffnbench.bench.config import ConfigError
+from ffnbench.bench.recorder import Recorder
+from ffnbench.strategies import comm as mpi
+
+
+def threads_for(cfg, local_compute_ranks):
+    """run.threads_per_rank, or this node's cores shared by its compute ranks."""
+    return cfg["run"]["threads_per_rank"] or max(1, (os.cpu_count() or 1) // max(1, local_compute_ranks))
+
+
+def configure_threads(n):
+    os.environ["OMP_NUM_THREADS"] = str(n)
+    import tensorflow as tf
+    tf.config.threading.set_intra_op_parallelism_threads(n)
+    tf.config.threading.set_inter_op_parallelism_threads(min(2, n))
+
+
+def git_commit():
+    here = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    try:
+        return subprocess.run(["git", "-C", here, "rev-parse", "HEAD"], capture_output=True, text=True,
+                              timeout=5).stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def versions():
+    from mpi4py import MPI
+    import mpi4py
+    import tensorflow as tf
+    try:
+        import horovod
+        hvd_version = horovod.__version__
+    except ImportError:
+        hvd_version = None
+    return {"python": platform.python_version(), "tensorflow": tf.__version__, "horovod": hvd_version,
+            "mpi4py": mpi4py.__version__, "mpi": MPI.Get_library_version().splitlines()[0].strip()}
+
+
+class RankDuties:
+    """What bench does on this rank as the strategy records: the progress bar (rank 0), periodic
+    held-out evaluations (the first worker) and checkpoints (rank 0, when it is a worker)."""
+
+    def __init__(self, cfg, ctx, data, fovs_per_update):
+        self.cfg, self.ctx, self.data = cfg, ctx, data
+        self.fovs_per_update = fovs_per_update
+        self.evaluator = ctx.layout.worker_ranks[0]
+        self.progress = None
+        self.checkpointer = None
+
+    def attach(self, recorder):
+        ctx = self.ctx
+        if ctx.rank == 0 and self.cfg["run"]["progress"]:
+            from tqdm import tqdm
+            on_server = ctx.role == "server"
+            total = ctx.settings.steps * (ctx.layout.workers if on_server else 1)
+            self.progress = tqdm(total=total, desc=f"{self.cfg['strategy']} x{ctx.layout.ranks}",
+                                 unit="update" if on_server else "step", file=sys.stdout, dynamic_ncols=True,
+                                 mininterval=1.0)
+            (recorder.on_update if on_server else recorder.on_step).append(lambda record: self.progress.update(1))
+        if ctx.rank == self.evaluator and self.cfg["eval"]["every"]:
+            recorder.on_step.append(self.maybe_evaluate)
+        if ctx.rank == 0 and ctx.role == "worker" and self.cfg["run"]["checkpoint_every"]:
+            recorder.on_step.append(self.maybe_checkpoint)
+
+    def maybe_evaluate(self, record):
+        done = record.step + 1
+        if done % self.cfg["eval"]["every"] == 0 and done < self.ctx.settings.steps:
+            self.evaluate(record.model_version)
+
+    def maybe_checkpoint(self, record):
+        if (record.step + 1) % self.cfg["run"]["checkpoint_every"] == 0:
+            self.checkpoint(record.step + 1)
+
+    def evaluate(self, model_version):
+        """Held-out loss and voxel metrics of the weights the model holds, after `model_version` updates."""
+        metrics = self.ctx.model.evaluate(self.data.heldout)
+        return self.ctx.recorder.eval(model_version, model_version * self.fovs_per_update, metrics)
+
+    def checkpoint(self, step):
+        import tensorflow as tf
+        if self.checkpointer is None:
+            ckpt = tf.train.Checkpoint(model=self.ctx.model.net)
+            self.checkpointer = tf.train.CheckpointManager(ckpt, os.path.join(self.ctx.run_dir, "checkpoints"),
+                                                           max_to_keep=2)
+        self.checkpointer.save(checkpoint_number=step)
+
+    def close(self):
+        if self.progress is not None:
+            self.progress.close()
+
+
+def train(cfg, run_dir):
+    """Run one rank. Returns the summary on rank 0 (None elsewhere)."""
+    layout = context.layout_of(cfg)
+    cls = strategies.get(cfg["strategy"])
+    world = mpi.init_world()
+    if world.size != cfg["ranks"]:
+        raise ConfigError(f"config field ranks: is {cfg['ranks']} but the job has {world.size} MPI ranks")
+    rank, timeout = world.rank, cfg["run"]["timeout_s"]
+    role = layout.roles[rank]
+    local_workers = mpi.count_on_node(world, role == "worker", timeout)
+    threads = threads_for(cfg, local_workers) if role == "worker" else 1
+    configure_threads(threads)
+
+    recorder = Recorder(run_dir, rank)
+    holds_data = role == "worker" or rank == 0
+    data = context.Data(cfg) if holds_data else None
+    ctx = context.build_context(cfg, layout, rank, world, recorder, run_dir, data)
+    strategy = cls(ctx)
+    with strategy.model_scope():
+        ctx.model = context.build_model(cfg)
+    if role == "worker":
+        ctx.stream = data.stream(layout.worker_ranks.index(rank))
+        ctx.model.trace()
+    duties = RankDuties(cfg, ctx, data, context.fovs_per_update(cfg, layout))
+
+    manifest = None
+    if rank == 0:
+        manifest = {"config": cfg, "strategy": cfg["strategy"], "ranks": world.size, "roles": list(layout.roles),
+                    "role_counts": layout.role_counts(), "workers": layout.workers, "emulated": cls.emulated,
+                    "threads_per_rank": threads, "params": ctx.model.num_params, **versions(),
+                    "host": socket.gethostname(), "cores": os.cpu_count(),
+                    "start_time": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "git_commit": git_commit()}
+        summ.write_json_atomic(os.path.join(run_dir, "manifest.json"), manifest)
+    strategy.setup()
+    mpi.barrier(world, timeout, "all ranks to finish set-up")
+    t0 = mpi.broadcast(world, np.array([time.time()]), timeout, "rank 0's start time")
+    recorder.start_clock(float(t0[0]))
+    duties.attach(recorder)
+    strategy.train()
+    final = strategy.finish()
+    duties.close()
+    result = None
+    if rank == 0:
+        ctx.model.set_flat(final.weights)
+        duties.checkpoint(cfg["train"]["steps"])
+        result = finish_run(cfg, duties, manifest, final.model_version)
+    recorder.close()
+    mpi.barrier(world, timeout, "rank 0 to write the summary")
+    return result
+
+
+def finish_run(cfg, duties, manifest, model_version):
+    """Final held-out evaluation, baselines, peak and MFU, then summary.json (only now: complete)."""
+    from ffnbench.bench.peak import matmul_peak
+    from ffnbench.model.network import train_flops_per_fov
+    duties.evaluate(model_version)
+    p = float(np.mean(duties.data.heldout.labels > 0.5))
+    flops = train_flops_per_fov(cfg["model"]["fov"], cfg["model"]["depth"], cfg["model"]["features"])
+    peak = matmul_peak(seconds=2.0)
+    run_dir = duties.ctx.run_dir
+    result = summ.summarize(run_dir, manifest)
+    result["baselines"] = {"f1_all_background": 0.0, "f1_all_foreground": 2 * p / (1 + p)}
+    result["model_flops_per_s"] = result["fovs_per_s"]["mean"] * flops
+    result["peak_flops_per_s"] = peak
+    result["mfu"] = result["model_flops_per_s"] / peak
+    summ.write_json_atomic(os.path.join(run_dir, "summary.json"), result)
+    print_summary(result)
+    return result
+
+
+def print_summary(s):
+    fe = s["final_eval"] or {}
+    print(f"{s['strategy']} ranks={s['ranks']} workers={s['workers']} global_batch={s['global_batch']} "
+          f"steps={s['steps']} FOVs={s['fovs_total']} wall={s['wall_s']:.1f}s")
+    if fe:
+        b = s["baselines"]
+        print(f"held-out: loss={fe['loss']:.4f} F1={fe['f1']:.3f} precision={fe['precision']:.3f} "
+              f"recall={fe['recall']:.3f} (baselines F1: all-background {b['f1_all_background']:.3f}, "
+              f"all-foreground {b['f1_all_foreground']:.3f})")
+    if s.get("staleness"):
+        st = s["staleness"]
+        print(f"staleness: mean={st['mean']:.2f} p50={st['p50']:.0f} p99={st['p99']:.0f} max={st['max']}")
+    print(f"model: {s['model_flops_per_s'] / 1e9:.2f} GFLOP/s = {100 * s['mfu']:.1f}% of matmul peak "
+          f"{s['peak_flops_per_s'] / 1e9:.1f} GFLOP/s (MFU)")
+    print(summ.fovs_line(s["fovs_per_s"]))

@@ -1,0 +1,139 @@
+"""The MPI layer that ranks, strategies and launchers share: start-up, bounded waits, abort, and
+starting ranks with one set of MCA settings.
+
+Waits poll nonblocking requests: Open MPI busy-polls inside blocking calls, and a deadline turns a
+lost peer into one clear error and an MPI Abort. A nonblocking collective only progresses inside MPI
+calls, so the first SPIN_S are polled without sleeping (a quick operation finishes at full speed)
+before the sleeps grow to 1 ms, which keeps an idle rank off the CPU.
+
+mpi4py is imported inside the functions: the launching process must never become an MPI rank.
+"""
+import os
+import subprocess
+import sys
+import time
+
+import numpy as np
+
+ABORT_CODE = 3
+SPIN_S = 0.005
+#: Open MPI settings every job gets unless a caller passes others: ranks that wait yield the CPU
+#: (ranks are oversubscribed here), and shared-memory transfers go through vader's copy-in/copy-out,
+#: since CMA (process_vm_readv) is refused inside containers.
+MCA_DEFAULTS = {"mpi_yield_when_idle": "1", "btl_vader_single_copy_mechanism": "none"}
+
+
+def init_world():
+    """Initialise MPI (thread-multiple: Horovod shares the process with mpi4py); COMM_WORLD."""
+    from mpi4py import MPI
+    if not MPI.Is_initialized():
+        MPI.Init_thread(MPI.THREAD_MULTIPLE)
+    return MPI.COMM_WORLD
+
+
+def fail(comm, message):
+    """Print one line and abort the whole job (every rank), so nothing waits forever."""
+    print(f"ffnbench: error: rank {comm.rank}: {message}", file=sys.stderr, flush=True)
+    comm.Abort(ABORT_CODE)
+
+
+def poll(comm, done, timeout_s, what, spin_s=SPIN_S):
+    """Call done() until it is true: without sleeping for spin_s, then with sleeps growing to 1 ms;
+    abort the job after timeout_s."""
+    start = time.monotonic()
+    nap = 2e-5
+    while not done():
+        elapsed = time.monotonic() - start
+        if elapsed > timeout_s:
+            fail(comm, f"timed out after {timeout_s:g}s waiting for {what}")
+        if elapsed > spin_s:
+            time.sleep(nap)
+            nap = min(nap * 2, 1e-3)
+
+
+def wait(comm, request, timeout_s, what, status=None):
+    """Wait for one request; abort the job after timeout_s."""
+    poll(comm, lambda: request.Test(status), timeout_s, what)
+
+
+def wait_all(comm, requests, timeout_s, what):
+    from mpi4py import MPI
+    poll(comm, lambda: MPI.Request.Testall(requests), timeout_s, what)
+
+
+def barrier(comm, timeout_s, what="the other ranks"):
+    wait(comm, comm.Ibarrier(), timeout_s, what)
+
+
+def broadcast(comm, array, timeout_s, what, root=0):
+    """Bounded in-place broadcast of a numpy buffer from `root`."""
+    wait(comm, comm.Ibcast(array, root=root), timeout_s, what)
+    return array
+
+
+def sum_allreduce(comm, send, recv, timeout_s, what):
+    """Bounded element-wise sum of numpy buffers over the ranks, into `recv`."""
+    from mpi4py import MPI
+    wait(comm, comm.Iallreduce(send, recv, op=MPI.SUM), timeout_s, what)
+    return recv
+
+
+def count_on_node(comm, flag, timeout_s):
+    """How many ranks on this node have `flag` true (a node census, e.g. of compute ranks)."""
+    from mpi4py import MPI
+    local = comm.Split_type(MPI.COMM_TYPE_SHARED)
+    total = sum_allreduce(local, np.array([int(bool(flag))], np.int64), np.zeros(1, np.int64), timeout_s,
+                          "the ranks on this node")
+    local.Free()
+    return int(total[0])
+
+
+def probe_any(comm):
+    """(source, tag) of a message waiting from any rank, or None."""
+    from mpi4py import MPI
+    status = MPI.Status()
+    if comm.Iprobe(source=MPI.ANY_SOURCE, tag=MPI.ANY_TAG, status=status):
+        return status.Get_source(), status.Get_tag()
+    return None
+
+
+# ------------------------------------------------------------------ starting ranks
+
+def mpirun_command(ranks, argv, cores=None):
+    """mpirun for `ranks` ranks on this machine: no binding, oversubscribed when ranks > cores, and
+    allowed as root (containers and CI run as root)."""
+    cores = cores or os.cpu_count() or 1
+    cmd = ["mpirun", "-np", str(ranks), "--bind-to", "none"]
+    if os.geteuid() == 0:
+        cmd.append("--allow-run-as-root")
+    if ranks > cores:
+        cmd.append("--oversubscribe")
+    return cmd + list(argv)
+
+
+def rank_environment(mca=None):
+    """This process's environment plus MCA settings: `mca` if given, else MCA_DEFAULTS where the
+    environment does not already set them."""
+    env = dict(os.environ)
+    env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    for key, value in (mca or {}).items():
+        env[f"OMPI_MCA_{key}"] = str(value)
+    if mca is None:
+        for key, value in MCA_DEFAULTS.items():
+            env.setdefault(f"OMPI_MCA_{key}", value)
+    return env
+
+
+def launch_ranks(ranks, argv, mca=None, **popen_kwargs):
+    """Start `argv` as `ranks` MPI ranks (a lone rank runs directly, as an MPI singleton).
+
+    Args:
+        ranks: number of ranks.
+        argv: the command each rank runs.
+        mca: Open MPI MCA settings instead of MCA_DEFAULTS (a yardstick that needs others).
+        popen_kwargs: passed to subprocess.Popen.
+    Returns:
+        The Popen of mpirun (or of the lone rank).
+    """
+    cmd = mpirun_command(ranks, argv) if ranks > 1 else list(argv)
+    return subprocess.Popen(cmd, env=rank_environment(mca), **popen_kwargs)

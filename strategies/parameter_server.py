@@ -1,0 +1,81 @@
+"""What every parameter-server strategy shares: the layout (servers first, then workers), the start
+from rank 0's weights, a server or worker per rank, and the final parameters gathered on rank 0.
+
+A PS strategy adds only its policy, as the server loop's hooks: `on_pull` (answer now or hold),
+`on_push` (what a gradient does) and `after_message` (release what may go on).
+"""
+import time
+
+import numpy as np
+
+from ffnbench.strategies import comm
+from ffnbench.strategies.base import Final, LayoutError, Strategy
+from ffnbench.strategies.numpy_optimizers import ShardUpdater
+from ffnbench.strategies.ps_protocol import shard_bounds
+from ffnbench.strategies.ps_server import ShardServer
+from ffnbench.strategies.ps_worker import PSWorker
+
+
+class ParameterServerStrategy(Strategy):
+    options = {"servers": 1, "straggle_s": []}
+    option_docs = {"servers": "the first `servers` ranks are parameter servers, the rest workers",
+                   "straggle_s": "injected delay in seconds per worker per step, to study stragglers (recorded as wait_s)"}
+
+    @classmethod
+    def roles(cls, ranks, options):
+        servers, straggle = options["servers"], options["straggle_s"]
+        if not isinstance(servers, int) or servers < 1:
+            raise LayoutError(f"strategy_options.servers must be an integer >= 1 (got {servers!r})")
+        if ranks <= servers:
+            raise LayoutError(f"strategy {cls.name} needs ranks > servers for at least one worker "
+                              f"(got ranks={ranks}, servers={servers})")
+        if not isinstance(straggle, list) or straggle and len(straggle) != ranks - servers:
+            raise LayoutError(f"strategy_options.straggle_s must list one injected delay in seconds per "
+                              f"worker (got {straggle!r} for {ranks - servers} workers)")
+        return ["server"] * servers + ["worker"] * (ranks - servers)
+
+    @classmethod
+    def measure_costs(cls, settings, params, repeats=20):
+        """Seconds per gradient byte of a server's clip + optimizer update (numpy, best of repeats)."""
+        updater = ShardUpdater(settings.optimizer, params, settings.clip)
+        w = np.zeros(params, np.float32)
+        g = np.random.default_rng(0).normal(size=params).astype(np.float32)
+        best = float("inf")
+        for _ in range(repeats):
+            grad = g.copy()
+            t = time.perf_counter()
+            updater.apply(w, grad, 1e-3)
+            best = min(best, time.perf_counter() - t)
+        return {"server_apply_s_per_byte": best / (4 * params)}
+
+    def setup(self):
+        ctx = self.ctx
+        bounds = shard_bounds(self.model.num_params, self.opts["servers"])
+        weights = comm.broadcast(self.comm, self.model.get_flat(), ctx.settings.timeout_s, "initial weights")
+        if ctx.role == "server":
+            self.server = ShardServer(ctx, bounds, weights)
+        else:
+            straggle = self.opts["straggle_s"]
+            delay = straggle[ctx.layout.worker_ranks.index(ctx.rank)] if straggle else 0.0
+            self.worker = PSWorker(ctx, bounds, self.opts.get("prefetch", False), delay)
+
+    def train(self):
+        if self.ctx.role == "server":
+            self.server.serve(self)
+        else:
+            self.worker.work(self.model)
+
+    def on_pull(self, worker):
+        raise NotImplementedError
+
+    def on_push(self, worker, read, grad):
+        raise NotImplementedError
+
+    def after_message(self):
+        """Called after every message; by default nothing is waiting to be released."""
+
+    def finish(self):
+        if self.ctx.role != "server":
+            return Final(None, None)
+        final = self.server.gather_final()
+        return Final(final, self.server.version) if final is not None else Final(None, None)

@@ -1,0 +1,65 @@
+"""A parameter-server worker: pull the shards, compute a gradient, push it back, until its steps are done.
+
+With prefetch the next pull overlaps this step's compute, so the gradient is computed on older
+parameters; the servers measure that extra staleness.
+"""
+import time
+
+import numpy as np
+
+from ffnbench.strategies import comm
+from ffnbench.strategies.ps_protocol import DONE, GRAD, PARAMS, PULL, PUSH, VERSION
+
+
+class PSWorker:
+    def __init__(self, ctx, bounds, prefetch=False, straggle_s=0.0):
+        self.ctx, self.comm, self.bounds = ctx, ctx.comm, bounds
+        self.prefetch, self.straggle_s = prefetch, straggle_s
+
+    def pull(self, params, versions):
+        """Post receives for every shard into `params`/`versions`, then ask; returns the requests."""
+        reqs = []
+        for s, (lo, hi) in enumerate(self.bounds):
+            reqs.append(self.comm.Irecv(versions[s:s + 1], source=s, tag=VERSION))
+            reqs.append(self.comm.Irecv(params[lo:hi], source=s, tag=PARAMS))
+        reqs += [self.comm.Isend(np.zeros(1, np.int64), dest=s, tag=PULL) for s in range(len(self.bounds))]
+        return reqs
+
+    def push(self, grad, versions):
+        reqs = []
+        for s, (lo, hi) in enumerate(self.bounds):
+            reqs.append(self.comm.Isend(versions[s:s + 1].copy(), dest=s, tag=PUSH))
+            reqs.append(self.comm.Isend(grad[lo:hi], dest=s, tag=GRAD))
+        comm.wait_all(self.comm, reqs, self.ctx.settings.timeout_s, "a server to take the gradient")
+
+    def say_done(self):
+        reqs = [self.comm.Isend(np.zeros(1, np.int64), dest=s, tag=DONE) for s in range(len(self.bounds))]
+        comm.wait_all(self.comm, reqs, self.ctx.settings.timeout_s, "a server to take the done message")
+
+    def work(self, model):
+        ctx, rec = self.ctx, self.ctx.recorder
+        steps = ctx.settings.steps
+        buffers = [(np.empty(model.num_params, np.float32), np.zeros(len(self.bounds), np.int64))
+                   for _ in range(1 + self.prefetch)]
+        pending = None
+        for step in range(steps):
+            with rec.phase("data"):
+                batch = ctx.stream.next_batch()
+            with rec.phase("comm"):
+                params, versions = buffers[step % len(buffers)]
+                reqs = pending if pending is not None else self.pull(params, versions)
+                comm.wait_all(self.comm, reqs, ctx.settings.timeout_s, "the parameters from the servers")
+            if self.straggle_s:
+                with rec.phase("wait"):  # injected straggling, between reading and pushing
+                    time.sleep(self.straggle_s)
+            with rec.phase("compute"):
+                model.set_flat(params)
+                if self.prefetch:
+                    pending = self.pull(*buffers[(step + 1) % 2]) if step + 1 < steps else None
+                grad, loss, logits = model.flat_gradients(batch)
+            with rec.phase("comm"):
+                self.push(grad, versions)
+            with rec.phase("compute"):
+                ctx.stream.feedback(logits)
+            rec.step(step, len(batch), loss, model_version=int(versions[0]))
+        self.say_done()
