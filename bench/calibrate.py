@@ -93,7 +93,7 @@ def calibrate(out, cfg, params, timeout_s=120):
     tmp = out + ".ranks"
     proc = comm.launch_ranks(2, cli_command("calibrate", "--ranks-part", tmp, "--params", str(params)),
                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    _, err = proc.communicate(timeout=timeout_s)
+    _, _, err = comm.finish(proc, timeout_s, "the calibration ranks")
     if proc.returncode != 0 or not os.path.exists(tmp):
         last = (err.strip().splitlines() or ["no output"])[-1]
         raise RuntimeError(f"calibration ranks failed: {last}")

@@ -160,7 +160,7 @@ def cmd_commbench(args):
     from ffnbench.bench.launcher import cli_command
     from ffnbench.strategies import comm
     proc = comm.launch_ranks(args.ranks, cli_command("commbench", args.config, "--ranks-part"))
-    return proc.wait(timeout=600)
+    return comm.finish(proc, timeout_s=600, what="commbench")[0]
 
 
 def parser():

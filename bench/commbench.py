@@ -39,7 +39,7 @@ def ranks_main(cfg, repeats=50):
     results = {
         "raw MPI.Allreduce": timed_median(world, lambda: world.Allreduce(flat, out, op=MPI.SUM), repeats),
         "mpi4py Iallreduce + bounded wait (ours)": timed_median(
-            world, lambda: comm.sum_allreduce(world, flat, out, 60, "allreduce"), repeats),
+            world, lambda: comm.sum_allreduce(world, flat, out, 60, "the all-reduce"), repeats),
         "Horovod hvd.allreduce, in-graph (ours)": timed_median(world, lambda: hvd_allreduce(grads), repeats),
     }
     hvd.shutdown()

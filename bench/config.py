@@ -7,6 +7,7 @@ import os
 
 import yaml
 
+from ffnbench import strategies
 from ffnbench.strategies.base import LR_SCALING_RULES, OPTIMIZERS, OptimizerSettings
 
 _OPTIMIZER = OptimizerSettings()
@@ -23,7 +24,7 @@ def _int3(v):
 # field: (default, type-check, description). Types are checked, then cross-field rules below.
 SCHEMA = {
     "name": ("ffn", str, "run name, used in the run directory name"),
-    "strategy": ("single", str, "training strategy (see `ffnbench strategies`)"),
+    "strategy": (strategies.reference(), str, "training strategy (see `ffnbench strategies`)"),
     "ranks": (1, int, "MPI ranks in total (servers + workers for ps strategies)"),
     "strategy_options": ({}, dict, "strategy-specific options (see README, Strategies)"),
     "model.fov": ([33, 33, 33], _int3, "field of view z,y,x in voxels"),
@@ -220,7 +221,6 @@ def validate(cfg):
                                   f"(got {d[key]!r})")
     if not isinstance(cfg["strategy_options"], dict):
         raise ConfigError("config field strategy_options: must be a mapping")
-    from ffnbench import strategies
     try:
         strategies.layout(cfg["strategy"], cfg["ranks"], cfg["strategy_options"])
     except strategies.LayoutError as e:
@@ -240,7 +240,6 @@ one line naming the field. Override any field with `--set dotted.key=value` (val
 
 def describe():
     """configs/README.md: every field of the schema, then every strategy's options."""
-    from ffnbench import strategies
     rows = [DOC_HEADER, "| field | default | meaning |", "|---|---|---|"]
     for key, (default, _, doc) in SCHEMA.items():
         meaning = doc.replace("|", "\\|")

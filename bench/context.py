@@ -1,7 +1,7 @@
 """From a validated config to what a strategy is given: settings, layout, model, data, context.
 
-The only place that reads the config's train/model/data sections for training, so a strategy sees
-resolved values and never the raw config.
+Strategies see only what this builds (resolved values, never the raw config); rank.py also reads the
+model section for FLOPs and the steps for the final checkpoint.
 """
 import os
 

@@ -110,7 +110,7 @@ def train(cfg, run_dir):
     """Run one rank. Returns the summary on rank 0 (None elsewhere)."""
     layout = context.layout_of(cfg)
     cls = strategies.get(cfg["strategy"])
-    world = mpi.init_world()
+    world = mpi.world_for(cls.launch)
     if world.size != cfg["ranks"]:
         raise ConfigError(f"config field ranks: is {cfg['ranks']} but the job has {world.size} MPI ranks")
     rank, timeout = world.rank, cfg["run"]["timeout_s"]
@@ -167,6 +167,7 @@ def finish_run(cfg, duties, manifest, model_version):
     peak = matmul_peak(seconds=2.0)
     run_dir = duties.ctx.run_dir
     result = summ.summarize(run_dir, manifest)
+    result["params"] = manifest["params"]
     result["baselines"] = {"f1_all_background": 0.0, "f1_all_foreground": 2 * p / (1 + p)}
     result["model_flops_per_s"] = result["fovs_per_s"]["mean"] * flops
     result["peak_flops_per_s"] = peak

@@ -51,7 +51,8 @@ class Recorder:
                                "ts": (start - self.t0) * 1e6, "dur": (end - start) * 1e6})
 
     def step(self, step: int, fovs: int, loss: float, model_version: int, emulated: bool = False) -> None:
-        """A worker step carrying the phases timed since the previous step; then the listeners."""
+        """A worker step carrying the phases timed since the previous step; then the listeners.
+        Args as strategies.base.Recorder.step."""
         p = self.phases
         record = StepRecord(rank=self.rank, step=step, time=self.now(), fovs=int(fovs), loss=float(loss),
                             model_version=int(model_version), compute_s=p.get("compute", 0.0),
@@ -64,7 +65,8 @@ class Recorder:
 
     def update(self, worker: int, read: int, version: int, lr: Optional[float] = None,
                emulated: bool = False) -> None:
-        """A gradient computed on version `read`, applied on top of `version`."""
+        """A gradient computed on version `read`, applied on `version`; then the listeners.
+        Args as strategies.base.Recorder.update."""
         record = UpdateRecord(rank=self.rank, time=self.now(), worker=int(worker), version=int(version),
                               read=int(read), staleness=int(version - read),
                               lr=None if lr is None else float(lr), emulated=emulated)
@@ -73,11 +75,19 @@ class Recorder:
             listener(record)
 
     def server(self, updates: int, dropped: int, wall_s: float, cpu_s: float) -> None:
+        """A server's totals (Args as strategies.base.Recorder.server)."""
         self.write(ServerRecord(rank=self.rank, time=self.now(), updates=int(updates), dropped=int(dropped),
                                 wall_s=wall_s, cpu_s=cpu_s, cpu_share=cpu_s / wall_s if wall_s else 0.0))
 
     def eval(self, step: int, fovs_total: int, metrics: Dict[str, float]) -> EvalRecord:
-        """A held-out evaluation (bench's, not a strategy's)."""
+        """A held-out evaluation (bench's, not a strategy's).
+
+        Args:
+            step: updates in the evaluated weights; fovs_total: FOVs behind them;
+            metrics: FFNModel.evaluate's {loss, accuracy, precision, recall, f1}.
+        Returns:
+            The record written.
+        """
         record = EvalRecord(step=int(step), time=self.now(), fovs_total=int(fovs_total), **metrics)
         self.write(record)
         return record

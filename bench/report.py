@@ -14,8 +14,8 @@ import os
 import numpy as np
 
 from ffnbench import strategies
-from ffnbench.bench.results import (DEFAULT_TARGET_F1, aggregate_rates, baseline_rate, collect_runs, fields_text,
-                                    group_runs, machine, sortable, varying_fields)
+from ffnbench.bench.results import (aggregate_rates, baseline_rate, collect_runs, fields_text, group_runs, machine,
+                                    sortable, target_f1, varying_fields)
 
 
 # ---------------------------------------------------------------- the math (pure, tested)
@@ -152,7 +152,7 @@ def write_csv(path, rows):
 def build_report(directory, target=None):
     """(markdown text, rows, segmentation table or None); writes DIR/report.csv and DIR/report.md."""
     runs, index = collect_runs(directory)
-    target = target or (index or {}).get("report", {}).get("target_f1") or DEFAULT_TARGET_F1
+    target = target_f1(index, target)
     rows = report_rows(runs, target)
     title = index["name"] if index else os.path.basename(os.path.abspath(directory))
     complete = sum(r.complete for r in runs)

@@ -47,7 +47,8 @@ def read_records(run_dir: str) -> Records:
     Returns:
         Records(steps, updates, servers, evals).
     Raises:
-        ValueError: a record of an unknown kind.
+        ValueError: a record of an unknown kind, or one whose fields are not its kind's (written by
+            another version of ffnbench).
     """
     by_kind: Dict[str, list] = {kind: [] for kind in RECORD_TYPES}
     path = os.path.join(run_dir, "metrics.jsonl")
@@ -58,7 +59,11 @@ def read_records(run_dir: str) -> Records:
                 kind = d.get("kind")
                 if kind not in RECORD_TYPES:
                     raise ValueError(f"{path}: record of unknown kind {kind!r} (kinds: {', '.join(RECORD_TYPES)})")
-                by_kind[kind].append(RECORD_TYPES[kind](**{k: v for k, v in d.items() if k != "kind"}))
+                try:
+                    by_kind[kind].append(RECORD_TYPES[kind](**{k: v for k, v in d.items() if k != "kind"}))
+                except TypeError:
+                    raise ValueError(f"{path}: a {kind} record whose fields are not those of this version of "
+                                     f"ffnbench (strategies/base.py); re-run it") from None
     return Records(steps=by_kind[StepRecord.kind], updates=by_kind[UpdateRecord.kind],
                    servers=by_kind[ServerRecord.kind], evals=by_kind[EvalRecord.kind])
 
@@ -152,6 +157,22 @@ def flat_fields(cfg: Optional[dict]) -> Dict[str, Any]:
     return flat
 
 
+def stored_config(run_dir: str) -> Optional[dict]:
+    """RUN_DIR/config.yaml (the resolved config the run was started with), or None."""
+    path = os.path.join(run_dir, "config.yaml")
+    if not os.path.isfile(path):
+        return None
+    with open(path) as f:
+        return yaml.safe_load(f)
+
+
+def target_f1(index: Optional[dict], override: Optional[float] = None) -> float:
+    """The F1 for time to target: `override`, else the sweep's report.target_f1, else the default."""
+    if override is not None:
+        return override
+    return (index or {}).get("report", {}).get("target_f1", DEFAULT_TARGET_F1)
+
+
 def load_run(run_dir: str, run_id: Optional[str] = None, status: Optional[str] = None,
              error: Optional[str] = None) -> RunData:
     """Read one run directory (its records are read when first used).
@@ -168,12 +189,7 @@ def load_run(run_dir: str, run_id: Optional[str] = None, status: Optional[str] =
     run.summary = _read_json(os.path.join(run_dir, "summary.json"))
     run.manifest = _read_json(os.path.join(run_dir, "manifest.json"))
     run.seg = _read_json(os.path.join(run_dir, "eval.json"))
-    cfg_path = os.path.join(run_dir, "config.yaml")
-    if os.path.isfile(cfg_path):
-        with open(cfg_path) as f:
-            run.config = yaml.safe_load(f)
-    elif run.manifest:
-        run.config = run.manifest["config"]
+    run.config = stored_config(run_dir) or (run.manifest or {}).get("config")
     run.fields = flat_fields(run.config)
     run.status = "complete" if run.complete else (status if status in ("failed", "pending") else "incomplete")
     run.error = error
@@ -341,7 +357,7 @@ def baseline_rate(group: Sequence[RunData], complete_runs: Sequence[RunData]) ->
     """
     key = throughput_key(group[0])
     candidates = [r for r in complete_runs if r.workers == 1 and throughput_key(r) == key]
-    for wanted in (group[0].strategy, strategies.names()[0]):
+    for wanted in (group[0].strategy, strategies.reference()):
         chosen = [r for r in candidates if r.strategy == wanted]
         if chosen:
             return aggregate_rates([r.summary["fovs_per_s"] for r in chosen])[0], wanted

@@ -79,16 +79,27 @@ class SimInputs:
 
 
 def ring_allreduce_s(n_bytes: float, p: int, alpha_s: float, beta_s_per_byte: float) -> float:
-    """Ring all-reduce: 2(p-1) messages of n/p bytes each (reduce-scatter then all-gather; Patarasuk
-    and Yuan, "Bandwidth optimal all-reduce algorithms for clusters of workstations", JPDC 2009)."""
+    """Seconds of a ring all-reduce: 2(p-1) messages of n/p bytes each (reduce-scatter then all-gather;
+    Patarasuk and Yuan, "Bandwidth optimal all-reduce algorithms for clusters of workstations", JPDC 2009).
+
+    Args:
+        n_bytes: bytes reduced; p: ranks; alpha_s: seconds per message; beta_s_per_byte: seconds per byte.
+    Returns:
+        Seconds, in the alpha-beta model.
+    """
     return 2 * (p - 1) * alpha_s + 2 * (p - 1) / p * n_bytes * beta_s_per_byte
 
 
-def ps_sync_comm_s(n_workers: int, inp: SimInputs) -> float:
-    """Push then pull through S servers; each phase is bound by the busier end.
+def sync_ps_comm_s(n_workers: int, inp: SimInputs) -> float:
+    """Seconds of one synchronous push then pull through S servers; each phase is bound by the busier end.
 
     A server receives (and sums) N shards of n/S bytes one after another, then
     sends N shards back; a worker injects S shards totalling n bytes.
+
+    Args:
+        n_workers: workers pushing each round; inp: sizes and network costs.
+    Returns:
+        Seconds per round spent communicating.
     """
     shard = inp.grad_bytes / inp.servers
     worker_side = inp.servers * inp.alpha_s + inp.grad_bytes * inp.beta_s_per_byte
@@ -114,7 +125,7 @@ def _run_sync(model: str, n: int, inp: SimInputs, steps: int, rng) -> dict:
         step = comp + ring_allreduce_s(inp.grad_bytes, n, inp.alpha_s, inp.beta_s_per_byte)
     else:  # sync_ps: the first n of n + b gradients close the step (Chen et al. 2016)
         comp = _kth_fastest_compute(inp, rng, steps, n + inp.backup_workers, n)
-        step = comp + ps_sync_comm_s(n, inp)
+        step = comp + sync_ps_comm_s(n, inp)
     step_mean = float(step.mean())
     return {"fovs_per_s": n * inp.batch_per_worker / step_mean, "step_s_mean": step_mean}
 
@@ -244,6 +255,12 @@ def paper_calibration_check(fovs_per_s_1node: float = 0.7, nodes: int = 1024,
     expected max grows monotonically with cv. Everything the model leaves out
     (Horovod negotiation, I/O, Python overhead) is folded into this cv, so it
     is an upper bound on true compute jitter.
+
+    Args:
+        fovs_per_s_1node: measured rate of one node; nodes: the scale to match;
+        target_efficiency: the efficiency reported there; the rest: simulation inputs.
+    Returns:
+        {cv, efficiency, fovs_per_s, step_mean_s, allreduce_s, nodes}.
     """
     mean_s = batch_per_worker / fovs_per_s_1node
     base = SimInputs(mean_s=mean_s, batch_per_worker=batch_per_worker,

@@ -35,16 +35,14 @@ import re
 import sys
 import time
 
-import yaml
-
 from ffnbench.bench import config, launcher
 from ffnbench.bench.context import layout_of
+from ffnbench.bench.results import DEFAULT_TARGET_F1, stored_config
 from ffnbench.bench.config import ConfigError
 from ffnbench.bench.summary import write_json_atomic
 
 SWEEP_KEYS = ("name", "base", "set", "runs", "grid", "fov_budget", "repeats", "report", "out")
 REPORT_KEYS = ("target_f1",)
-DEFAULT_TARGET_F1 = 0.8
 
 
 def load_sweep(path):
@@ -158,14 +156,6 @@ def plan(sweep):
                     raise ConfigError(f"sweep run {rid}: {e}")
                 planned.append({"id": rid, "overrides": overrides, "config": cfg})
     return planned
-
-
-def stored_config(run_dir):
-    path = os.path.join(run_dir, "config.yaml")
-    if not os.path.isfile(path):
-        return None
-    with open(path) as f:
-        return yaml.safe_load(f)
 
 
 def check_resumable(planned, sweep_dir):

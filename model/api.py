@@ -45,8 +45,15 @@ def make_optimizer(settings, lr: float) -> tf.keras.optimizers.Optimizer:
     raise ValueError(f"unknown optimizer {settings.name!r}")
 
 
-def voxel_metrics(logits, labels, threshold=logit(0.9)):
-    """Accuracy, precision, recall, F1 of the predicted mask (logit >= logit(0.9)) vs labels > 0.5."""
+def voxel_metrics(logits: np.ndarray, labels: np.ndarray, threshold: float = logit(0.9)) -> Dict[str, float]:
+    """Voxel-wise quality of the predicted mask, as FFN's training reports it.
+
+    Args:
+        logits: predicted logits; labels: soft labels (> 0.5 is the object);
+        threshold: the mask is logits >= threshold (FFN: logit(0.9)).
+    Returns:
+        {accuracy, precision, recall, f1}.
+    """
     pred = logits >= threshold
     true = labels > 0.5
     tp = float(np.sum(pred & true))
@@ -132,7 +139,7 @@ class FFNModel:
         for v, t in zip(self.variables, self._split(flat)):
             v.assign(t)
 
-    def trace(self):
+    def trace(self) -> None:
         """Build (and run once, where that has no side effect) every graph now, so tracing is
         neither timed as the first step nor skews when workers start."""
         zeros = tf.zeros((1, *self.fov, 1))
@@ -143,49 +150,73 @@ class FFNModel:
             fn.get_concrete_function()
 
     # ---- the API ----
-    def set_lr(self, lr):
+    def set_lr(self, lr: float) -> None:
+        """The learning rate of the next update."""
         self.optimizer.learning_rate.assign(lr)
 
-    def gradients(self, batch):
-        """Per-variable gradient tensors (for in-graph all-reduce), loss, logits."""
+    def gradients(self, batch: Batch) -> Tuple[List[tf.Tensor], tf.Tensor, tf.Tensor]:
+        """Per-variable gradients, for in-graph collectives (Horovod fuses them itself).
+
+        Returns:
+            (gradient tensors in the order of `variables`, mean loss, logits (B, z, y, x, 1)).
+        """
         return self._gradients(batch.images, batch.seeds, batch.labels)
 
-    def flat_gradients(self, batch):
-        """(flat float32 gradient, loss, logits) as numpy, ready for MPI buffers."""
+    def flat_gradients(self, batch: Batch) -> Tuple[np.ndarray, float, np.ndarray]:
+        """The gradient as one float32 vector, ready for MPI buffers.
+
+        Returns:
+            (flat gradient of num_params, mean loss, logits (B, z, y, x, 1)) as numpy.
+        """
         g, loss, logits = self._flat_gradients(batch.images, batch.seeds, batch.labels)
         return g.numpy(), float(loss), logits.numpy()
 
-    def apply_gradients(self, grads):
-        """Clip and apply an (averaged) gradient: a flat buffer or a list of tensors."""
+    def apply_gradients(self, grads) -> None:
+        """Clip and apply an (averaged) gradient.
+
+        Args:
+            grads: a flat float32 vector of num_params, or per-variable tensors.
+        """
         if isinstance(grads, (np.ndarray, tf.Tensor)) and len(np.shape(grads)) == 1:
             self._apply_flat(tf.convert_to_tensor(grads, tf.float32))
         else:
             self._apply_list(list(grads))
 
-    def train_step(self, batch):
-        """Gradient and update in one graph, for a single process."""
+    def train_step(self, batch: Batch) -> Tuple[float, np.ndarray]:
+        """Gradient and update in one graph, for a single process.
+
+        Returns:
+            (mean loss, logits as numpy).
+        """
         loss, logits = self._train_step(batch.images, batch.seeds, batch.labels)
         return float(loss), logits.numpy()
 
-    def get_flat(self):
+    def get_flat(self) -> np.ndarray:
+        """The weights as one float32 vector (the order of `variables`)."""
         return self._get_flat().numpy()
 
-    def set_flat(self, flat):
+    def set_flat(self, flat: np.ndarray) -> None:
+        """Overwrite the weights from one float32 vector (the order of `variables`)."""
         self._set_flat(tf.convert_to_tensor(flat, tf.float32))
 
-    def restore(self, directory):
+    def restore(self, directory: str) -> None:
         """Load the latest checkpoint a run wrote (TensorFlow's format) into this network."""
         path = tf.train.latest_checkpoint(directory)
         if path is None:
             raise FileNotFoundError(f"no checkpoint in {directory}")
         tf.train.Checkpoint(model=self.net).restore(path).expect_partial()
 
-    def predict(self, images, seeds):
+    def predict(self, images: np.ndarray, seeds: np.ndarray) -> np.ndarray:
+        """Logits (B, z, y, x, 1) for images and seed logits of the same shape (inference mode)."""
         return self._predict(tf.convert_to_tensor(images, tf.float32),
                              tf.convert_to_tensor(seeds, tf.float32)).numpy()
 
-    def evaluate(self, batch, chunk=8):
-        """Loss and voxel metrics on held-out FOVs, predicted from their initial seeds."""
+    def evaluate(self, batch: Batch, chunk: int = 8) -> Dict[str, float]:
+        """Loss and voxel metrics on held-out FOVs, predicted from their initial seeds.
+
+        Returns:
+            {loss, accuracy, precision, recall, f1}; the mask is logit >= logit(0.9), as in FFN.
+        """
         logits = np.concatenate([self.predict(batch.images[i:i + chunk], batch.seeds[i:i + chunk])
                                  for i in range(0, len(batch), chunk)])
         loss = tf.reduce_mean(tf.nn.sigmoid_cross_entropy_with_logits(labels=batch.labels, logits=logits))

@@ -1,7 +1,7 @@
 """`ffnbench plot DIR`: every figure the runs below DIR have data for, as PNG and SVG in DIR/plots/."""
 import os
 
-from ffnbench.bench.results import DEFAULT_TARGET_F1, collect_runs
+from ffnbench.bench.results import collect_runs, target_f1
 from ffnbench.plots.common import save, style
 from ffnbench.plots.figures import FIGURES, Skip
 
@@ -12,7 +12,7 @@ def make_plots(directory):
     complete = [r for r in runs if r.complete]
     if not complete:
         raise ValueError(f"{directory}: no complete runs to plot (none has summary.json)")
-    target = (index or {}).get("report", {}).get("target_f1", DEFAULT_TARGET_F1)
+    target = target_f1(index)
     out_dir = os.path.join(directory, "plots")
     style()
     written, notes = [], []

@@ -41,6 +41,11 @@ def names():
     return sorted(REGISTRY, key=lambda n: (REGISTRY[n].order, n))
 
 
+def reference():
+    """The simplest strategy (first in display order): the default, and the one the others must reproduce."""
+    return names()[0]
+
+
 def layout(name, ranks, options):
     """The Layout of strategy `name` on `ranks` ranks; LayoutError when impossible."""
     return get(name).layout(ranks, options)

@@ -95,9 +95,11 @@ class Layout:
 
     @property
     def worker_ranks(self) -> List[int]:
+        """Ranks whose role is 'worker', in rank order."""
         return [r for r, role in enumerate(self.roles) if role == "worker"]
 
     def role_counts(self) -> Dict[str, int]:
+        """{role: ranks with it}, e.g. {'server': 1, 'worker': 2}."""
         return {r: self.roles.count(r) for r in sorted(set(self.roles))}
 
 
@@ -127,8 +129,9 @@ class StepRecord:
 
 @dataclass
 class UpdateRecord:
-    """One gradient applied by a server (or an emulated one): `staleness` = version - read, the
-    updates applied between the worker's read and this gradient's."""
+    """One gradient applied by a server (or an emulated one). `version`: the server's version the
+    gradient is applied on (before it); `read`: the version it was computed on; `staleness` =
+    version - read, the updates applied in between."""
     kind: ClassVar[str] = "update"
     rank: int
     time: float
@@ -190,10 +193,23 @@ class Recorder(Protocol):
 
     def update(self, worker: int, read: int, version: int, lr: Optional[float] = None,
                emulated: bool = False) -> None:
-        """Record one gradient applied on top of `version` that was computed on version `read`."""
+        """Record one gradient, before it is applied.
+
+        Args:
+            worker: the rank (or logical worker) that computed it.
+            read: the version of the parameters it was computed on.
+            version: the version it is applied on; staleness = version - read.
+            lr: the learning rate it is applied with.
+            emulated: an emulated server.
+        """
 
     def server(self, updates: int, dropped: int, wall_s: float, cpu_s: float) -> None:
-        """Record a server's totals: updates applied, gradients dropped, its wall and CPU seconds."""
+        """Record a server's totals, once, when it stops.
+
+        Args:
+            updates: updates applied to its shard; dropped: gradients it did not apply;
+            wall_s, cpu_s: its wall-clock and CPU seconds (their ratio is its CPU share).
+        """
 
 
 # ------------------------------------------------------------------ what a strategy is given
@@ -311,22 +327,44 @@ class Strategy:
 
     @classmethod
     def roles(cls, ranks: int, options: Dict[str, Any]) -> List[str]:
-        """Role of each rank ('worker' or 'server'); raise LayoutError when impossible."""
+        """The role of each rank.
+
+        Args:
+            ranks: ranks in the job; options: the resolved strategy_options.
+        Returns:
+            'worker' or 'server' per rank.
+        Raises:
+            LayoutError: the layout or an option value is impossible.
+        """
         return ["worker"] * ranks
 
     @classmethod
     def logical_workers(cls, roles: Sequence[str], options: Dict[str, Any]) -> int:
-        """Workers whose batches make one update's worth of data (lr scaling uses it)."""
+        """Workers whose batches make one update's worth of data (lr scaling uses it).
+
+        Returns:
+            The worker ranks by default; emulated strategies return their logical workers.
+        """
         return list(roles).count("worker")
 
     @classmethod
     def fovs_per_update(cls, layout: Layout, batch_size: int) -> int:
-        """FOVs behind one model update: a synchronous update averages every worker's batch."""
+        """FOVs behind one model update (bench's FOV totals: updates x this).
+
+        Returns:
+            workers x batch by default: a synchronous update averages every worker's batch.
+        """
         return layout.workers * batch_size
 
     @classmethod
     def measure_costs(cls, settings: TrainingSettings, params: int) -> Dict[str, float]:
-        """Costs of this strategy's own machinery that the simulator needs (`ffnbench calibrate`)."""
+        """Costs of this strategy's own machinery that the simulator needs (`ffnbench calibrate`).
+
+        Args:
+            settings: the training settings (optimizer, clip); params: the model's parameter count.
+        Returns:
+            {SimInputs field: value}, e.g. server_apply_s_per_byte; empty by default.
+        """
         return {}
 
     # ---- one rank's life
@@ -357,7 +395,7 @@ class Strategy:
         raise NotImplementedError
 
     def finish(self) -> Final:
-        """The final weights on rank 0 (None elsewhere)."""
+        """The final weights and the updates they hold, on rank 0 (Final(None, None) elsewhere)."""
         if self.ctx.rank != 0:
             return Final(None, None)
         return Final(self.model.get_flat(), self.ctx.settings.steps)
@@ -375,27 +413,39 @@ class SyncDataParallel(Strategy):
     def average(self, grads):
         raise NotImplementedError
 
+    def update(self, batch):
+        """One update from this worker's batch: (loss, logits)."""
+        rec = self.ctx.recorder
+        with rec.phase("compute"):
+            grads, loss, logits = self.gradients(batch)
+        with rec.phase("comm"):
+            grads = self.average(grads)
+        with rec.phase("compute"):
+            self.model.apply_gradients(grads)
+        return float(loss), np.asarray(logits)
+
     def train(self):
         ctx, rec, model = self.ctx, self.ctx.recorder, self.model
         for step in range(ctx.settings.steps):
             model.set_lr(ctx.lr(step))
             with rec.phase("data"):
                 batch = ctx.stream.next_batch()
+            loss, logits = self.update(batch)
             with rec.phase("compute"):
-                grads, loss, logits = self.gradients(batch)
-            with rec.phase("comm"):
-                grads = self.average(grads)
-            with rec.phase("compute"):
-                model.apply_gradients(grads)
-                ctx.stream.feedback(np.asarray(logits))
-            rec.step(step, len(batch), float(loss), model_version=step + 1)
+                ctx.stream.feedback(logits)
+            rec.step(step, len(batch), loss, model_version=step + 1)
 
 
 REGISTRY: Dict[str, type] = {}
 
 
-def register(cls):
-    """Class decorator: make a strategy known by its name."""
+def register(cls: type) -> type:
+    """Class decorator: make a strategy known by its name.
+
+    Raises:
+        LayoutError: a missing or taken name, an unknown launch or simulator model, or an option
+            without a line in option_docs.
+    """
     if not cls.name or cls.name in REGISTRY:
         raise LayoutError(f"strategy {cls.__name__}: needs a unique name (got {cls.name!r})")
     if cls.launch not in LAUNCHES or cls.simulator_model not in SIMULATOR_MODELS + (None,):

@@ -31,6 +31,14 @@ def init_world():
     return MPI.COMM_WORLD
 
 
+def world_for(launch):
+    """The communicator of all the job's ranks, for a strategy's launch kind (strategies/base.py
+    LAUNCHES): under mpirun (or srun, aprun) that is MPI's COMM_WORLD."""
+    if launch != "mpirun":
+        raise ValueError(f"launch {launch!r}: no communicator for it (known: mpirun)")
+    return init_world()
+
+
 def fail(comm, message):
     """Print one line and abort the whole job (every rank), so nothing waits forever."""
     print(f"ffnbench: error: rank {comm.rank}: {message}", file=sys.stderr, flush=True)
@@ -137,3 +145,20 @@ def launch_ranks(ranks, argv, mca=None, **popen_kwargs):
     """
     cmd = mpirun_command(ranks, argv) if ranks > 1 else list(argv)
     return subprocess.Popen(cmd, env=rank_environment(mca), **popen_kwargs)
+
+
+def finish(proc, timeout_s, what):
+    """Wait for launched ranks with a bound; past it, kill them (mpirun takes its ranks down).
+
+    Returns:
+        (exit status, stdout, stderr) as communicate() gives them.
+    Raises:
+        RuntimeError: the bound passed.
+    """
+    try:
+        out, err = proc.communicate(timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.communicate()
+        raise RuntimeError(f"{what}: not finished within {timeout_s:g}s, stopped")
+    return proc.returncode, out, err

@@ -25,7 +25,7 @@ def test_bad_fields_name_the_field(override, field):
 
 
 def test_overrides_and_defaults():
-    cfg = load("configs/smoke.yaml", ["train.lr=0.5", "strategy_options.servers=2"])
+    cfg = load("configs/smoke.yaml", ["train.lr=0.5", "strategy=ps_async", "ranks=3", "strategy_options.servers=2"])
     assert cfg["train"]["lr"] == 0.5 and cfg["strategy_options"] == {"servers": 2}
     assert cfg["run"]["timeout_s"] == 60 and cfg["eval"]["fovs"] == 8
 
@@ -52,3 +52,15 @@ def test_cli_bad_input_is_one_line_exit_2(run_cli, args, needle):
     assert r.returncode == 2, r.stderr
     lines = [l for l in r.stderr.splitlines() if l.strip()]
     assert len(lines) == 1 and lines[0].startswith("ffnbench: error:") and needle in lines[0], r.stderr
+
+
+def test_strategy_options_are_checked_with_the_config():
+    with pytest.raises(ConfigError, match="strategy_options.servers: not an option of strategy single"):
+        load("configs/smoke.yaml", ["strategy_options.servers=2"])
+
+
+def test_configs_readme_is_generated_from_the_schema():
+    """configs/README.md is `ffnbench config --doc`: regenerate it when a field or option changes."""
+    from ffnbench.bench.config import describe
+    with open("configs/README.md") as f:
+        assert f.read() == describe(), "configs/README.md is stale: run `ffnbench config --doc > configs/README.md`"

@@ -4,7 +4,7 @@ import h5py
 import numpy as np
 import pytest
 
-from ffnbench.bench.evaluate import FIELDS
+from ffnbench.bench.segmentation_eval import FIELDS
 
 EVAL_FIELDS = set(FIELDS) | {"seconds"}
 

@@ -2,20 +2,18 @@ import shutil
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import numpy as np
 import pytest
 from scipy.stats import norm
 
-from ffnbench.bench import simulator as sim
-from ffnbench.bench.simulator import (NETWORK_PRESETS, SimInputs, calibrate_network, paper_calibration_check,
-                             ps_sync_comm_s, ring_allreduce_s, simulate)
+from ffnbench.bench.calibrate import calibrate_network
+from ffnbench.bench.simulator import (NETWORK_PRESETS, SimInputs, paper_calibration_check, sync_ps_comm_s,
+                                      ring_allreduce_s, simulate)
+from ffnbench.strategies import comm
 
-REPO = Path(__file__).resolve().parents[1]
 
-
-@pytest.mark.parametrize("strategy", ["allreduce", "ps_sync", "ps_async"])
+@pytest.mark.parametrize("strategy", ["ring_allreduce", "sync_ps", "async_ps"])
 @pytest.mark.parametrize("n", [1, 7, 4096])
 def test_no_jitter_no_network_scales_perfectly(strategy, n):
     r = simulate(strategy, n, SimInputs(mean_s=2.0, cv=0.0, batch_per_worker=4))
@@ -25,7 +23,7 @@ def test_no_jitter_no_network_scales_perfectly(strategy, n):
 
 def test_straggler_effect_grows_with_workers():
     inp = SimInputs(mean_s=1.0, cv=0.3)
-    eff = [simulate("allreduce", n, inp)["efficiency"] for n in (1, 4, 64, 1024, 4096)]
+    eff = [simulate("ring_allreduce", n, inp)["efficiency"] for n in (1, 4, 64, 1024, 4096)]
     assert eff[0] == pytest.approx(1.0, abs=0.02)
     assert all(a > b for a, b in zip(eff, eff[1:])), eff
     assert eff[-1] < 0.6
@@ -35,7 +33,7 @@ def test_two_workers_match_lognormal_expected_max():
     # For i.i.d. lognormals with log-sd s, E[max of 2] = 2 * mean * Phi(s / sqrt 2).
     cv = 0.5
     s = np.sqrt(np.log1p(cv ** 2))
-    r = simulate("allreduce", 2, SimInputs(mean_s=1.0, cv=cv), steps=50_000)
+    r = simulate("ring_allreduce", 2, SimInputs(mean_s=1.0, cv=cv), steps=50_000)
     assert r["step_s_mean"] == pytest.approx(2 * norm.cdf(s / np.sqrt(2)), rel=0.01)
 
 
@@ -43,7 +41,7 @@ def test_ring_allreduce_formula_and_step_time():
     assert ring_allreduce_s(1e6, 8, 1e-6, 1e-9) == pytest.approx(14e-6 + 1.75e-3)
     assert ring_allreduce_s(1e6, 1, 1e-6, 1e-9) == 0.0
     inp = SimInputs(mean_s=0.5, grad_bytes=4e6, alpha_s=2e-6, beta_s_per_byte=1e-9)
-    r = simulate("allreduce", 64, inp, steps=10)
+    r = simulate("ring_allreduce", 64, inp, steps=10)
     assert r["step_s_mean"] == pytest.approx(0.5 + 2 * 63 * 2e-6 + 2 * 63 / 64 * 4e6 * 1e-9)
 
 
@@ -52,52 +50,52 @@ def test_ps_sync_comm_is_serialised_at_the_servers():
                     server_apply_s_per_byte=1e-10)
     shard = 1e6 / 4
     expect = 100 * (1e-6 + shard * 1.1e-9) + 100 * (1e-6 + shard * 1e-9)
-    assert ps_sync_comm_s(100, inp) == pytest.approx(expect)
+    assert sync_ps_comm_s(100, inp) == pytest.approx(expect)
     # One worker is bound by its own NIC: 4 messages, 1 MB, each way.
-    assert ps_sync_comm_s(1, inp) == pytest.approx(2 * (4e-6 + 1e-3))
+    assert sync_ps_comm_s(1, inp) == pytest.approx(2 * (4e-6 + 1e-3))
 
 
 def test_backup_workers_cut_the_tail():
     inp = SimInputs(mean_s=1.0, cv=0.5)
-    plain = simulate("ps_sync", 64, inp)
-    backed = simulate("ps_sync", 64, SimInputs(mean_s=1.0, cv=0.5, backup_workers=4))
+    plain = simulate("sync_ps", 64, inp)
+    backed = simulate("sync_ps", 64, SimInputs(mean_s=1.0, cv=0.5, backup_workers=4))
     assert backed["step_s_mean"] < 0.9 * plain["step_s_mean"]
 
 
 @pytest.mark.parametrize("n", [8, 32])
 def test_async_staleness_is_workers_minus_one(n):
-    r = simulate("ps_async", n, SimInputs(mean_s=1.0, cv=0.0), steps=50)
+    r = simulate("async_ps", n, SimInputs(mean_s=1.0, cv=0.0), steps=50)
     st = r["staleness"]
     assert st["mean"] == pytest.approx(n - 1, rel=0.05)
     assert st["p50"] == n - 1
     assert sum(st["hist"]["counts"]) == 50 * n - (50 * n) // 5  # warm-up dropped
-    jittery = simulate("ps_async", n, SimInputs(mean_s=1.0, cv=0.5), steps=50)["staleness"]
+    jittery = simulate("async_ps", n, SimInputs(mean_s=1.0, cv=0.5), steps=50)["staleness"]
     assert jittery["max"] > n - 1  # unequal speeds spread staleness out
 
 
 def test_async_ignores_stragglers_that_hurt_sync():
     inp = SimInputs(mean_s=1.0, cv=0.3)
-    assert simulate("ps_async", 64, inp)["efficiency"] > 0.97
-    assert simulate("allreduce", 64, inp)["efficiency"] < 0.8
+    assert simulate("async_ps", 64, inp)["efficiency"] > 0.97
+    assert simulate("ring_allreduce", 64, inp)["efficiency"] < 0.8
 
 
 def test_single_server_saturates_and_more_servers_relieve_it():
     # Each push occupies the server 1e6 B * 1e-8 s/B = 10 ms: at most ~100 updates/s.
     inp = SimInputs(mean_s=1.0, batch_per_worker=1, grad_bytes=1e6, beta_s_per_byte=1e-8)
-    few = simulate("ps_async", 16, inp)
-    many = simulate("ps_async", 400, inp, steps=20)
-    more = simulate("ps_async", 800, inp, steps=20)
+    few = simulate("async_ps", 16, inp)
+    many = simulate("async_ps", 400, inp, steps=20)
+    more = simulate("async_ps", 800, inp, steps=20)
     assert few["efficiency"] > 0.95
     assert many["fovs_per_s"] == pytest.approx(100, rel=0.03)
     assert more["fovs_per_s"] == pytest.approx(many["fovs_per_s"], rel=0.03)
-    four = simulate("ps_async", 400, SimInputs(mean_s=1.0, batch_per_worker=1, grad_bytes=1e6,
+    four = simulate("async_ps", 400, SimInputs(mean_s=1.0, batch_per_worker=1, grad_bytes=1e6,
                                                beta_s_per_byte=1e-8, servers=4), steps=20)
     assert four["fovs_per_s"] > 3 * many["fovs_per_s"]
 
 
 def test_measured_samples_are_resampled():
     inp = SimInputs(samples=[1.0, 3.0])
-    r = simulate("allreduce", 64, inp)
+    r = simulate("ring_allreduce", 64, inp)
     assert r["step_s_mean"] == pytest.approx(3.0)  # some worker is always slow
     assert r["efficiency"] == pytest.approx(2.0 / 3.0, rel=0.02)
 
@@ -105,7 +103,7 @@ def test_measured_samples_are_resampled():
 def test_4096_workers_is_fast():
     inp = SimInputs(mean_s=5.7, cv=0.1, **NETWORK_PRESETS["theta_aries"])
     t0 = time.perf_counter()
-    for strategy in ("allreduce", "ps_sync", "ps_async"):
+    for strategy in ("ring_allreduce", "sync_ps", "async_ps"):
         r = simulate(strategy, 4096, inp)
         assert 0 < r["efficiency"] < 1.01  # Monte Carlo: allow sampling noise above 1
     assert time.perf_counter() - t0 < 15
@@ -126,21 +124,28 @@ def test_bad_inputs_are_rejected(bad):
 
 
 def test_bad_strategy_or_workers_are_rejected():
-    with pytest.raises(ValueError, match="unknown strategy"):
+    with pytest.raises(ValueError, match="unknown simulator model"):
         simulate("gossip", 4, SimInputs())
     with pytest.raises(ValueError):
-        simulate("allreduce", 0, SimInputs())
+        simulate("ring_allreduce", 0, SimInputs())
 
 
 def test_waits_are_bounded():
+    """A wait that never completes aborts the job after its bound, with one line naming it."""
+    class World:
+        rank = 0
+
+        def Abort(self, code):
+            raise SystemExit(code)
+
     class NeverDone:
-        def Test(self):
+        def Test(self, status=None):
             return False
 
     t0 = time.monotonic()
-    with pytest.raises(TimeoutError):
-        sim._wait(NeverDone(), time.monotonic() + 0.05)
-    assert time.monotonic() - t0 < 1
+    with pytest.raises(SystemExit) as aborted:
+        comm.wait(World(), NeverDone(), 0.05, "a peer that never answers")
+    assert aborted.value.code == comm.ABORT_CODE and time.monotonic() - t0 < 1
 
 
 def test_calibration_needs_two_ranks():
@@ -153,9 +158,9 @@ def test_calibration_needs_two_ranks():
 
 
 CALIBRATE = f"""
-import os, sys; sys.path.insert(0, {str(REPO)!r})
+import os
 from mpi4py import MPI
-from ffnbench.bench.simulator import calibrate_network
+from ffnbench.bench.calibrate import calibrate_network
 alpha, beta, table = calibrate_network(MPI.COMM_WORLD, sizes=(8, 4096, 65536, 1 << 20),
                                        repeats=10, timeout_s=30)
 assert [row["bytes"] for row in table] == [8, 4096, 65536, 1 << 20]

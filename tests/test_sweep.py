@@ -6,6 +6,7 @@ import pytest
 import yaml
 
 from ffnbench.bench import launcher, sweep
+from ffnbench.bench.context import layout_of
 from conftest import ROOT, ffnbench
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -101,8 +102,8 @@ def test_fov_budget_gives_every_run_the_same_fovs():
     planned, budget = sweep.plan(spec), spec["fov_budget"]
     for run in planned:
         cfg = run["config"]
-        fovs = cfg["train"]["steps"] * sweep.workers_of(cfg) * cfg["train"]["batch_size"]
-        assert budget <= fovs < budget + sweep.workers_of(cfg) * cfg["train"]["batch_size"]
+        fovs = cfg["train"]["steps"] * layout_of(cfg).workers * cfg["train"]["batch_size"]
+        assert budget <= fovs < budget + layout_of(cfg).workers * cfg["train"]["batch_size"]
     single, two_workers = [r["config"]["train"]["steps"] for r in planned][:2]
     assert single == 2 * two_workers  # single does twice the steps of each of two workers
 
