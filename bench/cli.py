@@ -33,8 +33,14 @@ def cmd_train(args):
 def cmd_peak(args):
     from ffnbench.bench.peak import matmul_peak
     from ffnbench.bench.rank import configure_threads
-    configure_threads(args.threads or os.cpu_count())
-    print(f"matmul peak: {matmul_peak(seconds=args.seconds) / 1e9:.1f} GFLOP/s (float32, n=2048)")
+    threads = args.threads or os.cpu_count()
+    configure_threads(threads)
+    peak = matmul_peak(seconds=args.seconds)
+    if args.json:
+        import json
+        print(json.dumps({"flops_per_s": peak, "threads": threads, "dtype": "float32", "n": 2048}))
+    else:
+        print(f"matmul peak: {peak / 1e9:.1f} GFLOP/s (float32, n=2048, {threads} threads)")
     return 0
 
 
@@ -62,13 +68,13 @@ def cmd_config(args):
 
 def cmd_sweep(args):
     from ffnbench.bench.sweep import run_sweep
-    sweep_dir, failed = run_sweep(args.sweep, args.out)
+    sweep_dir, failed = run_sweep(args.sweep, args.out, args.set)
     return _die(f"{failed} run(s) of the sweep failed; see {sweep_dir}/index.json", 1) if failed else 0
 
 
 def cmd_report(args):
     from ffnbench.bench.report import build_report
-    text, _, seg = build_report(args.dir, args.target_f1)
+    text, _, seg = build_report(args.dir, args.target_loss)
     if args.seg_table:
         print(seg or f"no run below {args.dir} has eval.json (ARE, VOI)")
     else:
@@ -180,6 +186,7 @@ def parser():
     k = sub.add_parser("peak", help="measure this machine's dense matmul FLOP/s")
     k.add_argument("--threads", type=int, default=0)
     k.add_argument("--seconds", type=float, default=3.0)
+    k.add_argument("--json", action="store_true", help="print {flops_per_s, threads, dtype, n} as JSON")
     k.set_defaults(fn=cmd_peak)
     d = sub.add_parser("data", help="data tools").add_subparsers(dest="data_command", required=True)
     s = d.add_parser("synth", help="write a synthetic EM volume to HDF5 (datasets image, labels)")
@@ -196,10 +203,13 @@ def parser():
     w = sub.add_parser("sweep", help="run every experiment of a sweep file; re-running resumes")
     w.add_argument("sweep", help="sweep file (see configs/sweeps/)")
     w.add_argument("--out", help="sweep results directory (default: the file's out/name)")
+    w.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="add to the sweep's shared overrides, e.g. train.seed=100 for another seed base")
     w.set_defaults(fn=cmd_sweep)
     e = sub.add_parser("report", help="table of a sweep's (or any directory's) runs; writes report.md/.csv")
     e.add_argument("dir")
-    e.add_argument("--target-f1", type=float, help="F1 for time to target (default: the sweep's, else 0.8)")
+    e.add_argument("--target-loss", type=float, help="held-out loss for time to target (default: the sweep's "
+                   "report.target_loss, else the highest final loss among the runs)")
     e.add_argument("--seg-table", action="store_true", help="print only the method | ARE | VOI table")
     e.set_defaults(fn=cmd_report)
     o = sub.add_parser("plot", help="figures of a sweep's (or any directory's) runs, in DIR/plots/")

@@ -10,6 +10,7 @@ import yaml
 
 from ffnbench import strategies
 from ffnbench.bench.config import ConfigError
+from ffnbench.bench.results import is_complete
 from ffnbench.strategies import comm
 
 # Open MPI's multi-line banners around an abort add nothing to our one-line error.
@@ -37,7 +38,7 @@ def make_run_dir(cfg, out=None):
     if out is None:
         stamp = time.strftime("%Y%m%d-%H%M%S")
         out = os.path.join(cfg["run"]["out"], f"{cfg['name']}-{cfg['strategy']}-r{cfg['ranks']}-{stamp}")
-    if os.path.exists(os.path.join(out, "summary.json")):
+    if is_complete(out):
         raise ConfigError(f"--out {out}: holds a completed run; choose another directory")
     os.makedirs(out, exist_ok=True)
     for stale in ("metrics.jsonl", "manifest.json"):  # a previous, incomplete attempt
@@ -77,7 +78,7 @@ def launch(cfg, run_dir):
 def run_experiment(cfg, out=None):
     """Validate, make the run directory, train in a fresh process (mpirun for ranks > 1).
 
-    Returns (run_dir, error line or None); a run is complete only if summary.json exists.
+    Returns (run_dir, error line or None); a run is complete only if its summary says so.
     """
     check_inputs(cfg)
     run_dir = make_run_dir(cfg, out)
@@ -85,6 +86,6 @@ def run_experiment(cfg, out=None):
     status, error = launch(cfg, run_dir)
     if status != 0:
         return run_dir, (error.split("error: ", 1)[1] if error else f"mpirun exited with status {status}")
-    if not os.path.exists(os.path.join(run_dir, "summary.json")):
+    if not is_complete(run_dir):
         return run_dir, f"run in {run_dir} ended without a summary"
     return run_dir, None

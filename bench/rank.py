@@ -3,6 +3,7 @@
 Runs unchanged under `ffnbench run`, mpirun, srun or aprun: everything it knows about the job comes
 from the config and from the communicator of the strategy's launch (strategies/comm.py).
 """
+import json
 import os
 import platform
 import socket
@@ -54,13 +55,18 @@ def versions():
 
 
 class RankDuties:
-    """What bench does on this rank as the strategy records: the progress bar (rank 0), periodic
-    held-out evaluations (the first worker) and checkpoints (rank 0, when it is a worker)."""
+    """What bench does on this rank as the strategy records: the progress bar (rank 0); pauses of
+    every worker alike for periodic evaluation (done by the first worker) and checkpoints (rank 0,
+    when it is a worker), so their time leaks into no rank's communication or waiting; TensorBoard
+    scalars (rank 0 and the first worker)."""
 
     def __init__(self, cfg, ctx, data, fovs_per_update):
         self.cfg, self.ctx, self.data = cfg, ctx, data
         self.fovs_per_update = fovs_per_update
-        self.evaluator = ctx.layout.worker_ranks[0]
+        workers = ctx.layout.worker_ranks
+        self.leader, self.followers = workers[0], workers[1:]
+        self.eval_every = cfg["eval"]["every"]
+        self.checkpoint_every = cfg["run"]["checkpoint_every"] if ctx.layout.roles[0] == "worker" else 0
         self.progress = None
         self.checkpointer = None
 
@@ -74,24 +80,37 @@ class RankDuties:
                                  unit="update" if on_server else "step", file=sys.stdout, dynamic_ncols=True,
                                  mininterval=1.0)
             (recorder.on_update if on_server else recorder.on_step).append(lambda record: self.progress.update(1))
-        if ctx.rank == self.evaluator and self.cfg["eval"]["every"]:
-            recorder.on_step.append(self.maybe_evaluate)
-        if ctx.rank == 0 and ctx.role == "worker" and self.cfg["run"]["checkpoint_every"]:
-            recorder.on_step.append(self.maybe_checkpoint)
+        if ctx.role == "worker" and (self.eval_every or self.checkpoint_every):
+            recorder.on_step.append(self.pause_if_due)
+        if ctx.rank in (0, self.leader):
+            from ffnbench.bench.tensorboard import TensorBoard
+            board = TensorBoard(ctx.run_dir, ctx.rank)
+            (recorder.on_update if ctx.role == "server" else recorder.on_step).append(
+                board.update if ctx.role == "server" else board.step)
+            recorder.on_eval.append(board.eval)
+            recorder.on_close.append(board.close)
 
-    def maybe_evaluate(self, record):
-        done = record.step + 1
-        if done % self.cfg["eval"]["every"] == 0 and done < self.ctx.settings.steps:
-            self.evaluate(record.model_version)
-
-    def maybe_checkpoint(self, record):
-        if (record.step + 1) % self.cfg["run"]["checkpoint_every"] == 0:
-            self.checkpoint(record.step + 1)
+    def pause_if_due(self, record):
+        """After a worker step: every worker pauses together for a due evaluation or checkpoint."""
+        ctx, rec, done = self.ctx, self.ctx.recorder, record.step + 1
+        timeout = ctx.settings.timeout_s
+        if self.eval_every and done % self.eval_every == 0 and done < ctx.settings.steps:
+            with rec.pause("eval"):
+                if ctx.rank == self.leader:
+                    self.evaluate(record.model_version)
+                mpi.hold(ctx.comm, self.leader, self.followers, timeout, "the evaluation")
+        if self.checkpoint_every and done % self.checkpoint_every == 0:
+            with rec.pause("checkpoint"):
+                if ctx.rank == 0:
+                    self.checkpoint(done)
+                mpi.hold(ctx.comm, 0, self.followers, timeout, "the checkpoint")
 
     def evaluate(self, model_version):
         """Held-out loss and voxel metrics of the weights the model holds, after `model_version` updates."""
+        start = time.perf_counter()
         metrics = self.ctx.model.evaluate(self.data.heldout)
-        return self.ctx.recorder.eval(model_version, model_version * self.fovs_per_update, metrics)
+        return self.ctx.recorder.eval(model_version, model_version * self.fovs_per_update, metrics,
+                                      time.perf_counter() - start)
 
     def checkpoint(self, step):
         import tensorflow as tf
@@ -106,6 +125,18 @@ class RankDuties:
             self.progress.close()
 
 
+def node_peak(timeout_s=120.0):
+    """This node's dense float32 matmul rate with all its cores, measured in a fresh process (its own
+    TensorFlow threads) while the job's other ranks sleep in a barrier: the MFU denominator."""
+    from ffnbench.bench.launcher import cli_command
+    cores = os.cpu_count() or 1
+    proc = subprocess.run(cli_command("peak", "--threads", str(cores), "--seconds", "2", "--json"),
+                          capture_output=True, text=True, timeout=timeout_s)
+    if proc.returncode != 0:
+        raise RuntimeError(f"measuring the matmul peak failed: {(proc.stderr.strip().splitlines() or ['?'])[-1]}")
+    return json.loads(proc.stdout)
+
+
 def train(cfg, run_dir):
     """Run one rank. Returns the summary on rank 0 (None elsewhere)."""
     layout = context.layout_of(cfg)
@@ -115,7 +146,7 @@ def train(cfg, run_dir):
         raise ConfigError(f"config field ranks: is {cfg['ranks']} but the job has {world.size} MPI ranks")
     rank, timeout = world.rank, cfg["run"]["timeout_s"]
     role = layout.roles[rank]
-    local_workers = mpi.count_on_node(world, role == "worker", timeout)
+    local_workers, nodes = mpi.census(world, role == "worker", timeout)
     threads = threads_for(cfg, local_workers) if role == "worker" else 1
     configure_threads(threads)
 
@@ -136,42 +167,60 @@ def train(cfg, run_dir):
         manifest = {"config": cfg, "strategy": cfg["strategy"], "ranks": world.size, "roles": list(layout.roles),
                     "role_counts": layout.role_counts(), "workers": layout.workers, "emulated": cls.emulated,
                     "threads_per_rank": threads, "params": ctx.model.num_params, **versions(),
-                    "host": socket.gethostname(), "cores": os.cpu_count(),
+                    "host": socket.gethostname(), "cpu": cpu_model(), "cores": os.cpu_count(), "nodes": nodes,
                     "start_time": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "git_commit": git_commit()}
-        summ.write_json_atomic(os.path.join(run_dir, "manifest.json"), manifest)
     strategy.setup()
     mpi.barrier(world, timeout, "all ranks to finish set-up")
+    if rank == 0:  # the others sleep in the next barrier, so nothing competes for the cores
+        manifest["peak"] = {**node_peak(), "nodes": nodes,
+                            "how": "tf.matmul of float32 2048x2048, best of 2 s, all cores of rank 0's node in a "
+                                   "fresh process while the other ranks slept in a barrier; x nodes"}
+        summ.write_json_atomic(os.path.join(run_dir, "manifest.json"), manifest)
+    mpi.barrier(world, timeout, "rank 0 to measure the matmul peak")
     t0 = mpi.broadcast(world, np.array([time.time()]), timeout, "rank 0's start time")
     recorder.start_clock(float(t0[0]))
     duties.attach(recorder)
     strategy.train()
     final = strategy.finish()
     duties.close()
+    if rank != 0:
+        recorder.close()
+    mpi.barrier(world, timeout, "every rank to write its last records")
     result = None
     if rank == 0:
         ctx.model.set_flat(final.weights)
         duties.checkpoint(cfg["train"]["steps"])
-        result = finish_run(cfg, duties, manifest, final.model_version)
-    recorder.close()
+        duties.evaluate(final.model_version)
+        recorder.close()
+        result = finish_run(cfg, duties.data, run_dir, manifest)
     mpi.barrier(world, timeout, "rank 0 to write the summary")
     return result
 
 
-def finish_run(cfg, duties, manifest, model_version):
-    """Final held-out evaluation, baselines, peak and MFU, then summary.json (only now: complete)."""
-    from ffnbench.bench.peak import matmul_peak
+def cpu_model():
+    """The CPU's model name (Linux /proc/cpuinfo), else the platform's processor string."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or None
+
+
+def finish_run(cfg, data, run_dir, manifest):
+    """Baselines and MFU next to the records' summary, then summary.json with status complete (only
+    now, when every rank's records are in)."""
     from ffnbench.model.network import train_flops_per_fov
-    duties.evaluate(model_version)
-    p = float(np.mean(duties.data.heldout.labels > 0.5))
+    p = float(np.mean(data.heldout.labels > 0.5))
     flops = train_flops_per_fov(cfg["model"]["fov"], cfg["model"]["depth"], cfg["model"]["features"])
-    peak = matmul_peak(seconds=2.0)
-    run_dir = duties.ctx.run_dir
-    result = summ.summarize(run_dir, manifest)
-    result["params"] = manifest["params"]
+    peak = manifest["peak"]["flops_per_s"] * manifest["peak"]["nodes"]
+    result = {"status": "complete", **summ.summarize(run_dir, manifest), "params": manifest["params"]}
     result["baselines"] = {"f1_all_background": 0.0, "f1_all_foreground": 2 * p / (1 + p)}
     result["model_flops_per_s"] = result["fovs_per_s"]["mean"] * flops
     result["peak_flops_per_s"] = peak
-    result["mfu"] = result["model_flops_per_s"] / peak
+    result["mfu"] = result["model_flops_per_s"] / peak  # never clamped: above 1, the denominator is wrong
     summ.write_json_atomic(os.path.join(run_dir, "summary.json"), result)
     print_summary(result)
     return result
@@ -189,6 +238,6 @@ def print_summary(s):
     if s.get("staleness"):
         st = s["staleness"]
         print(f"staleness: mean={st['mean']:.2f} p50={st['p50']:.0f} p99={st['p99']:.0f} max={st['max']}")
-    print(f"model: {s['model_flops_per_s'] / 1e9:.2f} GFLOP/s = {100 * s['mfu']:.1f}% of matmul peak "
+    print(f"model: {s['model_flops_per_s'] / 1e9:.2f} GFLOP/s = {100 * s['mfu']:.1f}% of the job's matmul peak "
           f"{s['peak_flops_per_s'] / 1e9:.1f} GFLOP/s (MFU)")
     print(summ.fovs_line(s["fovs_per_s"]))

@@ -12,25 +12,43 @@ from contextlib import contextmanager
 from dataclasses import asdict
 from typing import Callable, Dict, List, Optional
 
-from ffnbench.strategies.base import PHASES, EvalRecord, ServerRecord, StepRecord, UpdateRecord
+from ffnbench.strategies.base import PAUSES, PHASES, EvalRecord, ServerRecord, StepRecord, UpdateRecord
 
 
 class Recorder:
     def __init__(self, run_dir: str, rank: int):
         self.run_dir, self.rank = run_dir, rank
         self.t0 = time.time()
+        self.paused = 0.0  # seconds of evaluation and checkpoints, left out of every record's time
         self.fd = os.open(os.path.join(run_dir, "metrics.jsonl"), os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
         self.phases: Dict[str, float] = {}
         self.trace: List[dict] = []
         self.on_step: List[Callable[[StepRecord], None]] = []
         self.on_update: List[Callable[[UpdateRecord], None]] = []
+        self.on_eval: List[Callable[[EvalRecord], None]] = []
+        self.on_close: List[Callable[[], None]] = []
 
     def start_clock(self, t0: float) -> None:
         """Times are seconds since `t0`, the job's common start (rank 0's clock)."""
         self.t0 = t0
 
     def now(self) -> float:
-        return time.time() - self.t0
+        """Training time: seconds since the start, less this rank's pauses."""
+        return time.time() - self.t0 - self.paused
+
+    @contextmanager
+    def pause(self, name: str):
+        """Time spent on one of PAUSES: traced, and left out of training time and of every step."""
+        if name not in PAUSES:
+            raise ValueError(f"unknown pause {name!r}; pauses: {', '.join(PAUSES)}")
+        start = time.time()
+        try:
+            yield
+        finally:
+            end = time.time()
+            self.trace.append({"name": name, "ph": "X", "pid": self.rank, "tid": 0,
+                               "ts": (start - self.t0) * 1e6, "dur": (end - start) * 1e6})
+            self.paused += end - start
 
     def write(self, record) -> None:
         """Append one record (a dataclass of strategies/base.py) as a JSON line."""
@@ -79,20 +97,25 @@ class Recorder:
         self.write(ServerRecord(rank=self.rank, time=self.now(), updates=int(updates), dropped=int(dropped),
                                 wall_s=wall_s, cpu_s=cpu_s, cpu_share=cpu_s / wall_s if wall_s else 0.0))
 
-    def eval(self, step: int, fovs_total: int, metrics: Dict[str, float]) -> EvalRecord:
+    def eval(self, step: int, fovs_total: int, metrics: Dict[str, float], eval_s: float) -> EvalRecord:
         """A held-out evaluation (bench's, not a strategy's).
 
         Args:
             step: updates in the evaluated weights; fovs_total: FOVs behind them;
-            metrics: FFNModel.evaluate's {loss, accuracy, precision, recall, f1}.
+            metrics: FFNModel.evaluate's {loss, loss_sem, accuracy, precision, recall, f1};
+            eval_s: seconds the evaluation took.
         Returns:
             The record written.
         """
-        record = EvalRecord(step=int(step), time=self.now(), fovs_total=int(fovs_total), **metrics)
+        record = EvalRecord(step=int(step), time=self.now(), fovs_total=int(fovs_total), eval_s=eval_s, **metrics)
         self.write(record)
+        for listener in self.on_eval:
+            listener(record)
         return record
 
     def close(self) -> None:
+        for listener in self.on_close:
+            listener()
         os.close(self.fd)
         with open(os.path.join(self.run_dir, f"trace.rank{self.rank}.json"), "w") as f:
             json.dump({"traceEvents": self.trace, "displayTimeUnit": "ms"}, f)

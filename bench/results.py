@@ -21,12 +21,15 @@ from ffnbench.bench.config import flatten
 from ffnbench.strategies.base import RECORD_TYPES, EvalRecord, ServerRecord, StepRecord, UpdateRecord, lr_scale
 
 #: held-out F1 a run must reach for `time to target` (a sweep's report.target_f1 overrides it)
+#: the status of a finished run in summary.json (anything else is not a result)
+COMPLETE = "complete"
 DEFAULT_TARGET_F1 = 0.8
 #: fields that never change a result: repeats of one experiment may differ in these
-NOT_THE_EXPERIMENT = ("name", "run.out", "run.progress", "run.timeout_s", "run.checkpoint_every")
+#: (train.seed too: a sweep's repeats are the same experiment from different seeds)
+NOT_THE_EXPERIMENT = ("name", "run.out", "run.progress", "run.timeout_s", "run.checkpoint_every", "train.seed")
 #: fields that do not change per-worker throughput: the 1-worker baseline may differ in these
 NOT_THROUGHPUT = NOT_THE_EXPERIMENT + ("strategy", "ranks", "strategy_options", "train.steps", "train.lr",
-                                       "train.lr_scaling", "train.warmup_steps", "train.seed", "eval.")
+                                       "train.lr_scaling", "train.warmup_steps", "eval.")
 
 
 # ---------------------------------------------------------------- records
@@ -87,7 +90,7 @@ def staleness_values(records: Records) -> List[int]:
 
 @dataclass
 class RunData:
-    """One run directory; complete only if it has summary.json."""
+    """One run directory; complete only if its summary.json says so."""
     run_dir: str
     run_id: str
     status: str = "incomplete"
@@ -100,7 +103,7 @@ class RunData:
 
     @property
     def complete(self) -> bool:
-        return self.summary is not None
+        return (self.summary or {}).get("status") == COMPLETE
 
     @cached_property
     def records(self) -> Records:
@@ -157,6 +160,12 @@ def flat_fields(cfg: Optional[dict]) -> Dict[str, Any]:
     return flat
 
 
+def is_complete(run_dir: str) -> bool:
+    """Whether the run finished: its summary.json says status complete (written only after every
+    rank's records are in)."""
+    return (_read_json(os.path.join(run_dir, "summary.json")) or {}).get("status") == COMPLETE
+
+
 def stored_config(run_dir: str) -> Optional[dict]:
     """RUN_DIR/config.yaml (the resolved config the run was started with), or None."""
     path = os.path.join(run_dir, "config.yaml")
@@ -183,7 +192,7 @@ def load_run(run_dir: str, run_id: Optional[str] = None, status: Optional[str] =
         status: the sweep's status of it; 'failed' and 'pending' are kept for incomplete runs.
         error: the sweep's error message for it.
     Returns:
-        The RunData; complete when it has summary.json.
+        The RunData; complete when its summary.json has status complete.
     """
     run = RunData(run_dir=run_dir, run_id=run_id or os.path.basename(run_dir.rstrip(os.sep)))
     run.summary = _read_json(os.path.join(run_dir, "summary.json"))

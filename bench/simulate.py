@@ -7,7 +7,7 @@ import json
 import os
 
 from ffnbench import strategies
-from ffnbench.bench.results import read_records
+from ffnbench.bench.results import is_complete, read_records
 from ffnbench.bench.simulator import NETWORK_PRESETS, SimInputs, simulate
 
 
@@ -64,7 +64,7 @@ def validate(dirs, net):
     rows, notes = [], []
     for top in dirs:
         for root, _, files in sorted(os.walk(top)):
-            if "summary.json" not in files:
+            if not is_complete(root):
                 continue
             with open(os.path.join(root, "summary.json")) as f:
                 summary = json.load(f)

@@ -51,6 +51,8 @@ def summarize(run_dir, manifest):
     records = read_records(run_dir)
     steps, evals = records.steps, records.evals
     warmup = manifest["config"]["run"]["timing_warmup_steps"]
+    fovs_total = int(sum(r.fovs for r in steps))
+    train_s = max((r.time for r in steps), default=0.0)  # training time: pauses excluded
     comm = sum(r.comm_s for r in steps)
     total = sum(r.step_s for r in steps)
     return {
@@ -61,8 +63,11 @@ def summarize(run_dir, manifest):
         "roles": manifest["role_counts"],
         "global_batch": manifest["workers"] * manifest["config"]["train"]["batch_size"],
         "steps": max((r.step for r in steps), default=-1) + 1,
-        "fovs_total": int(sum(r.fovs for r in steps)),
+        "fovs_total": fovs_total,
         "wall_s": max((r.time for kind in records for r in kind), default=0.0),
+        "train_s": train_s,
+        "fovs_per_train_s": fovs_total / train_s if train_s else 0.0,
+        "eval_s": float(sum(e.eval_s for e in evals)),
         "fovs_per_s": rate_stats(throughput_samples(steps, warmup)),
         "comm_share": comm / total if total else 0.0,
         "step_time_s": {k: float(np.mean([getattr(r, k) for r in steps])) if steps else 0.0 for k in STEP_TIMES},

@@ -12,7 +12,8 @@ A sweep file:
       train.lr: [0.001, 0.003]
     fov_budget: 2400                 # optional: train.steps = ceil(budget / (workers * batch_size))
     repeats: 1                       # each variant this many times
-    report: {target_f1: 0.8}         # read by `ffnbench report`
+    report: {target_loss: 0.45}      # held-out loss for time to target, read by `ffnbench report`
+                                     # (target_f1 draws a line in the F1 panels of the figures)
     out: results/sweeps              # results go to OUT/NAME (or to --out DIR)
 
 Runs are every `runs` variant combined with every grid point (either may be absent, not both).
@@ -20,8 +21,10 @@ Runs are every `runs` variant combined with every grid point (either may be abse
 grid cannot express by itself ("single needs twice the steps of two workers"). Workers are those
 the strategy lays out on the ranks (the logical workers of emulated strategies).
 
-Repeats change nothing in the config (train.seed included): they measure run-to-run noise of
-the same experiment. To vary the seed, put `train.seed` in the grid.
+Repeat r of a run adds r to its train.seed (weights and example streams); the held-out volume and
+its FOVs depend on data.seed only, so every run of a sweep is evaluated on the same FOVs. The
+report gives each experiment's mean and 95 % confidence interval over its repeats.
+`ffnbench sweep FILE --set train.seed=100` starts the repeats from another seed.
 
 Each run's directory is named after its variant and grid values, e.g.
 `strategy=allreduce,ranks=2,rep=0`, so re-running the sweep finds it again: runs whose directory
@@ -37,12 +40,12 @@ import time
 
 from ffnbench.bench import config, launcher
 from ffnbench.bench.context import layout_of
-from ffnbench.bench.results import DEFAULT_TARGET_F1, stored_config
+from ffnbench.bench.results import DEFAULT_TARGET_F1, is_complete, stored_config
 from ffnbench.bench.config import ConfigError
 from ffnbench.bench.summary import write_json_atomic
 
 SWEEP_KEYS = ("name", "base", "set", "runs", "grid", "fov_budget", "repeats", "report", "out")
-REPORT_KEYS = ("target_f1",)
+REPORT_KEYS = ("target_loss", "target_f1")
 
 
 def load_sweep(path):
@@ -92,6 +95,10 @@ def load_sweep(path):
     target = report.get("target_f1", DEFAULT_TARGET_F1)
     if not isinstance(target, (int, float)) or isinstance(target, bool) or not 0 < target <= 1:
         raise bad("report.target_f1", f"must be a number in (0, 1] (got {target!r})")
+    target_loss = report.get("target_loss")
+    if target_loss is not None and (not isinstance(target_loss, (int, float)) or isinstance(target_loss, bool)
+                                    or target_loss <= 0):
+        raise bad("report.target_loss", f"must be a number > 0 (got {target_loss!r})")
     name = spec.get("name", os.path.splitext(os.path.basename(path))[0])
     out = spec.get("out", "results/sweeps")
     for key, value in (("name", name), ("out", out)):
@@ -99,7 +106,7 @@ def load_sweep(path):
             raise bad(key, "must be a non-empty string")
     return {"file": os.path.abspath(path), "name": name, "base": resolve_base(path, spec["base"]), "set": fixed,
             "runs": runs, "grid": grid, "fov_budget": budget, "repeats": repeats,
-            "report": {"target_f1": float(target)}, "out": out}
+            "report": {"target_f1": float(target), "target_loss": target_loss}, "out": out}
 
 
 def resolve_base(sweep_path, base):
@@ -147,6 +154,10 @@ def plan(sweep):
                 overrides = {**sweep["set"], **varying}
                 try:
                     cfg = config.load(sweep["base"], list(overrides.items()))
+                    # a repeat is the same experiment from another seed (weights and example streams);
+                    # the held-out volume and FOVs depend on data.seed only, so they stay the same
+                    overrides["train.seed"] = cfg["train"]["seed"] + rep
+                    cfg["train"]["seed"] += rep
                     if sweep["fov_budget"]:
                         steps = math.ceil(sweep["fov_budget"] / (layout_of(cfg).workers * cfg["train"]["batch_size"]))
                         overrides["train.steps"] = steps
@@ -162,7 +173,7 @@ def check_resumable(planned, sweep_dir):
     """A finished run whose config differs from the sweep's must not be mistaken for its result."""
     for run in planned:
         run_dir = os.path.join(sweep_dir, run["id"])
-        if os.path.exists(os.path.join(run_dir, "summary.json")) and stored_config(run_dir) != run["config"]:
+        if is_complete(run_dir) and stored_config(run_dir) != run["config"]:
             raise ConfigError(f"sweep run {run['id']}: {run_dir} holds a completed run with a different config; "
                               f"move it away or use another --out")
 
@@ -201,10 +212,14 @@ def write_index(sweep, sweep_dir, entries):
         "report": sweep["report"], "runs": entries})
 
 
-def run_sweep(path, out=None):
-    """Run (or resume) a sweep. Returns (sweep_dir, number of failed runs)."""
+def run_sweep(path, out=None, overrides=()):
+    """Run (or resume) a sweep; `overrides` (KEY=VALUE) are added to its `set`.
+    Returns (sweep_dir, number of failed runs)."""
     from tqdm import tqdm
     sweep = load_sweep(path)
+    for item in overrides:
+        key, value = config.parse_override(item)
+        sweep["set"][key] = value
     planned = plan(sweep)
     sweep_dir = os.path.abspath(out or os.path.join(sweep["out"], sweep["name"]))
     check_resumable(planned, sweep_dir)
@@ -212,7 +227,7 @@ def run_sweep(path, out=None):
     entries = []
     for run in planned:
         run_dir = os.path.join(sweep_dir, run["id"])
-        done = os.path.exists(os.path.join(run_dir, "summary.json"))
+        done = is_complete(run_dir)
         entries.append({"id": run["id"], "overrides": run["overrides"], "run_dir": run_dir,
                         "status": "complete" if done else "pending", "error": None})
     write_index(sweep, sweep_dir, entries)

@@ -215,9 +215,12 @@ class FFNModel:
         """Loss and voxel metrics on held-out FOVs, predicted from their initial seeds.
 
         Returns:
-            {loss, accuracy, precision, recall, f1}; the mask is logit >= logit(0.9), as in FFN.
+            {loss, loss_sem, accuracy, precision, recall, f1}: loss_sem is the standard error of the
+            mean loss over the FOVs; the mask is logit >= logit(0.9), as in FFN.
         """
         logits = np.concatenate([self.predict(batch.images[i:i + chunk], batch.seeds[i:i + chunk])
                                  for i in range(0, len(batch), chunk)])
-        loss = tf.reduce_mean(tf.nn.sigmoid_cross_entropy_with_logits(labels=batch.labels, logits=logits))
-        return {"loss": float(loss), **voxel_metrics(logits, batch.labels)}
+        per_voxel = tf.nn.sigmoid_cross_entropy_with_logits(labels=batch.labels, logits=logits).numpy()
+        per_fov = per_voxel.reshape(len(batch), -1).mean(axis=1)
+        sem = float(per_fov.std(ddof=1) / np.sqrt(len(per_fov))) if len(per_fov) > 1 else 0.0
+        return {"loss": float(per_fov.mean()), "loss_sem": sem, **voxel_metrics(logits, batch.labels)}

@@ -71,7 +71,8 @@ def scaling(runs, target=None):
 
 
 def convergence(runs, target=None):
-    """Held-out F1 and loss against wall time and against FOVs processed."""
+    """Held-out loss (the primary curve, with its standard error over the FOVs) and F1, against
+    training time and against FOVs processed."""
     keys = label_keys(runs)
     styles = series_styles(runs, keys)
     fig, axes = plt.subplots(2, 2, figsize=(12, 8), layout="constrained", sharey="row")
@@ -81,30 +82,31 @@ def convergence(runs, target=None):
             continue
         label = series_label(r, keys)
         color, ls, marker = styles[label]
-        x_values = ([e.time for e in r.evals], [e.fovs_total for e in r.evals])
-        for row, metric in enumerate(("f1", "loss")):
-            for col, x in enumerate(x_values):
-                line, = axes[row, col].plot(x, [getattr(e, metric) for e in r.evals], color=color, ls=ls, marker=marker,
-                                            ms=4, lw=1.6)
+        x_values = (np.array([e.time for e in r.evals]), np.array([e.fovs_total for e in r.evals]))
+        loss, sem = np.array([e.loss for e in r.evals]), np.array([e.loss_sem for e in r.evals])
+        for col, x in enumerate(x_values):
+            line, = axes[0, col].plot(x, loss, color=color, ls=ls, marker=marker, ms=3, lw=1.4)
+            axes[0, col].fill_between(x, loss - sem, loss + sem, color=color, alpha=0.15, lw=0)
+            axes[1, col].plot(x, [e.f1 for e in r.evals], color=color, ls=ls, marker=marker, ms=3, lw=1.4)
         legend.append((line, label))
     if not legend:
         raise Skip("no evaluation records")
     all_fg = [r.summary["baselines"]["f1_all_foreground"] for r in runs if r.summary.get("baselines")]
-    for ax in axes[0]:
+    for ax in axes[1]:
         if all_fg:
             ax.axhline(np.mean(all_fg), color="0.5", ls=":", lw=1.2)
         if target:
             ax.axhline(target, color="black", ls="--", lw=0.8, alpha=0.5)
-    axes[0, 0].set_ylabel("held-out F1")
-    axes[1, 0].set_ylabel("held-out loss (sigmoid cross-entropy)")
+    axes[0, 0].set_ylabel("held-out loss (sigmoid cross-entropy)")
+    axes[1, 0].set_ylabel("held-out F1 at logit(0.9)")
     losses = [e.loss for r in runs for e in r.evals if e.loss > 0]
     if max(losses) > 3 * min(losses):  # a log scale only helps across a wide range
-        plain_log_yaxis(axes[1, 0])
-    for col, (name, xlabel) in enumerate((("wall time", "wall time since the start of training (s)"),
+        plain_log_yaxis(axes[0, 0])
+    for col, (name, xlabel) in enumerate((("training time", "training time (s; evaluation pauses excluded)"),
                                           ("FOVs processed", "FOVs processed (all workers)"))):
         axes[1, col].set_xlabel(xlabel)
-        axes[0, col].set_title(f"F1 vs {name}")
-        axes[1, col].set_title(f"loss vs {name}")
+        axes[0, col].set_title(f"loss vs {name} (band: ± standard error over held-out FOVs)")
+        axes[1, col].set_title(f"F1 vs {name}")
     if all_fg:
         legend.append((Line2D([], [], color="0.5", ls=":"), f"F1 predicting all foreground ({np.mean(all_fg):.2f})"))
     if target:

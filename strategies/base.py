@@ -106,11 +106,14 @@ class Layout:
 # ------------------------------------------------------------------ records
 
 PHASES = ("data", "compute", "comm", "wait")
+#: what pauses training on every worker alike, outside any step (bench's duties, not a strategy's)
+PAUSES = ("eval", "checkpoint")
 
 
 @dataclass
 class StepRecord:
-    """One worker step. `fovs`: the FOVs this record stands for. `model_version`: the updates in the
+    """One worker step. Every record's `time` is training time: seconds since the common start, less
+    this rank's pauses for evaluation and checkpoints. `fovs`: the FOVs this record stands for. `model_version`: the updates in the
     weights this rank's model holds after the step, which an evaluation right after it would see."""
     kind: ClassVar[str] = "step"
     rank: int
@@ -158,16 +161,19 @@ class ServerRecord:
 
 @dataclass
 class EvalRecord:
-    """A held-out evaluation of the weights after `step` updates, which took `fovs_total` FOVs."""
+    """A held-out evaluation of the weights after `step` updates, which took `fovs_total` FOVs.
+    `loss_sem`: the standard error of `loss` over the held-out FOVs; `eval_s`: what it took."""
     kind: ClassVar[str] = "eval"
     step: int
     time: float
     fovs_total: int
     loss: float
+    loss_sem: float
     accuracy: float
     precision: float
     recall: float
     f1: float
+    eval_s: float
 
 
 RECORD_TYPES = {cls.kind: cls for cls in (StepRecord, UpdateRecord, ServerRecord, EvalRecord)}

@@ -86,14 +86,35 @@ def sum_allreduce(comm, send, recv, timeout_s, what):
     return recv
 
 
-def count_on_node(comm, flag, timeout_s):
-    """How many ranks on this node have `flag` true (a node census, e.g. of compute ranks)."""
+def census(comm, flag, timeout_s):
+    """(ranks on this node with `flag` true, nodes in the job): e.g. the compute ranks sharing a node's
+    cores, and how many nodes' peaks add up to the job's."""
     from mpi4py import MPI
     local = comm.Split_type(MPI.COMM_TYPE_SHARED)
-    total = sum_allreduce(local, np.array([int(bool(flag))], np.int64), np.zeros(1, np.int64), timeout_s,
-                          "the ranks on this node")
+    here = sum_allreduce(local, np.array([int(bool(flag))], np.int64), np.zeros(1, np.int64), timeout_s,
+                         "the ranks on this node")
+    nodes = sum_allreduce(comm, np.array([int(local.rank == 0)], np.int64), np.zeros(1, np.int64), timeout_s,
+                          "the node census")
     local.Free()
-    return int(total[0])
+    return int(here[0]), int(nodes[0])
+
+
+#: tag of the message that ends a pause (strategies' own tags are small integers)
+RELEASE_TAG = 30_000
+
+
+def hold(comm, leader, followers, timeout_s, what):
+    """The followers wait, bounded, until the leader has done its part and releases them.
+
+    Call it on the leader after its work and on every follower; other ranks (e.g. servers) are
+    not involved.
+    """
+    token = np.zeros(1, np.int64)
+    if comm.rank == leader:
+        wait_all(comm, [comm.Isend(token, dest=f, tag=RELEASE_TAG) for f in followers], timeout_s,
+                 f"the other workers to resume after {what}")
+    elif comm.rank in followers:
+        wait(comm, comm.Irecv(token, source=leader, tag=RELEASE_TAG), timeout_s, f"rank {leader} to finish {what}")
 
 
 def probe_any(comm):
