@@ -2,7 +2,8 @@ import json
 import os
 
 STEP_KEYS = {"kind", "rank", "step", "time", "fovs", "loss", "compute_s", "comm_s", "data_s"}
-EVAL_KEYS = {"kind", "step", "time", "fovs_total", "loss", "accuracy", "precision", "recall", "f1"}
+EVAL_KEYS = {"kind", "step", "time", "fovs_total", "loss", "loss_sem", "accuracy", "precision", "recall", "f1",
+             "eval_s"}
 
 
 def test_single_smoke_run_learns_and_follows_schema(run_cli, tmp_path):
@@ -29,3 +30,6 @@ def test_single_smoke_run_learns_and_follows_schema(run_cli, tmp_path):
     assert {"mean", "uncertainty", "jitter"} <= set(summary["fovs_per_s"])
     assert os.path.exists(out / "checkpoints" / "checkpoint")
     assert os.path.exists(out / "trace.rank0.json")
+    assert summary["status"] == "complete" and 0 < summary["mfu"] <= 1
+    events = os.listdir(out / "tensorboard")
+    assert events and all(e.startswith("events.out.tfevents") for e in events)

@@ -180,3 +180,41 @@ def test_emulated_async_one_worker_is_plain_sgd(runs):
                "train.optimizer=sgd", "train.lr=0.05")
     assert_same(single, emu, 2e-6)
     assert all(u["staleness"] == 0 for u in records(emu, "update"))
+
+
+def summary_of(run_dir):
+    return json.load(open(os.path.join(run_dir, "summary.json")))
+
+
+def test_mfu_is_against_the_whole_jobs_peak(runs):
+    for run in (runs("allreduce-sgd", "strategy=allreduce", "ranks=2", "train.batch_size=2", "train.optimizer=sgd",
+                     "train.lr=0.05"),
+                runs("ps-1-2", "strategy=ps_async", "ranks=3", *EQUAL_PS_WORKERS)):
+        summary, manifest = summary_of(run), json.load(open(run / "manifest.json"))
+        assert summary["status"] == "complete"
+        assert 0 < summary["mfu"] <= 1, summary["mfu"]
+        peak = manifest["peak"]
+        assert peak["threads"] == os.cpu_count() and peak["nodes"] == 1
+        assert summary["peak_flops_per_s"] == pytest.approx(peak["flops_per_s"] * peak["nodes"])
+
+
+def test_evaluation_pauses_every_worker_and_leaks_into_no_communication(tmp_path):
+    """rank 0 evaluates 512 held-out FOVs every 3 steps; its peer waits in the same pause, not in
+    its next all-reduce, and every worker's last records are in the summary."""
+    out = tmp_path / "paused"
+    r = ffnbench("run", "configs/smoke.yaml", *BASE[:2], "--set", "strategy=allreduce", "--set", "ranks=2",
+                 "--set", "eval.every=3", "--set", "eval.fovs=512", "--set", "run.progress=false",
+                 "--out", str(out), timeout=300)
+    assert r.returncode == 0, r.stderr
+    evals = [e for e in records(out, "eval")]
+    assert len(evals) == STEPS // 3 and min(e["eval_s"] for e in evals) > 0.02
+    steps = records(out, "step")
+    assert sorted({s["rank"] for s in steps}) == [0, 1] and len(steps) == 2 * STEPS
+    peer = [s for s in steps if s["rank"] == 1]
+    assert max(s["comm_s"] for s in peer[1:]) < 0.5 * min(e["eval_s"] for e in evals)
+    for rank in (0, 1):
+        trace = json.load(open(out / f"trace.rank{rank}.json"))["traceEvents"]
+        assert sum(e["name"] == "eval" for e in trace) == STEPS // 3 - 1  # the last one is the final evaluation
+    summary = summary_of(out)
+    assert summary["fovs_total"] == 2 * STEPS * 2 and summary["eval_s"] > 0
+    assert summary["train_s"] < summary["wall_s"] + 1e-9
