@@ -9,6 +9,7 @@ import time
 import yaml
 
 from ffnbench import strategies
+from ffnbench.bench import peak
 from ffnbench.bench.config import ConfigError
 from ffnbench.bench.results import is_complete
 from ffnbench.strategies import comm
@@ -49,14 +50,15 @@ def make_run_dir(cfg, out=None):
     return out
 
 
-def launch(cfg, run_dir):
+def launch(cfg, run_dir, node_peak=None):
     """Run the job; returns (exit status, first error line or None)."""
     launch = strategies.get(cfg["strategy"]).launch
     if launch != "mpirun":
         raise ConfigError(f"config field strategy: {cfg['strategy']} needs launch {launch!r}, which this "
                           f"launcher does not start")
     argv = cli_command("train", os.path.join(run_dir, "config.yaml"), "--run-dir", run_dir)
-    proc = comm.launch_ranks(cfg["ranks"], argv, stderr=subprocess.PIPE, text=True, bufsize=1)
+    proc = comm.launch_ranks(cfg["ranks"], argv, stderr=subprocess.PIPE, text=True, bufsize=1,
+                             env_extra=peak.environment(node_peak) if node_peak else None)
     errors, deaths = [], []
 
     def relay():
@@ -75,15 +77,17 @@ def launch(cfg, run_dir):
     return status, first
 
 
-def run_experiment(cfg, out=None):
+def run_experiment(cfg, out=None, node_peak=None):
     """Validate, make the run directory, train in a fresh process (mpirun for ranks > 1).
 
     Returns (run_dir, error line or None); a run is complete only if its summary says so.
     """
     check_inputs(cfg)
+    if node_peak is None:
+        node_peak = peak.node_peak(during="before any rank started")
     run_dir = make_run_dir(cfg, out)
     print(f"run directory: {run_dir}", flush=True)
-    status, error = launch(cfg, run_dir)
+    status, error = launch(cfg, run_dir, node_peak)
     if status != 0:
         return run_dir, (error.split("error: ", 1)[1] if error else f"mpirun exited with status {status}")
     if not is_complete(run_dir):

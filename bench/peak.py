@@ -1,5 +1,16 @@
-"""This machine's dense float32 matmul rate: the denominator of MFU."""
+"""This node's dense float32 matmul rate: the denominator of MFU.
+
+Measured with all of a node's cores in a fresh process (its own TensorFlow threads), where nothing
+else runs: by `ffnbench run` or `ffnbench sweep` before any rank starts, and handed to the ranks in
+$FFNBENCH_NODE_PEAK; a job started by another launcher (srun, aprun) measures it on rank 0 after
+set-up, while the other ranks sleep.
+"""
+import json
+import os
+import subprocess
 import time
+
+ENV = "FFNBENCH_NODE_PEAK"
 
 
 def matmul_peak(n=2048, seconds=3.0):
@@ -15,3 +26,32 @@ def matmul_peak(n=2048, seconds=3.0):
         mm(a, b).numpy()
         best = max(best, 2 * n ** 3 / (time.perf_counter() - t))
     return best
+
+
+def node_peak(during, timeout_s=120.0):
+    """{flops_per_s, threads, dtype, n, how}: `ffnbench peak --json` with every core of this node.
+
+    Args:
+        during: what the rest of the job was doing meanwhile, for the record.
+    """
+    from ffnbench.bench.launcher import cli_command
+    cores = os.cpu_count() or 1
+    proc = subprocess.run(cli_command("peak", "--threads", str(cores), "--seconds", "2", "--json"),
+                          capture_output=True, text=True, timeout=timeout_s)
+    if proc.returncode != 0:
+        raise RuntimeError(f"measuring the matmul peak failed: {(proc.stderr.strip().splitlines() or ['?'])[-1]}")
+    result = json.loads(proc.stdout)
+    result["how"] = (f"tf.matmul of float32 {result['n']}x{result['n']}, best of 2 s, {cores} threads in a fresh "
+                     f"process, {during}")
+    return result
+
+
+def environment(measured):
+    """The environment entry that hands a measured peak to the ranks."""
+    return {ENV: json.dumps(measured)}
+
+
+def given():
+    """The peak the launcher measured, or None."""
+    text = os.environ.get(ENV)
+    return json.loads(text) if text else None

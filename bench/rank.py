@@ -14,7 +14,7 @@ import time
 import numpy as np
 
 from ffnbench import strategies
-from ffnbench.bench import context, summary as summ
+from ffnbench.bench import context, peak, summary as summ
 from ffnbench.bench.config import ConfigError
 from ffnbench.bench.recorder import Recorder
 from ffnbench.strategies import comm as mpi
@@ -125,18 +125,6 @@ class RankDuties:
             self.progress.close()
 
 
-def node_peak(timeout_s=120.0):
-    """This node's dense float32 matmul rate with all its cores, measured in a fresh process (its own
-    TensorFlow threads) while the job's other ranks sleep in a barrier: the MFU denominator."""
-    from ffnbench.bench.launcher import cli_command
-    cores = os.cpu_count() or 1
-    proc = subprocess.run(cli_command("peak", "--threads", str(cores), "--seconds", "2", "--json"),
-                          capture_output=True, text=True, timeout=timeout_s)
-    if proc.returncode != 0:
-        raise RuntimeError(f"measuring the matmul peak failed: {(proc.stderr.strip().splitlines() or ['?'])[-1]}")
-    return json.loads(proc.stdout)
-
-
 def train(cfg, run_dir):
     """Run one rank. Returns the summary on rank 0 (None elsewhere)."""
     layout = context.layout_of(cfg)
@@ -171,10 +159,9 @@ def train(cfg, run_dir):
                     "start_time": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "git_commit": git_commit()}
     strategy.setup()
     mpi.barrier(world, timeout, "all ranks to finish set-up")
-    if rank == 0:  # the others sleep in the next barrier, so nothing competes for the cores
-        manifest["peak"] = {**node_peak(), "nodes": nodes,
-                            "how": "tf.matmul of float32 2048x2048, best of 2 s, all cores of rank 0's node in a "
-                                   "fresh process while the other ranks slept in a barrier; x nodes"}
+    if rank == 0:  # measured now only when the launcher did not; the others sleep in the next barrier
+        manifest["peak"] = {**(peak.given() or peak.node_peak(during="while the other ranks slept in a barrier")),
+                            "nodes": nodes}
         summ.write_json_atomic(os.path.join(run_dir, "manifest.json"), manifest)
     mpi.barrier(world, timeout, "rank 0 to measure the matmul peak")
     t0 = mpi.broadcast(world, np.array([time.time()]), timeout, "rank 0's start time")

@@ -36,23 +36,16 @@ class Recorder:
         """Training time: seconds since the start, less this rank's pauses."""
         return time.time() - self.t0 - self.paused
 
-    @contextmanager
-    def pause(self, name: str):
-        """Time spent on one of PAUSES: traced, and left out of training time and of every step."""
-        if name not in PAUSES:
-            raise ValueError(f"unknown pause {name!r}; pauses: {', '.join(PAUSES)}")
-        start = time.time()
-        try:
-            yield
-        finally:
-            end = time.time()
-            self.trace.append({"name": name, "ph": "X", "pid": self.rank, "tid": 0,
-                               "ts": (start - self.t0) * 1e6, "dur": (end - start) * 1e6})
-            self.paused += end - start
-
     def write(self, record) -> None:
         """Append one record (a dataclass of strategies/base.py) as a JSON line."""
         os.write(self.fd, (json.dumps({"kind": record.kind, **asdict(record)}) + "\n").encode())
+
+    def _traced(self, name: str, start: float) -> float:
+        """Trace one interval that started at `start` and ends now; its length in seconds."""
+        end = time.time()
+        self.trace.append({"name": name, "ph": "X", "pid": self.rank, "tid": 0,
+                           "ts": (start - self.t0) * 1e6, "dur": (end - start) * 1e6})
+        return end - start
 
     @contextmanager
     def phase(self, name: str):
@@ -63,10 +56,18 @@ class Recorder:
         try:
             yield
         finally:
-            end = time.time()
-            self.phases[name] = self.phases.get(name, 0.0) + end - start
-            self.trace.append({"name": name, "ph": "X", "pid": self.rank, "tid": 0,
-                               "ts": (start - self.t0) * 1e6, "dur": (end - start) * 1e6})
+            self.phases[name] = self.phases.get(name, 0.0) + self._traced(name, start)
+
+    @contextmanager
+    def pause(self, name: str):
+        """Time spent on one of PAUSES: traced, and left out of training time and of every step."""
+        if name not in PAUSES:
+            raise ValueError(f"unknown pause {name!r}; pauses: {', '.join(PAUSES)}")
+        start = time.time()
+        try:
+            yield
+        finally:
+            self.paused += self._traced(name, start)
 
     def step(self, step: int, fovs: int, loss: float, model_version: int, emulated: bool = False) -> None:
         """A worker step carrying the phases timed since the previous step; then the listeners.

@@ -38,7 +38,7 @@ import re
 import sys
 import time
 
-from ffnbench.bench import config, launcher
+from ffnbench.bench import config, launcher, peak
 from ffnbench.bench.context import layout_of
 from ffnbench.bench.results import DEFAULT_TARGET_F1, is_complete, stored_config
 from ffnbench.bench.config import ConfigError
@@ -232,6 +232,9 @@ def run_sweep(path, out=None, overrides=()):
                         "status": "complete" if done else "pending", "error": None})
     write_index(sweep, sweep_dir, entries)
     print(f"sweep {sweep['name']}: {len(planned)} runs in {sweep_dir}", flush=True)
+    # one measurement for the whole sweep, before any of its ranks runs
+    node_peak = peak.node_peak(during="before the sweep's runs started") if any(
+        e["status"] != "complete" for e in entries) else None
     console = os.fdopen(os.dup(1), "w")  # stays on the terminal while runs write to their logs
     failed = 0
     with tqdm(total=len(planned), desc=sweep["name"], unit="run", file=console, dynamic_ncols=True) as bar:
@@ -245,7 +248,7 @@ def run_sweep(path, out=None, overrides=()):
             start = time.time()
             try:
                 with OutputToFile(os.path.join(entry["run_dir"], "output.log")):
-                    _, error = launcher.run_experiment(run["config"], entry["run_dir"])
+                    _, error = launcher.run_experiment(run["config"], entry["run_dir"], node_peak)
             except KeyboardInterrupt:
                 entry["error"] = "interrupted"
                 write_index(sweep, sweep_dir, entries)

@@ -153,19 +153,20 @@ def rank_environment(mca=None):
     return env
 
 
-def launch_ranks(ranks, argv, mca=None, **popen_kwargs):
+def launch_ranks(ranks, argv, mca=None, env_extra=None, **popen_kwargs):
     """Start `argv` as `ranks` MPI ranks (a lone rank runs directly, as an MPI singleton).
 
     Args:
         ranks: number of ranks.
         argv: the command each rank runs.
         mca: Open MPI MCA settings instead of MCA_DEFAULTS (a yardstick that needs others).
+        env_extra: more environment variables for the ranks.
         popen_kwargs: passed to subprocess.Popen.
     Returns:
         The Popen of mpirun (or of the lone rank).
     """
     cmd = mpirun_command(ranks, argv) if ranks > 1 else list(argv)
-    return subprocess.Popen(cmd, env=rank_environment(mca), **popen_kwargs)
+    return subprocess.Popen(cmd, env={**rank_environment(mca), **(env_extra or {})}, **popen_kwargs)
 
 
 def finish(proc, timeout_s, what):
