@@ -204,7 +204,11 @@ def finish_run(cfg, data, run_dir, manifest):
     flops = train_flops_per_fov(cfg["model"]["fov"], cfg["model"]["depth"], cfg["model"]["features"])
     peak = manifest["peak"]["flops_per_s"] * manifest["peak"]["nodes"]
     result = {"status": "complete", **summ.summarize(run_dir, manifest), "params": manifest["params"]}
-    result["baselines"] = {"f1_all_background": 0.0, "f1_all_foreground": 2 * p / (1 + p)}
+    labels = data.heldout.labels.astype(np.float64)
+    q = labels.mean()  # the best constant prediction for the soft labels, and its cross-entropy
+    loss_constant = float(-np.mean(labels * np.log(q) + (1 - labels) * np.log(1 - q)))
+    result["baselines"] = {"f1_all_background": 0.0, "f1_all_foreground": 2 * p / (1 + p),
+                           "loss_constant": loss_constant}
     result["model_flops_per_s"] = result["fovs_per_s"]["mean"] * flops
     result["peak_flops_per_s"] = peak
     result["mfu"] = result["model_flops_per_s"] / peak  # never clamped: above 1, the denominator is wrong

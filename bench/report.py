@@ -89,6 +89,7 @@ def report_rows(runs, target):
             **_interval("final_loss", _values(group, lambda r: final_value([e.loss for e in r.evals]))),
             **_interval("final_f1", _values(group, lambda r: final_value([e.f1 for e in r.evals]))),
             "f1_all_foreground": _mean([r.summary["baselines"]["f1_all_foreground"] for r in group]),
+            "loss_constant": _mean([r.summary["baselines"].get("loss_constant") for r in group]),
             "beats_all_foreground": sum(final_value([e.f1 for e in r.evals]) > r.summary["baselines"]["f1_all_foreground"]
                                         for r in group if r.evals),
             "mfu": _mean([r.summary["mfu"] for r in group]),
@@ -159,7 +160,8 @@ def format_target(row):
 
 
 COLUMNS = ("config", "strategy", "ranks", "workers", "global batch", "n", "FOVs/s", "speed-up", "efficiency",
-           "vs", "MFU", "t→loss (s)", "FOVs→loss", "final loss", "final F1", "F1 > all-fg", "stale mean",
+           "vs", "MFU", "t→loss (s)", "FOVs→loss", "final loss", "constant loss", "final F1", "F1 > all-fg",
+           "stale mean",
            "stale p99", "comm share", "ARE", "VOI")
 
 
@@ -170,7 +172,8 @@ def markdown_cells(row):
             format_interval(row, "fovs_per_s"), _num(row["speedup"], ".2f") or "n/a",
             _num(row["efficiency"], ".0%") or "n/a", row["baseline"] or "", _num(row["mfu"], ".1%"),
             format_target(row), _num(row["fovs_to_target"], ".0f") if row["reached"] else "",
-            format_interval(row, "final_loss", ".4f"), format_interval(row, "final_f1", ".3f"), fg,
+            format_interval(row, "final_loss", ".4f"), _num(row["loss_constant"], ".4f"),
+            format_interval(row, "final_f1", ".3f"), fg,
             _num(row["staleness_mean"], ".2f"), _num(row["staleness_p99"], ".0f"), _num(row["comm_share"], ".0%"),
             _num(row["are"], ".4f"), _num(row["voi"], ".4f")]
 

@@ -104,7 +104,8 @@ def test_fov_budget_gives_every_run_the_same_fovs():
         cfg = run["config"]
         fovs = cfg["train"]["steps"] * layout_of(cfg).workers * cfg["train"]["batch_size"]
         assert budget <= fovs < budget + layout_of(cfg).workers * cfg["train"]["batch_size"]
-    single, two_workers = [r["config"]["train"]["steps"] for r in planned][:2]
+    steps = {r["config"]["strategy"]: r["config"]["train"]["steps"] for r in planned}
+    single, two_workers = steps["single"], steps["allreduce"]
     assert single == 2 * two_workers  # single does twice the steps of each of two workers
 
 
