@@ -105,8 +105,9 @@ def convergence(runs, target=None):
     for col, (name, xlabel) in enumerate((("training time", "training time (s; evaluation pauses excluded)"),
                                           ("FOVs processed", "FOVs processed (all workers)"))):
         axes[1, col].set_xlabel(xlabel)
-        axes[0, col].set_title(f"loss vs {name} (band: ± standard error over held-out FOVs)")
+        axes[0, col].set_title(f"loss vs {name}")
         axes[1, col].set_title(f"F1 vs {name}")
+    legend.append((plt.Rectangle((0, 0), 1, 1, color="0.5", alpha=0.3), "loss ± standard error over held-out FOVs"))
     if all_fg:
         legend.append((Line2D([], [], color="0.5", ls=":"), f"F1 predicting all foreground ({np.mean(all_fg):.2f})"))
     if target:
