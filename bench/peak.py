@@ -1,9 +1,10 @@
 """This node's dense float32 matmul rate: the denominator of MFU.
 
 Measured with all of a node's cores in a fresh process (its own TensorFlow threads), where nothing
-else runs: by `ffnbench run` or `ffnbench sweep` before any rank starts, and handed to the ranks in
-$FFNBENCH_NODE_PEAK; a job started by another launcher (srun, aprun) measures it on rank 0 after
-set-up, while the other ranks sleep.
+else of the job runs: by `ffnbench run` before any rank starts (a sweep also measures once before its
+first run, and each run keeps the higher of the two, since a disturbed measurement only reads low),
+and handed to the ranks in $FFNBENCH_NODE_PEAK; a job started by another launcher (srun, aprun)
+measures it on rank 0 after set-up, while the other ranks sleep.
 """
 import json
 import os

@@ -232,7 +232,7 @@ def run_sweep(path, out=None, overrides=()):
                         "status": "complete" if done else "pending", "error": None})
     write_index(sweep, sweep_dir, entries)
     print(f"sweep {sweep['name']}: {len(planned)} runs in {sweep_dir}", flush=True)
-    # one measurement for the whole sweep, before any of its ranks runs
+    # measured before any of its ranks runs; each run measures again and keeps the higher value
     node_peak = peak.node_peak(during="before the sweep's runs started") if any(
         e["status"] != "complete" for e in entries) else None
     console = os.fdopen(os.dup(1), "w")  # stays on the terminal while runs write to their logs
