@@ -40,34 +40,29 @@ class Recorder:
         """Append one record (a dataclass of strategies/base.py) as a JSON line."""
         os.write(self.fd, (json.dumps({"kind": record.kind, **asdict(record)}) + "\n").encode())
 
-    def _traced(self, name: str, start: float) -> float:
-        """Trace one interval that started at `start` and ends now; its length in seconds."""
-        end = time.time()
-        self.trace.append({"name": name, "ph": "X", "pid": self.rank, "tid": 0,
-                           "ts": (start - self.t0) * 1e6, "dur": (end - start) * 1e6})
-        return end - start
-
     @contextmanager
+    def _timed(self, name: str, allowed, add):
+        """Time a block named `name` (one of `allowed`), trace it, and pass its seconds to `add`."""
+        if name not in allowed:
+            raise ValueError(f"unknown interval {name!r}; known: {', '.join(allowed)}")
+        start = time.time()
+        try:
+            yield
+        finally:
+            end = time.time()
+            self.trace.append({"name": name, "ph": "X", "pid": self.rank, "tid": 0,
+                               "ts": (start - self.t0) * 1e6, "dur": (end - start) * 1e6})
+            add(end - start)
+
     def phase(self, name: str):
         """Time one phase of the current step (one of PHASES); traced too."""
-        if name not in PHASES:
-            raise ValueError(f"unknown phase {name!r}; phases: {', '.join(PHASES)}")
-        start = time.time()
-        try:
-            yield
-        finally:
-            self.phases[name] = self.phases.get(name, 0.0) + self._traced(name, start)
+        return self._timed(name, PHASES, lambda s: self.phases.__setitem__(name, self.phases.get(name, 0.0) + s))
 
-    @contextmanager
     def pause(self, name: str):
         """Time spent on one of PAUSES: traced, and left out of training time and of every step."""
-        if name not in PAUSES:
-            raise ValueError(f"unknown pause {name!r}; pauses: {', '.join(PAUSES)}")
-        start = time.time()
-        try:
-            yield
-        finally:
-            self.paused += self._traced(name, start)
+        def add(seconds):
+            self.paused += seconds
+        return self._timed(name, PAUSES, add)
 
     def step(self, step: int, fovs: int, loss: float, model_version: int, emulated: bool = False) -> None:
         """A worker step carrying the phases timed since the previous step; then the listeners.
