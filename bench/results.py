@@ -251,7 +251,7 @@ def machine(runs: Iterable[RunData]) -> str:
     Args:
         runs: runs (their manifests name host and cores).
     Returns:
-        'host (N cores), ...'; cores from a manifest, else this machine's when it is the host.
+        'host (CPU model, N cores), ...'; cores from a manifest, else this machine's when it is the host.
     """
     manifests = [r.manifest for r in runs if r.manifest and r.manifest.get("host")]
     here = socket.gethostname()
@@ -259,7 +259,9 @@ def machine(runs: Iterable[RunData]) -> str:
     for host in sorted({m["host"] for m in manifests}):
         cores = next((m["cores"] for m in manifests if m["host"] == host and m.get("cores")), None)
         cores = cores or (os.cpu_count() if host == here else None)
-        described.append(f"{host} ({cores} cores)" if cores else host)
+        cpu = next((m["cpu"] for m in manifests if m["host"] == host and m.get("cpu")), None)
+        details = ", ".join(filter(None, [cpu, f"{cores} cores" if cores else None]))
+        described.append(f"{host} ({details})" if details else host)
     return ", ".join(described) or "unknown host"
 
 
