@@ -16,6 +16,12 @@ def cmd_run(args):
     return _die(error, 1) if error else 0
 
 
+def cmd_resume(args):
+    from ffnbench.bench import launcher
+    _, error = launcher.resume_experiment(args.run_dir)
+    return _die(error, 1) if error else 0
+
+
 def cmd_train(args):
     from ffnbench.bench import config
     from ffnbench.bench.rank import train
@@ -24,9 +30,15 @@ def cmd_train(args):
     os.makedirs(run_dir, exist_ok=True)
     try:
         train(cfg, run_dir)
-    except (ValueError, FileNotFoundError, KeyError) as e:
+    except Exception as e:  # any rank's error aborts the whole job at once, with its own line
+        import traceback
         from ffnbench.strategies import comm
-        comm.fail(comm.init_world(), str(e).strip("'\""))
+        world = comm.init_world()
+        path = os.path.join(run_dir, f"rank{world.rank}.traceback.txt")
+        with open(path, "w") as f:
+            traceback.print_exc(file=f)
+        plain = isinstance(e, (ValueError, FileNotFoundError, KeyError))
+        comm.fail(world, (str(e).strip("'\"") if plain else f"{type(e).__name__}: {e}") + f" (traceback: {path})")
     return 0
 
 
@@ -144,6 +156,15 @@ def cmd_simulate(args):
         for note in notes:
             print(note)
         return 0
+    if args.failures:
+        from ffnbench.bench import failures
+        fi = failures.FailureInputs(mtbf_node_h=args.mtbf_hours, work_h=args.work_hours,
+                                    checkpoint_s=args.checkpoint_s, restart_s=args.restart_s,
+                                    commit_every_s=args.commit_every_s, rendezvous_s=args.rendezvous_s,
+                                    step_s=args.mean_s, servers=args.servers or 1)
+        rows = [failures.goodput(mode, n, fi) for n in simulate.parse_workers(args.failures) for mode in failures.MODES]
+        print(failures.format_goodput(rows, fi))
+        return 0
     strategy = args.strategy or simulate.modelled_strategies()[0]
     if strategy not in simulate.modelled_strategies():
         raise ValueError(f"--strategy {strategy}: choose one of {', '.join(simulate.modelled_strategies())}")
@@ -153,6 +174,22 @@ def cmd_simulate(args):
     print(f"simulated {strategy} as {simulate.simulator_model(strategy)} (discrete-event/Monte Carlo; network "
           f"{args.network}); compute per step: {'run ' + args.run if args.run else f'mean {args.mean_s}s cv {args.cv}'}")
     print(simulate.format_scaling(simulate.scaling_table(strategy, simulate.parse_workers(args.workers), inp)))
+    return 0
+
+
+def cmd_faultbench(args):
+    import json
+    from ffnbench.bench import config, faultbench
+    cfg = config.load(args.config, args.set)
+    victim = args.victim if args.victim is not None else cfg["ranks"] - 1
+    if not 0 < victim < cfg["ranks"]:
+        raise ValueError(f"--victim {victim}: must be a worker rank other than 0, below ranks={cfg['ranks']}")
+    out = args.out or os.path.join(cfg["run"]["out"], "faultbench", f"{cfg['strategy']}-r{cfg['ranks']}")
+    result = faultbench.measure(args.config, args.set, out, victim, args.kill_after)
+    with open(os.path.join(out, "faultbench.json"), "w") as f:
+        json.dump(result, f, indent=2)
+    for key, value in result.items():
+        print(f"{key}: {value:.2f}" if isinstance(value, float) else f"{key}: {value}")
     return 0
 
 
@@ -178,6 +215,9 @@ def parser():
     r.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config field")
     r.add_argument("--out", help="run directory (default: run.out/NAME-STRATEGY-rRANKS-TIME)")
     r.set_defaults(fn=cmd_run)
+    u = sub.add_parser("resume", help="continue an interrupted run from its newest checkpoint")
+    u.add_argument("run_dir")
+    u.set_defaults(fn=cmd_resume)
     t = sub.add_parser("train", help="per-rank entry point, under mpirun/srun/aprun")
     t.add_argument("config")
     t.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
@@ -252,7 +292,23 @@ def parser():
                    "paper's model)")
     m.add_argument("--servers", type=int, default=0, help="parameter servers (ps strategies)")
     m.add_argument("--validate", nargs="+", metavar="DIR", help="predicted vs measured for the runs below DIR")
+    m.add_argument("--failures", metavar="NODES", help="goodput under node failures at these node counts "
+                   "(e.g. 1024,2048) for restart, elastic and async recovery")
+    m.add_argument("--mtbf-hours", type=float, default=43_800.0, help="--failures: mean hours between failures "
+                   "of one node (default 5 years, an assumption)")
+    m.add_argument("--work-hours", type=float, default=6.0, help="--failures: the job's failure-free length")
+    m.add_argument("--checkpoint-s", type=float, default=30.0, help="--failures: seconds per checkpoint")
+    m.add_argument("--restart-s", type=float, default=120.0, help="--failures: relaunch to first step")
+    m.add_argument("--commit-every-s", type=float, default=60.0, help="--failures: elastic state commit interval")
+    m.add_argument("--rendezvous-s", type=float, default=30.0, help="--failures: elastic re-rendezvous seconds")
     m.set_defaults(fn=cmd_simulate)
+    f = sub.add_parser("faultbench", help="the time one killed worker costs (async goes on; sync resumes)")
+    f.add_argument("config")
+    f.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config field")
+    f.add_argument("--victim", type=int, help="the worker rank to kill (default: the last)")
+    f.add_argument("--kill-after", type=int, default=20, help="kill it once it has done this many steps")
+    f.add_argument("--out", help="default: run.out/faultbench/STRATEGY-rRANKS")
+    f.set_defaults(fn=cmd_faultbench)
     b = sub.add_parser("commbench", help="all-reduce of one gradient: raw MPI vs mpi_allreduce vs Horovod")
     b.add_argument("config", help="sizes the gradient to this config's model")
     b.add_argument("--ranks", type=int, default=2)
@@ -274,8 +330,9 @@ def main(argv=None):
         return args.fn(args)
     except (ConfigError, LayoutError, FileNotFoundError, KeyError, ValueError, RuntimeError) as e:
         return _die(str(e).strip("'\""))
-    except KeyboardInterrupt:
-        return _die("interrupted", 130)
+    except KeyboardInterrupt as e:  # launcher.Interrupted carries the signal; Ctrl-C elsewhere is SIGINT
+        signum = getattr(e, "signum", 2)
+        return _die(f"interrupted ({e or 'SIGINT'}); the job was stopped", 128 + signum)
 
 
 if __name__ == "__main__":

@@ -4,6 +4,7 @@ Every error is a ConfigError naming one field, so the CLI can print one line and
 """
 import copy
 import os
+import re
 
 import yaml
 
@@ -119,18 +120,27 @@ def parse_override(text):
     if "=" not in text:
         raise ConfigError(f"--set {text}: expected dotted.key=value")
     key, raw = text.split("=", 1)
-    return key.strip(), yaml.safe_load(raw)
+    try:
+        return key.strip(), yaml.safe_load(raw)
+    except yaml.YAMLError as e:
+        raise ConfigError(f"--set {text}: the value is not valid YAML ({str(e).splitlines()[0]})")
 
 
 def read_mapping(path, kind="config file"):
     """A YAML file whose top level is a mapping (safe_load only), or one ConfigError line."""
+    if os.path.isdir(path):
+        raise ConfigError(f"{kind} {path}: is a directory, not a YAML file")
     if not os.path.isfile(path):
         raise ConfigError(f"{kind} {path}: not found")
-    with open(path) as f:
-        try:
-            data = yaml.safe_load(f) or {}
-        except yaml.YAMLError as e:
-            raise ConfigError(f"{kind} {path}: not valid YAML ({str(e).splitlines()[0]})")
+    try:
+        with open(path) as f:
+            data = yaml.safe_load(f)
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{kind} {path}: not valid YAML ({str(e).splitlines()[0]})")
+    except (OSError, UnicodeDecodeError) as e:
+        raise ConfigError(f"{kind} {path}: cannot be read ({e})")
+    if data is None:
+        raise ConfigError(f"{kind} {path}: is empty")
     if not isinstance(data, dict):
         raise ConfigError(f"{kind} {path}: top level must be a mapping")
     return data
@@ -168,18 +178,33 @@ def _type_ok(check, value):
     return check(value)
 
 
+#: YAML 1.1 (PyYAML) reads 1e-3 as a string; YAML 1.2 and everyone writing learning rates read a number
+_YAML12_FLOAT = re.compile(r"^[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+$")
+
+#: run names become directory names: no separators, no leading dot
+_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.,+=-]*$")
+
+
 def validate(cfg):
+    """Check every field (ConfigError naming the first bad one); numbers written 1e-3 become floats."""
     flat = flatten(cfg)
     for key, value in flat.items():
         if key not in SCHEMA:
             raise ConfigError(f"config field {key}: unknown field")
         check = SCHEMA[key][1]
+        if check is float and isinstance(value, str) and _YAML12_FLOAT.match(value.strip()):
+            value = float(value)
+            set_dotted(cfg, key, value)
+            flat[key] = value
         if not _type_ok(check, value):
             want = {int: "an integer", float: "a number", str: "a string", bool: "true or false",
                     dict: "a mapping"}.get(check, "a list of 3 integers [z, y, x]")
             raise ConfigError(f"config field {key}: must be {want} (got {value!r})")
         if key in CHOICES and value not in CHOICES[key]:
             raise ConfigError(f"config field {key}: must be one of {', '.join(CHOICES[key])} (got {value!r})")
+    if not _NAME.match(cfg["name"]) or len(cfg["name"]) > 100:
+        raise ConfigError(f"config field name: must be letters, digits and _.,+=- (no path separators, at "
+                          f"most 100 characters; got {cfg['name']!r})")
     m, d, t = cfg["model"], cfg["data"], cfg["train"]
     positive = ["ranks", "model.depth", "model.features", "train.batch_size", "train.steps", "eval.fovs"]
     for key in positive:

@@ -47,7 +47,7 @@ class Data:
         from ffnbench.model.data import heldout_batch, load_volumes
         self.cfg = cfg
         m, d = cfg["model"], cfg["data"]
-        self.train_volume, heldout_volume = load_volumes(d)
+        self.train_volume, heldout_volume = load_volumes(d, os.environ.get(SYNTHETIC_ENV))
         self.heldout = heldout_batch(heldout_volume, m["fov"], m["deltas"], cfg["eval"]["fovs"], d["seed"],
                                      d["min_object_size"])
 
@@ -58,6 +58,10 @@ class Data:
         b = t["batch_size"]
         return ExampleStream(self.train_volume, m["fov"], m["deltas"], range(worker_index * b, (worker_index + 1) * b),
                              t["seed"], d["min_object_size"], t["augment"], t["move_threshold"], t["label_moves"])
+
+
+#: the launcher's .npz of the synthetic volumes (model.data.save_synthetic), so ranks need not remake them
+SYNTHETIC_ENV = "FFNBENCH_SYNTHETIC_NPZ"
 
 
 def build_context(cfg, layout, rank, comm, recorder, run_dir, data):

@@ -1,23 +1,28 @@
 """`ffnbench run`: resolve the config, make the run directory, start the ranks, report the outcome."""
+import hashlib
+import json
 import os
 import re
+import signal
 import subprocess
 import sys
 import threading
 import time
 
+import numpy as np
 import yaml
 
 from ffnbench import strategies
-from ffnbench.bench import peak
+from ffnbench.bench import peak, summary as summ
 from ffnbench.bench.config import ConfigError
+from ffnbench.bench.context import SYNTHETIC_ENV
 from ffnbench.bench.results import is_complete
 from ffnbench.strategies import comm
 
 # Open MPI's multi-line banners around an abort add nothing to our one-line error.
 _MPI_NOISE = re.compile(r"^(-{20,}|MPI_ABORT|NOTE: invoking|You may or may not|exactly when|with errorcode|"
                         r"Primary job|a non-zero exit|Process name|Exit code|mpirun (noticed|detected|has exited)|"
-                        r"  Process name|  Exit code|\s*$|\[[^\]]+\] \d+ more process|\[[^\]]+\] Set MCA)")
+                        r"  Process name|  Exit code|\s*$|\[[^\]]+\] \d+ more process|\[[^\]]+\] Set MCA|\[[^\]]+\] .*(PMIX ERROR|ORTE_ERROR_LOG))")
 
 
 def cli_command(*args):
@@ -26,72 +31,338 @@ def cli_command(*args):
 
 
 def check_inputs(cfg):
-    """Fail before launching anything when an input file is missing (the layout is checked with
-    the config)."""
+    """Fail before launching anything (ConfigError, one line) when an input cannot work: a missing or
+    malformed HDF5 volume, or more ranks than this machine's memory holds (the layout is checked with
+    the config). Prints a warning when the ranks oversubscribe the cores."""
     if cfg["data"]["source"] == "hdf5":
+        from ffnbench.model.data import check_hdf5
         for key in ("image", "labels"):
             path = cfg["data"][key].rsplit(":", 1)[0]
             if not os.path.isfile(path):
                 raise ConfigError(f"config field data.{key}: file {path} not found")
+        try:
+            check_hdf5(cfg["data"], cfg["model"]["fov"], cfg["model"]["deltas"])
+        except ValueError as e:
+            raise ConfigError(str(e))
+    check_memory(cfg)
+
+
+#: resident memory of one idle rank (Python, TensorFlow, MPI), measured here: about 230 MB
+RANK_BASE_BYTES = 250e6
+
+
+def memory_estimate(cfg):
+    """Bytes the job's ranks need on this machine: each rank's base, its copy of both volumes
+    (float32 image and int32 labels) and the step's activations (forward and backward)."""
+    m, d, t = cfg["model"], cfg["data"], cfg["train"]
+    if d["source"] == "synthetic":
+        voxels = 2 * float(np.prod(d["shape"]))
+    else:
+        import h5py
+        path, _, name = d["image"].rpartition(":")
+        with h5py.File(path, "r") as f:
+            voxels = float(np.prod(f[name].shape))
+    layers = 2 * m["depth"] + 1
+    activations = 3 * t["batch_size"] * float(np.prod(m["fov"])) * m["features"] * layers * 4
+    return cfg["ranks"] * (RANK_BASE_BYTES + 8 * voxels + activations)
+
+
+def available_memory():
+    """MemAvailable of /proc/meminfo in bytes, or None where there is none."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        return None
+    return None
+
+
+def check_memory(cfg):
+    need, have = memory_estimate(cfg), available_memory()
+    cores = os.cpu_count() or 1
+    if have is not None and need > have:
+        raise ConfigError(f"config field ranks: {cfg['ranks']} ranks need about {need / 1e9:.1f} GB here, more "
+                          f"than the {have / 1e9:.1f} GB available")
+    if cfg["ranks"] > cores:
+        print(f"ffnbench: warning: {cfg['ranks']} ranks on {cores} cores are oversubscribed (about "
+              f"{need / 1e9:.1f} GB of memory{f' of {have / 1e9:.1f} GB available' if have else ''})",
+              file=sys.stderr, flush=True)
+
+
+LOCK = "run.lock"
+
+
+def claim(run_dir):
+    """Take RUN_DIR/run.lock for this process (atomically); ConfigError when a live process holds it."""
+    path = os.path.join(run_dir, LOCK)
+    for _ in range(2):
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        except FileExistsError:
+            try:
+                with open(path) as f:
+                    pid = int(f.read().strip() or 0)
+            except (OSError, ValueError):
+                pid = 0
+            if pid and _alive(pid):
+                raise ConfigError(f"--out {run_dir}: in use by ffnbench process {pid}")
+            os.remove(path)  # left by a process that is gone
+            continue
+        os.write(fd, str(os.getpid()).encode())
+        os.close(fd)
+        return path
+    raise ConfigError(f"--out {run_dir}: cannot take {path}")
+
+
+def _alive(pid):
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def make_run_dir(cfg, out=None):
-    if out is None:
-        stamp = time.strftime("%Y%m%d-%H%M%S")
-        out = os.path.join(cfg["run"]["out"], f"{cfg['name']}-{cfg['strategy']}-r{cfg['ranks']}-{stamp}")
+    """The run's directory, created and claimed atomically: RUN.OUT/NAME-STRATEGY-rRANKS-TIME (with a
+    suffix when two runs start in the same second), or `out`. Returns (run_dir, lock path)."""
+    try:
+        if out is None:
+            base = os.path.join(cfg["run"]["out"],
+                                f"{cfg['name']}-{cfg['strategy']}-r{cfg['ranks']}-{time.strftime('%Y%m%d-%H%M%S')}")
+            os.makedirs(cfg["run"]["out"], exist_ok=True)
+            out = next(path for path in (base if k == 0 else f"{base}-{k + 1}" for k in range(1000))
+                       if _made(path))
+        else:
+            os.makedirs(out, exist_ok=True)
+        lock = claim(out)
+    except OSError as e:
+        raise ConfigError(f"--out {out or cfg['run']['out']}: cannot create the run directory ({e.strerror})")
     if is_complete(out):
+        os.remove(lock)
         raise ConfigError(f"--out {out}: holds a completed run; choose another directory")
-    os.makedirs(out, exist_ok=True)
-    for stale in ("metrics.jsonl", "manifest.json"):  # a previous, incomplete attempt
+    for stale in ("metrics.jsonl", "manifest.json", "summary.json"):  # a previous, incomplete attempt
         if os.path.exists(os.path.join(out, stale)):
             os.remove(os.path.join(out, stale))
     with open(os.path.join(out, "config.yaml"), "w") as f:
         yaml.safe_dump(cfg, f, sort_keys=False)
-    return out
+    return out, lock
 
 
-def launch(cfg, run_dir, node_peak=None):
-    """Run the job; returns (exit status, first error line or None)."""
+def _made(path):
+    try:
+        os.mkdir(path)
+        return True
+    except FileExistsError:
+        return False
+
+
+class Interrupted(KeyboardInterrupt):
+    """The launcher got a signal; the job was stopped and marked interrupted."""
+
+    def __init__(self, signum):
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+FORWARDED = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
+#: how long mpirun gets to take its ranks down after a forwarded signal, before SIGKILL
+STOP_GRACE_S = 20.0
+
+
+def _die_with_parent():
+    """In the child: get SIGTERM if the launcher dies, however it dies (Linux)."""
+    try:
+        import ctypes
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+
+
+def synthetic_volumes(cfg, directory):
+    """DIRECTORY/synthetic-HASH.npz of the config's synthetic volumes, made once (e.g. per sweep)."""
+    from ffnbench.model.data import save_synthetic
+    d = cfg["data"]
+    key = hashlib.sha1(json.dumps([d["shape"], d["seed"], d["density"]]).encode()).hexdigest()[:12]
+    path = os.path.join(directory, f"synthetic-{key}.npz")
+    if not os.path.exists(path):
+        os.makedirs(directory, exist_ok=True)
+        save_synthetic(d, path)
+    return path
+
+
+def launch(cfg, run_dir, node_peak=None, env=None):
+    """Run the job; returns (exit status, first error line or None, the signal that stopped it or None).
+
+    SIGTERM, SIGINT and SIGHUP reach the whole job: mpirun (in its own session) gets SIGTERM and takes
+    its ranks down, and is killed if it has not within STOP_GRACE_S. The job also dies with the launcher.
+    """
     launch = strategies.get(cfg["strategy"]).launch
     if launch != "mpirun":
         raise ConfigError(f"config field strategy: {cfg['strategy']} needs launch {launch!r}, which this "
                           f"launcher does not start")
     argv = cli_command("train", os.path.join(run_dir, "config.yaml"), "--run-dir", run_dir)
-    proc = comm.launch_ranks(cfg["ranks"], argv, stderr=subprocess.PIPE, text=True, bufsize=1,
-                             env_extra=peak.environment(node_peak) if node_peak else None)
-    errors, deaths = [], []
+    received, job = [], []
 
-    def relay():
-        for line in proc.stderr:
-            if line.startswith("ffnbench: error"):
-                errors.append(line.strip())
-            elif "noticed that process rank" in line:
-                deaths.append("ffnbench: error: " + line.split("noticed that ", 1)[1].strip())
-            elif not _MPI_NOISE.match(line):
-                sys.stderr.write(line)
-    reader = threading.Thread(target=relay, daemon=True)
-    reader.start()
-    status = proc.wait()
-    reader.join(timeout=5)
+    def forward(signum, frame):
+        received.append(signum)
+        if job and job[0].poll() is None:
+            job[0].send_signal(signal.SIGTERM)
+
+    in_main = threading.current_thread() is threading.main_thread()
+    previous = {sig: signal.signal(sig, forward) for sig in FORWARDED} if in_main else {}
+    try:
+        proc = comm.launch_ranks(cfg["ranks"], argv, stderr=subprocess.PIPE, text=True, bufsize=1,
+                                 env_extra={**(peak.environment(node_peak) if node_peak else {}), **(env or {})},
+                                 start_new_session=True, preexec_fn=_die_with_parent)
+        job.append(proc)
+        if received:  # a signal came while it started
+            proc.send_signal(signal.SIGTERM)
+        errors, deaths = [], []
+
+        def relay():
+            for line in proc.stderr:
+                if line.startswith("ffnbench: error"):
+                    errors.append(line.strip())
+                elif "noticed that process rank" in line:
+                    deaths.append("ffnbench: error: lost_ranks: " + line.split("noticed that ", 1)[1].strip())
+                elif not _MPI_NOISE.match(line):
+                    sys.stderr.write(line)
+        reader = threading.Thread(target=relay, daemon=True)
+        reader.start()
+        while True:
+            try:
+                status = proc.wait(timeout=STOP_GRACE_S if received else None)
+                break
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+        reader.join(timeout=5)
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
     first = (errors or deaths or [None])[0]
-    return status, first
+    return status, first, (received[0] if received else None)
 
 
-def run_experiment(cfg, out=None, node_peak=None):
+_STATUS = re.compile(r"^ffnbench: error: (?:rank \d+: )?(\w+): (.*)$")
+
+
+def failure(error_line, status, signum):
+    """(summary status, one-line message) of a job that did not complete."""
+    if signum is not None:
+        return "interrupted", f"interrupted by {signal.Signals(signum).name}; the job was stopped"
+    if error_line:
+        match = _STATUS.match(error_line)
+        if match and match.group(1) in comm.FAILURES:
+            return match.group(1), error_line.split("error: ", 1)[1]
+        return "failed", error_line.split("error: ", 1)[1]
+    return "failed", f"mpirun exited with status {status}"
+
+
+def run_experiment(cfg, out=None, node_peak=None, volumes_dir=None):
     """Validate, make the run directory, train in a fresh process (mpirun for ranks > 1).
 
-    Returns (run_dir, error line or None); a run is complete only if its summary says so.
+    The node's matmul peak is measured here, before any rank starts, unless given (a sweep measures
+    it once before its first run). Synthetic volumes are made once into `volumes_dir` when given (a
+    sweep's), else by the ranks. A job that does not complete leaves a summary.json whose status
+    says how it ended.
+
+    Returns:
+        (run_dir, error line or None); a run is complete only if its summary says so.
+    Raises:
+        Interrupted: a signal stopped the job (after its summary was written).
     """
     check_inputs(cfg)
-    # a disturbed measurement can only read low (which would inflate MFU), so keep the best one
-    measured = peak.node_peak(during="before any rank started")
-    if node_peak is None or measured["flops_per_s"] > node_peak["flops_per_s"]:
-        node_peak = measured
-    run_dir = make_run_dir(cfg, out)
-    print(f"run directory: {run_dir}", flush=True)
-    status, error = launch(cfg, run_dir, node_peak)
-    if status != 0:
-        return run_dir, (error.split("error: ", 1)[1] if error else f"mpirun exited with status {status}")
-    if not is_complete(run_dir):
-        return run_dir, f"run in {run_dir} ended without a summary"
-    return run_dir, None
+    node_peak = node_peak or peak.node_peak(during="before any rank started")
+    run_dir, lock = make_run_dir(cfg, out)
+    return _train(cfg, run_dir, lock, node_peak, volumes_dir, {})
+
+
+def resume_experiment(run_dir, node_peak=None, volumes_dir=None):
+    """Continue an interrupted run from its newest complete checkpoint; as run_experiment."""
+    from ffnbench.bench import checkpoints, config
+    cfg = config.load(os.path.join(run_dir, "config.yaml"))
+    if not strategies.get(cfg["strategy"]).resumable:
+        raise ConfigError(f"{run_dir}: strategy {cfg['strategy']} cannot resume (only strategies whose ranks are "
+                          f"all workers: {', '.join(n for n in strategies.names() if strategies.get(n).resumable)})")
+    if is_complete(run_dir):
+        raise ConfigError(f"{run_dir}: the run is already complete")
+    check_inputs(cfg)
+    node_peak = node_peak or peak.node_peak(during="before any rank started")
+    lock = claim(run_dir)
+    checkpoint = checkpoints.latest(run_dir)
+    if checkpoint is None:
+        os.remove(lock)
+        raise ConfigError(f"{run_dir}: no complete checkpoint to resume from (run.checkpoint_every is "
+                          f"{cfg['run']['checkpoint_every']})")
+    step = checkpoints.read_meta(checkpoint)["step"]
+    keep_records_before(run_dir, step)
+    if os.path.exists(os.path.join(run_dir, "summary.json")):
+        os.remove(os.path.join(run_dir, "summary.json"))
+    print(f"resuming {run_dir} after step {step}", flush=True)
+    return _train(cfg, run_dir, lock, node_peak, volumes_dir, {checkpoints.RESUME_ENV: checkpoint})
+
+
+#: Open MPI 4.1 (ORTE) ends the whole job when one process dies, unless recovery is enabled
+RECOVERY_ENV = {"OMPI_MCA_orte_enable_recovery": "1"}
+
+
+def lost_workers(run_dir):
+    with open(os.path.join(run_dir, "summary.json")) as f:
+        return json.load(f).get("lost_workers")
+
+
+def can_resume(run_dir):
+    """Whether RUN_DIR holds an incomplete run of a resumable strategy with a complete checkpoint."""
+    from ffnbench.bench import checkpoints
+    from ffnbench.bench.results import stored_config
+    cfg = stored_config(run_dir)
+    return bool(cfg and not is_complete(run_dir) and cfg.get("strategy") in strategies.names()
+                and strategies.get(cfg["strategy"]).resumable and checkpoints.latest(run_dir))
+
+
+def keep_records_before(run_dir, step):
+    """Drop the records an interrupted attempt wrote after the checkpoint of `step` (they are redone)."""
+    path = os.path.join(run_dir, "metrics.jsonl")
+    if not os.path.exists(path):
+        return
+    kept = []
+    with open(path) as f:
+        for line in filter(str.strip, f):
+            try:
+                record = json.loads(line)
+            except ValueError:
+                continue  # a line cut short by the interruption
+            if record["kind"] == "step" and record["step"] >= step:
+                continue
+            if record["kind"] in ("eval", "resume") and record["step"] > step:
+                continue
+            kept.append(line if line.endswith("\n") else line + "\n")
+    tmp = f"{path}.{os.getpid()}.tmp"
+    with open(tmp, "w") as f:
+        f.writelines(kept)
+    os.replace(tmp, path)
+
+
+def _train(cfg, run_dir, lock, node_peak, volumes_dir, env):
+    try:
+        print(f"run directory: {run_dir}", flush=True)
+        if volumes_dir and cfg["data"]["source"] == "synthetic":
+            env = {**env, SYNTHETIC_ENV: synthetic_volumes(cfg, volumes_dir)}
+        if strategies.get(cfg["strategy"]).survives_lost_workers:
+            env = {**env, **RECOVERY_ENV}
+        status, error, signum = launch(cfg, run_dir, node_peak, env)
+        if signum is None and is_complete(run_dir) and (status == 0 or lost_workers(run_dir)):
+            return run_dir, None  # mpirun's status reports the lost worker; the summary says the run went on
+        kind, message = failure(error, status, signum)
+        if status == 0 and signum is None and not error:  # (with MPI recovery enabled an abort exits 0)
+            kind, message = "failed", f"run in {run_dir} ended without a summary"
+        summ.write_failure(run_dir, kind, message)
+        if signum is not None:
+            raise Interrupted(signum)
+        return run_dir, message
+    finally:
+        os.remove(lock)

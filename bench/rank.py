@@ -3,18 +3,20 @@
 Runs unchanged under `ffnbench run`, mpirun, srun or aprun: everything it knows about the job comes
 from the config and from the communicator of the strategy's launch (strategies/comm.py).
 """
-import json
+import contextlib
+import math
 import os
 import platform
 import socket
 import subprocess
 import sys
+import threading
 import time
 
 import numpy as np
 
 from ffnbench import strategies
-from ffnbench.bench import context, peak, summary as summ
+from ffnbench.bench import checkpoints, context, peak, summary as summ
 from ffnbench.bench.config import ConfigError
 from ffnbench.bench.recorder import Recorder
 from ffnbench.strategies import comm as mpi
@@ -54,6 +56,48 @@ def versions():
             "mpi4py": mpi4py.__version__, "mpi": MPI.Get_library_version().splitlines()[0].strip()}
 
 
+class Watchdog:
+    """Aborts the job when this rank has made no progress for run.timeout_s while training: a
+    collective that a stopped or lost peer never joins (Horovod's included, which no MPI wait of
+    ours bounds) ends with one line instead of a hang."""
+
+    def __init__(self, comm, timeout_s):
+        self.comm, self.timeout_s = comm, timeout_s
+        self.last = time.monotonic()
+        self.armed = False
+        self.stopped = threading.Event()
+        self.thread = threading.Thread(target=self._watch, name="ffnbench-watchdog", daemon=True)
+
+    def beat(self, *_):
+        self.last = time.monotonic()
+
+    @contextlib.contextmanager
+    def disarmed(self):
+        """Work that its own bounds cover (pauses, the final evaluation) is not a stall."""
+        armed, self.armed = self.armed, False
+        try:
+            yield
+        finally:
+            self.beat()
+            self.armed = armed
+
+    def start(self):
+        self.beat()
+        self.armed = True
+        self.thread.start()
+
+    def stop(self):
+        self.armed = False
+        self.stopped.set()
+
+    def _watch(self):
+        while not self.stopped.wait(min(1.0, self.timeout_s / 10)):
+            idle = time.monotonic() - self.last
+            if self.armed and idle > self.timeout_s:
+                mpi.fail(self.comm, f"no training progress for {idle:.0f}s (run.timeout_s {self.timeout_s:g}): a "
+                                    f"rank stopped or an exchange hung", "stalled")
+
+
 class RankDuties:
     """What bench does on this rank as the strategy records: the progress bar (rank 0); pauses of
     every worker alike for periodic evaluation (done by the first worker) and checkpoints (rank 0,
@@ -66,17 +110,22 @@ class RankDuties:
         workers = ctx.layout.worker_ranks
         self.leader, self.followers = workers[0], workers[1:]
         self.eval_every = cfg["eval"]["every"]
-        self.checkpoint_every = cfg["run"]["checkpoint_every"] if ctx.layout.roles[0] == "worker" else 0
+        self.checkpoint_every = cfg["run"]["checkpoint_every"]
+        self.resumable = strategies.get(cfg["strategy"]).resumable
         self.progress = None
         self.checkpointer = None
+        self.watchdog = Watchdog(ctx.comm, ctx.settings.timeout_s)
 
     def attach(self, recorder):
         ctx = self.ctx
+        (recorder.on_update if ctx.role == "server" else recorder.on_step).append(self.watchdog.beat)
+        if ctx.role == "worker":
+            recorder.on_step.append(self.stop_if_diverged)
         if ctx.rank == 0 and self.cfg["run"]["progress"]:
             from tqdm import tqdm
             on_server = ctx.role == "server"
             total = ctx.settings.steps * (ctx.layout.workers if on_server else 1)
-            self.progress = tqdm(total=total, desc=f"{self.cfg['strategy']} x{ctx.layout.ranks}",
+            self.progress = tqdm(total=total, initial=ctx.start_step, desc=f"{self.cfg['strategy']} x{ctx.layout.ranks}",
                                  unit="update" if on_server else "step", file=sys.stdout, dynamic_ncols=True,
                                  mininterval=1.0)
             (recorder.on_update if on_server else recorder.on_step).append(lambda record: self.progress.update(1))
@@ -90,20 +139,36 @@ class RankDuties:
             recorder.on_eval.append(board.eval)
             recorder.on_close.append(board.close)
 
+    def stop_if_diverged(self, record):
+        """Stop at the first non-finite loss: nothing after it is worth training or checkpointing."""
+        if not math.isfinite(record.loss):
+            mpi.fail(self.ctx.comm, f"training loss is {record.loss} at step {record.step}; the last good "
+                                    f"checkpoint (if any) is in {self.ctx.run_dir}/checkpoints", "diverged")
+
     def pause_if_due(self, record):
         """After a worker step: every worker pauses together for a due evaluation or checkpoint."""
         ctx, rec, done = self.ctx, self.ctx.recorder, record.step + 1
         timeout = ctx.settings.timeout_s
         if self.eval_every and done % self.eval_every == 0 and done < ctx.settings.steps:
-            with rec.pause("eval"):
+            with rec.pause("eval"), self.watchdog.disarmed():
                 if ctx.rank == self.leader:
                     self.evaluate(record.model_version)
                 mpi.hold(ctx.comm, self.leader, self.followers, timeout, "the evaluation")
-        if self.checkpoint_every and done % self.checkpoint_every == 0:
-            with rec.pause("checkpoint"):
-                if ctx.rank == 0:
-                    self.checkpoint(done)
-                mpi.hold(ctx.comm, 0, self.followers, timeout, "the checkpoint")
+        if self.checkpoint_every and done % self.checkpoint_every == 0 and done < ctx.settings.steps:
+            train_time = rec.now()
+            with rec.pause("checkpoint"), self.watchdog.disarmed():
+                if self.resumable:  # every rank is a worker: together they hold the whole training state
+                    state = checkpoints.join(model=ctx.model.state(), stream=ctx.stream.state())
+                    checkpoints.save_rank(ctx.run_dir, done, ctx.rank, state)
+                    mpi.barrier(ctx.comm, timeout, "every rank to save its checkpoint")
+                    if ctx.rank == 0:
+                        self.save_weights(done)
+                        checkpoints.commit(ctx.run_dir, done, {"train_time": train_time, "ranks": ctx.layout.ranks,
+                                                               "strategy": ctx.layout.strategy})
+                else:  # the weights the first worker holds (for PS: its last pull)
+                    if ctx.rank == self.leader:
+                        self.save_weights(done)
+                    mpi.hold(ctx.comm, self.leader, self.followers, timeout, "the checkpoint")
 
     def evaluate(self, model_version):
         """Held-out loss and voxel metrics of the weights the model holds, after `model_version` updates."""
@@ -112,8 +177,12 @@ class RankDuties:
         return self.ctx.recorder.eval(model_version, model_version * self.fovs_per_update, metrics,
                                       time.perf_counter() - start)
 
-    def checkpoint(self, step):
+    def save_weights(self, step):
+        """The weights in TensorFlow's checkpoint format (what `ffnbench evaluate` restores)."""
         import tensorflow as tf
+        if not np.isfinite(self.ctx.model.get_flat()).all():
+            mpi.fail(self.ctx.comm, f"the weights are not finite after step {step}; the last good checkpoint "
+                                    f"(if any) is in {self.ctx.run_dir}/checkpoints", "diverged")
         if self.checkpointer is None:
             ckpt = tf.train.Checkpoint(model=self.ctx.model.net)
             self.checkpointer = tf.train.CheckpointManager(ckpt, os.path.join(self.ctx.run_dir, "checkpoints"),
@@ -121,6 +190,7 @@ class RankDuties:
         self.checkpointer.save(checkpoint_number=step)
 
     def close(self):
+        self.watchdog.stop()
         if self.progress is not None:
             self.progress.close()
 
@@ -133,6 +203,7 @@ def train(cfg, run_dir):
     if world.size != cfg["ranks"]:
         raise ConfigError(f"config field ranks: is {cfg['ranks']} but the job has {world.size} MPI ranks")
     rank, timeout = world.rank, cfg["run"]["timeout_s"]
+    control = mpi.duplicate(world, timeout, "the other ranks to start")
     role = layout.roles[rank]
     local_workers, nodes = mpi.census(world, role == "worker", timeout)
     threads = threads_for(cfg, local_workers) if role == "worker" else 1
@@ -148,6 +219,7 @@ def train(cfg, run_dir):
     if role == "worker":
         ctx.stream = data.stream(layout.worker_ranks.index(rank))
         ctx.model.trace()
+    resumed = resume(ctx, os.environ.get(checkpoints.RESUME_ENV))
     duties = RankDuties(cfg, ctx, data, context.fovs_per_update(cfg, layout))
 
     manifest = None
@@ -165,23 +237,37 @@ def train(cfg, run_dir):
         summ.write_json_atomic(os.path.join(run_dir, "manifest.json"), manifest)
     mpi.barrier(world, timeout, "rank 0 to measure the matmul peak")
     t0 = mpi.broadcast(world, np.array([time.time()]), timeout, "rank 0's start time")
-    recorder.start_clock(float(t0[0]))
+    recorder.start_clock(float(t0[0]) - (resumed["train_time"] if resumed else 0.0))
+    if resumed and rank == 0:
+        recorder.resume(resumed["step"])
     duties.attach(recorder)
+    duties.watchdog.start()
     strategy.train()
     final = strategy.finish()
     duties.close()
     if rank != 0:
         recorder.close()
-    mpi.barrier(world, timeout, "every rank to write its last records")
-    result = None
+    lost = final.lost_ranks if rank == 0 else ()
+    mpi.report_in(control, lost, timeout, "every rank to write its last records")
     if rank == 0:
         ctx.model.set_flat(final.weights)
-        duties.checkpoint(cfg["train"]["steps"])
+        duties.save_weights(cfg["train"]["steps"])
         duties.evaluate(final.model_version)
         recorder.close()
-        result = finish_run(cfg, duties.data, run_dir, manifest)
-    mpi.barrier(world, timeout, "rank 0 to write the summary")
-    return result
+        finish_run(cfg, duties.data, run_dir, manifest)
+    mpi.release(control, lost, timeout, "rank 0 to write the summary")
+
+
+def resume(ctx, directory):
+    """Load this rank's state from the checkpoint `directory` (None: a fresh start); its state.json."""
+    if not directory:
+        return None
+    meta = checkpoints.read_meta(directory)
+    state = checkpoints.load_rank(directory, ctx.rank)
+    ctx.model.load_state(checkpoints.split(state, "model"))
+    ctx.stream.load_state(checkpoints.split(state, "stream"))
+    ctx.start_step = meta["step"]
+    return meta
 
 
 def cpu_model():
@@ -226,9 +312,17 @@ def print_summary(s):
         print(f"held-out: loss={fe['loss']:.4f} F1={fe['f1']:.3f} precision={fe['precision']:.3f} "
               f"recall={fe['recall']:.3f} (baselines F1: all-background {b['f1_all_background']:.3f}, "
               f"all-foreground {b['f1_all_foreground']:.3f})")
+    for w in s["lost_workers"]:
+        print(f"lost worker: rank {w['worker']} at {w['time']:.1f}s after {w['steps_done']} steps; the others went "
+              f"on ({w['fovs_not_trained']} of its FOVs not trained)")
     if s.get("staleness"):
         st = s["staleness"]
         print(f"staleness: mean={st['mean']:.2f} p50={st['p50']:.0f} p99={st['p99']:.0f} max={st['max']}")
     print(f"model: {s['model_flops_per_s'] / 1e9:.2f} GFLOP/s = {100 * s['mfu']:.1f}% of the job's matmul peak "
           f"{s['peak_flops_per_s'] / 1e9:.1f} GFLOP/s (MFU)")
+    stalls = s["stalled_steps"]
+    if stalls["count"]:
+        print(f"warning: {stalls['count']} step(s) took over {summ.STALL_FACTOR:g}x the median step "
+              f"(slowest {stalls['max_step_s']:.1f}s); the run's FOVs / training time is "
+              f"{s['fovs_per_train_s']:.1f} FOVs/s")
     print(summ.fovs_line(s["fovs_per_s"]))

@@ -12,7 +12,9 @@ from contextlib import contextmanager
 from dataclasses import asdict
 from typing import Callable, Dict, List, Optional
 
-from ffnbench.strategies.base import PAUSES, PHASES, EvalRecord, ServerRecord, StepRecord, UpdateRecord
+from ffnbench.bench.results import strict_json
+from ffnbench.strategies.base import (PAUSES, PHASES, EvalRecord, LostRecord, ResumeRecord, ServerRecord,
+                                      StepRecord, UpdateRecord)
 
 
 class Recorder:
@@ -38,7 +40,7 @@ class Recorder:
 
     def write(self, record) -> None:
         """Append one record (a dataclass of strategies/base.py) as a JSON line."""
-        os.write(self.fd, (json.dumps({"kind": record.kind, **asdict(record)}) + "\n").encode())
+        os.write(self.fd, (strict_json({"kind": record.kind, **asdict(record)}) + "\n").encode())
 
     @contextmanager
     def _timed(self, name: str, allowed, add):
@@ -108,6 +110,14 @@ class Recorder:
         for listener in self.on_eval:
             listener(record)
         return record
+
+    def lost(self, worker: int, pushes: int) -> None:
+        """A server goes on without `worker` (strategies.base.Recorder.lost)."""
+        self.write(LostRecord(rank=self.rank, time=self.now(), worker=int(worker), pushes=int(pushes)))
+
+    def resume(self, step: int) -> None:
+        """The run continues here from its checkpoint after `step` steps."""
+        self.write(ResumeRecord(step=int(step), time=self.now()))
 
     def close(self) -> None:
         for listener in self.on_close:

@@ -18,7 +18,8 @@ import yaml
 
 from ffnbench import strategies
 from ffnbench.bench.config import flatten
-from ffnbench.strategies.base import RECORD_TYPES, EvalRecord, ServerRecord, StepRecord, UpdateRecord, lr_scale
+from ffnbench.strategies.base import (RECORD_TYPES, EvalRecord, LostRecord, ResumeRecord, ServerRecord,
+                                      StepRecord, UpdateRecord, lr_scale)
 
 #: held-out F1 a run must reach for `time to target` (a sweep's report.target_f1 overrides it)
 #: the status of a finished run in summary.json (anything else is not a result)
@@ -40,6 +41,8 @@ class Records(NamedTuple):
     updates: List[UpdateRecord]
     servers: List[ServerRecord]
     evals: List[EvalRecord]
+    lost: List[LostRecord]
+    resumes: List[ResumeRecord]
 
 
 def read_records(run_dir: str) -> Records:
@@ -48,7 +51,7 @@ def read_records(run_dir: str) -> Records:
     Args:
         run_dir: a run directory (no metrics.jsonl: no records).
     Returns:
-        Records(steps, updates, servers, evals).
+        Records(steps, updates, servers, evals, lost, resumes).
     Raises:
         ValueError: a record of an unknown kind, or one whose fields are not its kind's (written by
             another version of ffnbench).
@@ -68,7 +71,8 @@ def read_records(run_dir: str) -> Records:
                     raise ValueError(f"{path}: a {kind} record whose fields are not those of this version of "
                                      f"ffnbench (strategies/base.py); re-run it") from None
     return Records(steps=by_kind[StepRecord.kind], updates=by_kind[UpdateRecord.kind],
-                   servers=by_kind[ServerRecord.kind], evals=by_kind[EvalRecord.kind])
+                   servers=by_kind[ServerRecord.kind], evals=by_kind[EvalRecord.kind],
+                   lost=by_kind[LostRecord.kind], resumes=by_kind[ResumeRecord.kind])
 
 
 def staleness_values(records: Records) -> List[int]:
@@ -160,6 +164,19 @@ def flat_fields(cfg: Optional[dict]) -> Dict[str, Any]:
     return flat
 
 
+def strict_json(value: Any, **kwargs) -> str:
+    """JSON that every parser reads: NaN and infinities (a diverged loss) become null."""
+    def finite(v):
+        if isinstance(v, float) and not np.isfinite(v):
+            return None
+        if isinstance(v, dict):
+            return {k: finite(x) for k, x in v.items()}
+        if isinstance(v, (list, tuple)):
+            return [finite(x) for x in v]
+        return v
+    return json.dumps(finite(value), allow_nan=False, **kwargs)
+
+
 def is_complete(run_dir: str) -> bool:
     """Whether the run finished: its summary.json says status complete (written only after every
     rank's records are in)."""
@@ -173,6 +190,12 @@ def stored_config(run_dir: str) -> Optional[dict]:
         return None
     with open(path) as f:
         return yaml.safe_load(f)
+
+
+class Targets(NamedTuple):
+    """What the figures draw as targets: held-out F1, and held-out loss when the sweep names one."""
+    f1: Optional[float]
+    loss: Optional[float]
 
 
 def target_f1(index: Optional[dict], override: Optional[float] = None) -> float:

@@ -5,7 +5,7 @@ from dataclasses import asdict
 
 import numpy as np
 
-from ffnbench.bench.results import read_records, staleness_values
+from ffnbench.bench.results import read_records, staleness_values, strict_json
 from ffnbench.strategies.base import EvalRecord
 
 STEP_TIMES = ("step_s", "compute_s", "comm_s", "data_s", "wait_s")
@@ -46,6 +46,20 @@ def staleness_stats(values):
             "max": int(x.max()), "histogram": hist.tolist(), "n": int(x.size)}
 
 
+#: a step this many times the median step is flagged as a stall: a mean rate would hide it
+STALL_FACTOR = 10.0
+
+
+def stall_stats(steps):
+    """Steps slower than STALL_FACTOR x the median step: how many, and the slowest."""
+    times = np.array([r.step_s for r in steps], float)
+    if times.size == 0:
+        return {"bound_s": 0.0, "count": 0, "max_step_s": 0.0, "steps": []}
+    bound = STALL_FACTOR * float(np.median(times))
+    slow = [{"rank": r.rank, "step": r.step, "step_s": r.step_s} for r in steps if r.step_s > bound]
+    return {"bound_s": bound, "count": len(slow), "max_step_s": float(times.max()), "steps": slow[:20]}
+
+
 def summarize(run_dir, manifest):
     """summary.json of a finished run: its records reduced to the numbers the report shows."""
     records = read_records(run_dir)
@@ -70,16 +84,45 @@ def summarize(run_dir, manifest):
         "eval_s": float(sum(e.eval_s for e in evals)),
         "fovs_per_s": rate_stats(throughput_samples(steps, warmup)),
         "comm_share": comm / total if total else 0.0,
+        "stalled_steps": stall_stats(steps),
         "step_time_s": {k: float(np.mean([getattr(r, k) for r in steps])) if steps else 0.0 for k in STEP_TIMES},
         "final_eval": {"kind": EvalRecord.kind, **asdict(evals[-1])} if evals else None,
         "staleness": staleness_stats(staleness_values(records)),
+        "lost_workers": lost_workers(records, manifest),
     }
 
 
+def lost_workers(records, manifest):
+    """The workers the run went on without: when each was lost, the steps it did, the FOVs it did not."""
+    t = manifest["config"]["train"]
+    out = []
+    for worker in sorted({r.worker for r in records.lost}):
+        first = min((r for r in records.lost if r.worker == worker), key=lambda r: r.time)
+        done = sum(1 for r in records.steps if r.rank == worker)
+        out.append({"worker": worker, "time": first.time, "steps_done": done,
+                    "fovs_not_trained": (t["steps"] - done) * t["batch_size"]})
+    return out
+
+
+def write_failure(run_dir, status, error):
+    """summary.json of a run that did not complete: how it ended, and what its records reached."""
+    result = {"status": status, "error": error}
+    manifest_path = os.path.join(run_dir, "manifest.json")
+    if os.path.exists(manifest_path):
+        with open(manifest_path) as f:
+            manifest = json.load(f)
+        try:
+            result.update(summarize(run_dir, manifest))
+        except (ValueError, KeyError, OSError) as e:
+            result["records_error"] = str(e)
+    write_json_atomic(os.path.join(run_dir, "summary.json"), result)
+
+
 def write_json_atomic(path, data):
-    tmp = path + ".tmp"
+    """Strict JSON (non-finite numbers as null), replaced in one rename so no reader sees half of it."""
+    tmp = f"{path}.{os.getpid()}.tmp"
     with open(tmp, "w") as f:
-        json.dump(data, f, indent=2)
+        f.write(strict_json(data, indent=2))
     os.replace(tmp, path)
 
 

@@ -35,6 +35,7 @@ import itertools
 import math
 import os
 import re
+import signal
 import sys
 import time
 
@@ -212,6 +213,10 @@ def write_index(sweep, sweep_dir, entries):
         "report": sweep["report"], "runs": entries})
 
 
+def _stop(signum, frame):
+    raise launcher.Interrupted(signum)
+
+
 def run_sweep(path, out=None, overrides=()):
     """Run (or resume) a sweep; `overrides` (KEY=VALUE) are added to its `set`.
     Returns (sweep_dir, number of failed runs)."""
@@ -232,9 +237,10 @@ def run_sweep(path, out=None, overrides=()):
                         "status": "complete" if done else "pending", "error": None})
     write_index(sweep, sweep_dir, entries)
     print(f"sweep {sweep['name']}: {len(planned)} runs in {sweep_dir}", flush=True)
-    # measured before any of its ranks runs; each run measures again and keeps the higher value
+    # measured once, while nothing else of the sweep runs, and given to every run (MFU's denominator)
     node_peak = peak.node_peak(during="before the sweep's runs started") if any(
         e["status"] != "complete" for e in entries) else None
+    signal.signal(signal.SIGTERM, _stop)  # between runs too: the index records the interruption
     console = os.fdopen(os.dup(1), "w")  # stays on the terminal while runs write to their logs
     failed = 0
     with tqdm(total=len(planned), desc=sweep["name"], unit="run", file=console, dynamic_ncols=True) as bar:
@@ -247,10 +253,14 @@ def run_sweep(path, out=None, overrides=()):
             os.makedirs(entry["run_dir"], exist_ok=True)
             start = time.time()
             try:
+                volumes = os.path.join(sweep_dir, "volumes")
                 with OutputToFile(os.path.join(entry["run_dir"], "output.log")):
-                    _, error = launcher.run_experiment(run["config"], entry["run_dir"], node_peak)
+                    if launcher.can_resume(entry["run_dir"]):  # an interrupted attempt left a checkpoint
+                        _, error = launcher.resume_experiment(entry["run_dir"], node_peak, volumes)
+                    else:
+                        _, error = launcher.run_experiment(run["config"], entry["run_dir"], node_peak, volumes)
             except KeyboardInterrupt:
-                entry["error"] = "interrupted"
+                entry["status"], entry["error"] = "interrupted", "interrupted"
                 write_index(sweep, sweep_dir, entries)
                 raise
             except ValueError as e:

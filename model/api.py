@@ -199,6 +199,20 @@ class FFNModel:
         """Overwrite the weights from one float32 vector (the order of `variables`)."""
         self._set_flat(tf.convert_to_tensor(flat, tf.float32))
 
+    def state(self) -> Dict[str, np.ndarray]:
+        """Everything training depends on: the weights and every optimizer variable (slots, iterations)."""
+        arrays = {"weights": self.get_flat()}
+        if self.optimizer is not None:
+            arrays.update({f"optimizer_{i}": v.numpy() for i, v in enumerate(self.optimizer.variables)})
+        return arrays
+
+    def load_state(self, arrays: Dict[str, np.ndarray]) -> None:
+        """Continue exactly where state() was taken (the same model and optimizer)."""
+        self.set_flat(arrays["weights"])
+        if self.optimizer is not None:
+            for i, v in enumerate(self.optimizer.variables):
+                v.assign(arrays[f"optimizer_{i}"])
+
     def restore(self, directory: str) -> None:
         """Load the latest checkpoint a run wrote (TensorFlow's format) into this network."""
         path = tf.train.latest_checkpoint(directory)

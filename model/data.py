@@ -5,6 +5,8 @@ owns slots [w*b, (w+1)*b), so N workers at batch b see exactly the examples one 
 N*b sees: the basis of the sync-equals-single tests, and independent streams per rank.
 """
 import itertools
+import json
+import os
 from dataclasses import dataclass
 
 import numpy as np
@@ -23,12 +25,29 @@ class Volume:
     labels: np.ndarray  # int (z, y, x), 0 = boundary
 
 
-def load_volumes(data_cfg):
-    """(training volume, held-out volume) as the config describes."""
+def synthetic_pairs(data_cfg):
+    """The synthetic (image, labels) of the training volume (data.seed) and the held-out one (seed + 1)."""
+    shape, density = tuple(data_cfg["shape"]), data_cfg["density"]
+    return [make_volume(shape, seed=data_cfg["seed"] + k, density=density) for k in (0, 1)]
+
+
+def save_synthetic(data_cfg, path):
+    """Write synthetic_pairs(data_cfg) to an .npz (atomically), so a job's ranks load instead of remaking it."""
+    (image0, labels0), (image1, labels1) = synthetic_pairs(data_cfg)
+    tmp = f"{path}.{os.getpid()}.tmp.npz"
+    np.savez(tmp, image0=image0, labels0=labels0, image1=image1, labels1=labels1)
+    os.replace(tmp, path)
+
+
+def load_volumes(data_cfg, synthetic_npz=None):
+    """(training volume, held-out volume) as the config describes; synthetic ones from `synthetic_npz`
+    when given (written by save_synthetic for the same data section)."""
     mean, std = data_cfg["image_mean"], data_cfg["image_stddev"]
-    if data_cfg["source"] == "synthetic":
-        shape, density = tuple(data_cfg["shape"]), data_cfg["density"]
-        pairs = [make_volume(shape, seed=data_cfg["seed"] + k, density=density) for k in (0, 1)]
+    if data_cfg["source"] == "synthetic" and synthetic_npz:
+        with np.load(synthetic_npz, allow_pickle=False) as z:
+            pairs = [(z[f"image{k}"], z[f"labels{k}"]) for k in (0, 1)]
+    elif data_cfg["source"] == "synthetic":
+        pairs = synthetic_pairs(data_cfg)
     else:
         image = read_h5_dataset(data_cfg["image"])
         labels = read_h5_dataset(data_cfg["labels"])
@@ -38,6 +57,37 @@ def load_volumes(data_cfg):
         split = int(round(image.shape[0] * (1 - data_cfg["holdout_fraction"])))
         pairs = [(image[:split], labels[:split]), (image[split:], labels[split:])]
     return [Volume(((img.astype(np.float32) - mean) / std), lab.astype(np.int32)) for img, lab in pairs]
+
+
+def check_hdf5(data_cfg, fov, deltas):
+    """ValueError (one line) unless data.image and data.labels are 3-D HDF5 datasets of one shape whose
+    training and held-out parts each fit a FOV moved by its deltas; reads metadata only."""
+    import h5py
+    shapes = {}
+    for key in ("image", "labels"):
+        spec = data_cfg[key]
+        path, _, name = spec.rpartition(":")
+        try:
+            with h5py.File(path, "r") as f:
+                if name not in f or not isinstance(f[name], h5py.Dataset):
+                    raise ValueError(f"config field data.{key}: {path} has no dataset {name!r} "
+                                     f"(it has: {', '.join(sorted(f.keys())) or 'nothing'})")
+                shapes[key] = f[name].shape
+        except OSError as e:
+            raise ValueError(f"config field data.{key}: {path} is not a readable HDF5 file ({e})")
+        if len(shapes[key]) != 3:
+            raise ValueError(f"config field data.{key}: {spec} is {len(shapes[key])}-D with shape {shapes[key]}; "
+                             f"a 3-D (z, y, x) volume is needed")
+    if shapes["image"] != shapes["labels"]:
+        raise ValueError(f"config field data.labels: shape {shapes['labels']} differs from data.image's "
+                         f"{shapes['image']}")
+    z, y, x = shapes["image"]
+    split = int(round(z * (1 - data_cfg["holdout_fraction"])))
+    need = [f + 2 * d for f, d in zip(fov, deltas)]
+    for part, shape in (("training", (split, y, x)), ("held-out", (z - split, y, x))):
+        if any(n < m for n, m in zip(shape, need)):
+            raise ValueError(f"config field data.image: its {part} part is {shape} (data.holdout_fraction "
+                             f"{data_cfg['holdout_fraction']}), smaller than a FOV with its moves {tuple(need)}")
 
 
 _PARTITIONS = {}
@@ -92,6 +142,23 @@ class _Example:
         self.label_moves = label_moves
         self.offset = None
 
+    def state(self):
+        return {"image": self.image, "label": self.label, "seed": self.seed,
+                "moves": np.array(self.moves, np.int64).reshape(-1, 3),
+                "offset": np.array(self.offset if self.offset is not None else [], np.int64)}
+
+    @classmethod
+    def from_state(cls, arrays, fov, deltas, rng, augment, move_threshold, label_moves):
+        """The example state() described, mid-walk (augment is already applied to its arrays)."""
+        ex = cls.__new__(cls)
+        ex.fov, ex.deltas, ex.rng = fov, deltas, rng
+        ex.image, ex.label, ex.seed = (np.array(arrays[k]) for k in ("image", "label", "seed"))
+        ex.mid = tuple(s // 2 for s in ex.image.shape)
+        ex.moves = [tuple(int(x) for x in m) for m in arrays["moves"]]
+        ex.offset = tuple(int(x) for x in arrays["offset"]) if arrays["offset"].size else None
+        ex.threshold, ex.label_moves = logit(move_threshold), label_moves
+        return ex
+
     def _augment(self, image, labels):
         if self.rng.random() < 0.5:  # permute y and x
             image, labels = image.transpose(0, 2, 1), labels.transpose(0, 2, 1)
@@ -132,6 +199,23 @@ class ExampleStream:
         self.volume = volume
         self.options = dict(augment=augment, move_threshold=move_threshold, label_moves=label_moves)
         self.examples = [None] * len(self.rngs)
+
+    def state(self):
+        """Each slot's RNG and its example part-way through its FOV moves, as arrays (no pickle)."""
+        arrays = {"rngs": np.array(json.dumps([r.bit_generator.state for r in self.rngs]))}
+        for i, ex in enumerate(self.examples):
+            if ex is not None:
+                arrays.update({f"slot{i}_{k}": v for k, v in ex.state().items()})
+        return arrays
+
+    def load_state(self, arrays):
+        """Continue exactly where state() was taken."""
+        for rng, saved in zip(self.rngs, json.loads(str(arrays["rngs"]))):
+            rng.bit_generator.state = saved
+        self.examples = [_Example.from_state({k.split("_", 1)[1]: v for k, v in arrays.items()
+                                              if k.startswith(f"slot{i}_")}, self.fov, self.deltas, rng,
+                                             **self.options) if f"slot{i}_image" in arrays else None
+                         for i, rng in enumerate(self.rngs)]
 
     def next_batch(self):
         fovs = []

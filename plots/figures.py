@@ -1,5 +1,5 @@
-"""The figures of `ffnbench plot DIR`. Each takes the complete runs (and the target F1) and returns
-a Figure, or raises Skip when the runs hold no data for it."""
+"""The figures of `ffnbench plot DIR`. Each takes the complete runs (and the targets: F1, and loss
+when the sweep names one) and returns a Figure, or raises Skip when the runs hold no data for it."""
 from collections import defaultdict
 
 import matplotlib.pyplot as plt
@@ -18,7 +18,7 @@ class Skip(Exception):
     """This figure has no data in these runs; the message says what is missing."""
 
 
-def scaling(runs, target=None):
+def scaling(runs, targets=None):
     """FOVs/s vs workers against the ideal line, and scaling efficiency vs workers."""
     keys = varying_fields(runs, NOT_THROUGHPUT)  # e.g. batch size: each value is its own line
     lines = defaultdict(list)
@@ -70,7 +70,7 @@ def scaling(runs, target=None):
     return fig
 
 
-def convergence(runs, target=None):
+def convergence(runs, targets=None):
     """Held-out loss (the primary curve, with its standard error over the FOVs) and F1, against
     training time and against FOVs processed."""
     keys = label_keys(runs)
@@ -95,8 +95,11 @@ def convergence(runs, target=None):
     for ax in axes[1]:
         if all_fg:
             ax.axhline(np.mean(all_fg), color="0.5", ls=":", lw=1.2)
-        if target:
-            ax.axhline(target, color="black", ls="--", lw=0.8, alpha=0.5)
+        if targets and targets.f1:
+            ax.axhline(targets.f1, color="black", ls="--", lw=0.8, alpha=0.5)
+    for ax in axes[0]:
+        if targets and targets.loss:
+            ax.axhline(targets.loss, color="black", ls="-.", lw=0.8, alpha=0.6)
     axes[0, 0].set_ylabel("held-out loss (sigmoid cross-entropy)")
     axes[1, 0].set_ylabel("held-out F1 at logit(0.9)")
     losses = [e.loss for r in runs for e in r.evals if e.loss > 0]
@@ -110,14 +113,16 @@ def convergence(runs, target=None):
     legend.append((plt.Rectangle((0, 0), 1, 1, color="0.5", alpha=0.3), "loss ± standard error over held-out FOVs"))
     if all_fg:
         legend.append((Line2D([], [], color="0.5", ls=":"), f"F1 predicting all foreground ({np.mean(all_fg):.2f})"))
-    if target:
-        legend.append((Line2D([], [], color="black", ls="--", alpha=0.5), f"target F1 {target:g}"))
+    if targets and targets.loss:
+        legend.append((Line2D([], [], color="black", ls="-.", alpha=0.6), f"target loss {targets.loss:g}"))
+    if targets and targets.f1:
+        legend.append((Line2D([], [], color="black", ls="--", alpha=0.5), f"target F1 {targets.f1:g}"))
     side_legend(fig, legend)
     title(fig, f"Convergence of {strategies_text(runs)} on the held-out volume", runs)
     return fig
 
 
-def staleness(runs, target=None):
+def staleness(runs, targets=None):
     """Histogram of gradient staleness for each worker count, parameter-server runs only."""
     ps_runs = [r for r in runs if r.summary.get("staleness")]
     if not ps_runs:
@@ -153,7 +158,7 @@ def staleness(runs, target=None):
     return fig
 
 
-def breakdown(runs, target=None):
+def breakdown(runs, targets=None):
     """Mean seconds per worker step in compute, communication, data and waiting, stacked."""
     keys = label_keys(runs)
     groups = defaultdict(list)
@@ -179,7 +184,7 @@ def breakdown(runs, target=None):
     return fig
 
 
-def lr_scaling(runs, target=None):
+def lr_scaling(runs, targets=None):
     """Final F1 over workers × effective learning rate, with the linear and square-root rules on top."""
     cells = defaultdict(list)
     for r in runs:
@@ -225,7 +230,7 @@ def lr_scaling(runs, target=None):
     return fig
 
 
-def batch_size(runs, target=None):
+def batch_size(runs, targets=None):
     """Held-out F1 against wall time and FOVs, one line per global batch size.
 
     Only for runs that vary train.batch_size: elsewhere the global batch follows the worker count
@@ -242,10 +247,10 @@ def batch_size(runs, target=None):
         axes[0].plot([e.time for e in r.evals], f1, color=colors[b], marker="o", ms=4, lw=1.6)
         line, = axes[1].plot([e.fovs_total for e in r.evals], f1, color=colors[b], marker="o", ms=4, lw=1.6)
         legend.append((line, f"global batch {b}"))
-    if target:
+    if targets and targets.f1:
         for ax in axes:
-            ax.axhline(target, color="black", ls="--", lw=0.8, alpha=0.5)
-        legend.append((Line2D([], [], color="black", ls="--", alpha=0.5), f"target F1 {target:g}"))
+            ax.axhline(targets.f1, color="black", ls="--", lw=0.8, alpha=0.5)
+        legend.append((Line2D([], [], color="black", ls="--", alpha=0.5), f"target F1 {targets.f1:g}"))
     axes[0].set_xlabel("wall time since the start of training (s)")
     axes[1].set_xlabel("FOVs processed (all workers)")
     axes[0].set_ylabel("held-out F1")

@@ -19,6 +19,23 @@ from typing import Any, Callable, ClassVar, ContextManager, Dict, List, Optional
 import numpy as np
 
 
+def _same_kind(default: Any, value: Any) -> bool:
+    """Whether an option value has its default's type (an int where a float is expected is fine; an
+    option whose default is None is checked by its strategy)."""
+    if default is None:
+        return True
+    if isinstance(default, bool) or isinstance(value, bool):
+        return isinstance(default, bool) and isinstance(value, bool)
+    if isinstance(default, float):
+        return isinstance(value, (int, float))
+    return isinstance(value, type(default))
+
+
+def _kind_name(default: Any) -> str:
+    return {bool: "true or false", int: "an integer", float: "a number", str: "a string",
+            list: "a list"}.get(type(default), type(default).__name__)
+
+
 class LayoutError(ValueError):
     """An impossible rank layout or a bad strategy option; the message names it."""
 
@@ -176,7 +193,28 @@ class EvalRecord:
     eval_s: float
 
 
-RECORD_TYPES = {cls.kind: cls for cls in (StepRecord, UpdateRecord, ServerRecord, EvalRecord)}
+@dataclass
+class LostRecord:
+    """A server stopped waiting for `worker`: silent for the run's timeout while the others went on.
+    `pushes`: gradients it had delivered to this server."""
+    kind: ClassVar[str] = "lost"
+    rank: int
+    time: float
+    worker: int
+    pushes: int
+
+
+@dataclass
+class ResumeRecord:
+    """The run continued from its checkpoint after `step` steps (bench's); records after it replace
+    the interrupted attempt's from that step on."""
+    kind: ClassVar[str] = "resume"
+    step: int
+    time: float
+
+
+RECORD_TYPES = {cls.kind: cls for cls in (StepRecord, UpdateRecord, ServerRecord, EvalRecord, LostRecord,
+                                          ResumeRecord)}
 
 
 class Recorder(Protocol):
@@ -216,6 +254,9 @@ class Recorder(Protocol):
             updates: updates applied to its shard; dropped: gradients it did not apply;
             wall_s, cpu_s: its wall-clock and CPU seconds (their ratio is its CPU share).
         """
+
+    def lost(self, worker: int, pushes: int) -> None:
+        """Record that a server goes on without `worker` (Args as LostRecord)."""
 
 
 # ------------------------------------------------------------------ what a strategy is given
@@ -266,6 +307,7 @@ class TrainingContext:
     make_stream: Callable[[int], ExampleStream]   # the example stream of logical worker w
     model: Optional[ModelAPI] = None
     stream: Optional[ExampleStream] = None
+    start_step: int = 0             # steps already done when a resumable strategy resumes
     lr: Callable[[int], float] = field(init=False)
 
     def __post_init__(self):
@@ -282,9 +324,11 @@ class TrainingContext:
 
 @dataclass
 class Final:
-    """What `finish()` returns: on rank 0 the final flat weights and the updates they hold."""
+    """What `finish()` returns: on rank 0 the final flat weights and the updates they hold, and the
+    ranks the job went on without (their processes are gone: bench must not wait for them)."""
     weights: Optional[np.ndarray]
     model_version: Optional[int]
+    lost_ranks: Tuple[int, ...] = ()
 
 
 # ------------------------------------------------------------------ the strategy
@@ -305,6 +349,11 @@ class Strategy:
     launch: ClassVar[str] = "mpirun"
     #: the simulator model that predicts its throughput at scale (one of SIMULATOR_MODELS), or None
     simulator_model: ClassVar[Optional[str]] = None
+    #: every rank is a worker whose model and stream are the whole training state, and train()
+    #: starts at ctx.start_step: bench checkpoints and resumes it exactly
+    resumable: ClassVar[bool] = False
+    #: training goes on when a worker process dies (the launcher asks MPI not to end the job then)
+    survives_lost_workers: ClassVar[bool] = False
     #: its colour in every figure (None: a spare one is picked)
     color: ClassVar[Optional[str]] = None
     #: position in tables and legends (simplest first); ties by name
@@ -327,6 +376,11 @@ class Strategy:
         if unknown:
             raise LayoutError(f"config field strategy_options.{unknown[0]}: not an option of strategy {cls.name} "
                               f"(options: {', '.join(sorted(cls.options)) or 'none'})")
+        for key, value in user_options.items():
+            default = cls.options[key]
+            if not _same_kind(default, value):
+                raise LayoutError(f"config field strategy_options.{key}: must be {_kind_name(default)} like its "
+                                  f"default {default!r} (got {value!r})")
         options = {**cls.options, **user_options}
         roles = tuple(cls.roles(ranks, options))
         return Layout(cls.name, ranks, options, roles, cls.logical_workers(roles, options))
@@ -411,6 +465,7 @@ class SyncDataParallel(Strategy):
     """Each worker computes a gradient on its own batch; `average` turns them into one mean gradient
     (the only communication); every worker applies the same update."""
     simulator_model = "ring_allreduce"
+    resumable = True
 
     def gradients(self, batch):
         """(gradient, loss, logits) for this worker's batch."""
@@ -432,7 +487,7 @@ class SyncDataParallel(Strategy):
 
     def train(self):
         ctx, rec, model = self.ctx, self.ctx.recorder, self.model
-        for step in range(ctx.settings.steps):
+        for step in range(ctx.start_step, ctx.settings.steps):
             model.set_lr(ctx.lr(step))
             with rec.phase("data"):
                 batch = ctx.stream.next_batch()

@@ -39,9 +39,17 @@ def world_for(launch):
     return init_world()
 
 
-def fail(comm, message):
-    """Print one line and abort the whole job (every rank), so nothing waits forever."""
-    print(f"ffnbench: error: rank {comm.rank}: {message}", file=sys.stderr, flush=True)
+#: how a job that did not complete ended; fail() prefixes its line with one, the launcher reads it back
+FAILURES = ("stalled", "diverged", "lost_ranks", "interrupted", "failed")
+
+
+def fail(comm, message, status="failed"):
+    """Print one line and abort the whole job (every rank), so nothing waits forever.
+
+    Args:
+        status: one of FAILURES, for the run's summary.
+    """
+    print(f"ffnbench: error: rank {comm.rank}: {status}: {message}", file=sys.stderr, flush=True)
     comm.Abort(ABORT_CODE)
 
 
@@ -53,7 +61,7 @@ def poll(comm, done, timeout_s, what, spin_s=SPIN_S):
     while not done():
         elapsed = time.monotonic() - start
         if elapsed > timeout_s:
-            fail(comm, f"timed out after {timeout_s:g}s waiting for {what}")
+            fail(comm, f"timed out after {timeout_s:g}s waiting for {what}", "stalled")
         if elapsed > spin_s:
             time.sleep(nap)
             nap = min(nap * 2, 1e-3)
@@ -115,6 +123,39 @@ def hold(comm, leader, followers, timeout_s, what):
                  f"the other workers to resume after {what}")
     elif comm.rank in followers:
         wait(comm, comm.Irecv(token, source=leader, tag=RELEASE_TAG), timeout_s, f"rank {leader} to finish {what}")
+
+
+#: tags of the end-of-run roll call
+ARRIVED_TAG, FINISHED_TAG = 30_001, 30_002
+
+
+def duplicate(comm, timeout_s, what):
+    """A bounded duplicate of `comm`: bench's own messages travel on it, so no strategy's probe for
+    any message ever sees them."""
+    new, request = comm.Idup()
+    wait(comm, request, timeout_s, what)
+    return new
+
+
+def report_in(comm, absent, timeout_s, what):
+    """A barrier that outlives lost ranks: every rank but `absent` (known on rank 0) tells rank 0 it
+    is here; rank 0 waits for them, bounded."""
+    if comm.rank == 0:
+        reqs = [comm.Irecv(np.zeros(1, np.int64), source=r, tag=ARRIVED_TAG)
+                for r in range(1, comm.size) if r not in absent]
+        wait_all(comm, reqs, timeout_s, what)
+    else:
+        wait(comm, comm.Isend(np.zeros(1, np.int64), dest=0, tag=ARRIVED_TAG), timeout_s, what)
+
+
+def release(comm, absent, timeout_s, what):
+    """Rank 0 lets every rank but `absent` go; the others wait for it, bounded."""
+    token = np.zeros(1, np.int64)
+    if comm.rank == 0:
+        wait_all(comm, [comm.Isend(token, dest=r, tag=FINISHED_TAG) for r in range(1, comm.size) if r not in absent],
+                 timeout_s, what)
+    else:
+        wait(comm, comm.Irecv(token, source=0, tag=FINISHED_TAG), timeout_s, what)
 
 
 def probe_any(comm):

@@ -74,8 +74,14 @@ class ParameterServerStrategy(Strategy):
     def after_message(self):
         """Called after every message; by default nothing is waiting to be released."""
 
+    def waits_on_server(self, worker):
+        """Whether `worker` is silent because the server holds its pull back (so not lost)."""
+        return False
+
     def finish(self):
         if self.ctx.role != "server":
             return Final(None, None)
         final = self.server.gather_final()
-        return Final(final, self.server.version) if final is not None else Final(None, None)
+        if final is None:
+            return Final(None, None)
+        return Final(final, self.server.version, tuple(sorted(self.server.lost)))

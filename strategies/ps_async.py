@@ -15,6 +15,7 @@ class PSAsync(ParameterServerStrategy):
     """Async parameter server (mpi4py): gradients applied as they arrive, staleness measured."""
     name = "ps_async"
     order, color, simulator_model = 50, "#d62728", "async_ps"
+    survives_lost_workers = True  # asynchrony's advantage: the others' gradients keep coming
     options = {**ParameterServerStrategy.options, "prefetch": False, "lr_staleness": "none",
                "max_staleness": None}
     option_docs = {**ParameterServerStrategy.option_docs,
@@ -40,9 +41,13 @@ class PSAsync(ParameterServerStrategy):
         self.clocks = {w: 0 for w in self.ctx.layout.worker_ranks}  # pushes received from each worker
         self.held = []                                                # pulls held back by the bound
 
+    def waits_on_server(self, worker):
+        return worker in self.held
+
     def may_proceed(self, worker):
         bound = self.opts["max_staleness"]
-        active = [c for w, c in self.clocks.items() if w not in self.server.finished] or [self.clocks[worker]]
+        gone = self.server.finished | self.server.lost
+        active = [c for w, c in self.clocks.items() if w not in gone] or [self.clocks[worker]]
         return bound is None or self.clocks[worker] - min(active) <= bound
 
     def on_pull(self, worker):

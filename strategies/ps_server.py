@@ -22,22 +22,33 @@ class ShardServer:
         self.version = 0      # updates applied to this shard
         self.dropped = 0      # gradients a strategy chose not to apply
         self.finished = set()  # workers that said DONE
-        self.sends = []       # answers still in flight
+        self.lost = set()     # workers gone silent, whose work the others carry on (survives_lost_workers)
+        # a worker is lost after half the run's wait bound, so its peers' own bounded waits (for the
+        # answers this server owes them) outlast the detection
+        self.lost_after = ctx.settings.timeout_s / 2
+        self.sends = []       # (worker, request) of answers still in flight
+        self.heard = {w: time.monotonic() for w in ctx.layout.worker_ranks}  # last message from each
+        self.pushes = {w: 0 for w in ctx.layout.worker_ranks}
 
     def serve(self, hooks):
         """Run until every worker is done, then record this server's totals."""
         start_wall, start_cpu = time.time(), time.process_time()
         token = np.empty(1, np.int64)
-        while len(self.finished) < self.ctx.layout.workers:
-            worker, tag = self.next_message()
+        while len(self.finished) + len(self.lost) < self.ctx.layout.workers:
+            found = self.next_message(hooks)
+            if found is None:
+                continue  # a worker was declared lost
+            worker, tag = found
+            self.heard[worker] = time.monotonic()
             if tag == PULL:
                 self.recv(token, worker, PULL, "a pull request")
                 hooks.on_pull(worker)
             elif tag == PUSH:
                 self.recv(token, worker, PUSH, f"the gradient header from rank {worker}")
                 grad = np.empty_like(self.shard)
-                self.recv(grad, worker, GRAD, f"the gradient from rank {worker}")
-                hooks.on_push(worker, int(token[0]), grad)
+                if self.recv_or_lose(grad, worker, GRAD, f"the gradient from rank {worker}", hooks):
+                    hooks.on_push(worker, int(token[0]), grad)
+                    self.pushes[worker] += 1
             elif tag == DONE:
                 self.recv(token, worker, DONE, "a done message")
                 self.finished.add(worker)
@@ -47,23 +58,53 @@ class ShardServer:
         self.ctx.recorder.server(self.version, self.dropped, time.time() - start_wall,
                                  time.process_time() - start_cpu)
 
-    def next_message(self):
-        """Wait for any message, sleeping from the start so an idle server stays off the CPU."""
+    def next_message(self, hooks):
+        """(worker, tag) of the next message, sleeping from the start so an idle server stays off the
+        CPU; None when instead a worker silent for half the run's timeout was declared lost."""
         found = []
 
         def arrived():
-            self.sends = [r for r in self.sends if not r.Test()]
+            self.sends = [(w, r) for w, r in self.sends if not r.Test()]
             found[:] = [comm.probe_any(self.comm)]
-            return found[0] is not None
-        comm.poll(self.comm, arrived, self.ctx.settings.timeout_s, "any worker", spin_s=0.0)
+            return found[0] is not None or self.declare_lost(hooks)
+        comm.poll(self.comm, arrived, self.ctx.settings.timeout_s + 1.0, "any worker", spin_s=0.0)
         return found[0]
+
+    def declare_lost(self, hooks):
+        """Go on without workers silent for longer than the timeout (if the strategy can); whether any was."""
+        now = time.monotonic()
+        silent = [w for w, t in self.heard.items() if now - t > self.lost_after
+                  and w not in self.finished | self.lost and not hooks.waits_on_server(w)]
+        for worker in silent:
+            self.lose(worker, hooks, f"sent nothing for {self.lost_after:g}s")
+        return bool(silent)
+
+    def lose(self, worker, hooks, why):
+        """Go on without `worker` if the strategy survives that; else abort the job."""
+        if not hooks.survives_lost_workers:
+            comm.fail(self.comm, f"worker rank {worker} {why}", "lost_ranks")
+        self.lost.add(worker)
+        self.sends = [(w, r) for w, r in self.sends if w != worker]  # never taken: do not wait for them
+        self.ctx.recorder.lost(worker, self.pushes[worker])
+
+    def recv_or_lose(self, buf, worker, tag, what, hooks):
+        """Receive a message part from `worker`; False when it died part-way (declared lost)."""
+        request = self.comm.Irecv(buf, source=worker, tag=tag)
+        give_up = time.monotonic() + self.lost_after
+        comm.poll(self.comm, lambda: request.Test() or time.monotonic() > give_up, self.ctx.settings.timeout_s,
+                  what)
+        if request.Test():
+            return True
+        request.Cancel()
+        self.lose(worker, hooks, f"stopped part-way through {what}")
+        return False
 
     def recv(self, buf, source, tag, what):
         comm.wait(self.comm, self.comm.Irecv(buf, source=source, tag=tag), self.ctx.settings.timeout_s, what)
 
     def answer_pull(self, worker):
-        self.sends.append(self.comm.Isend(np.array([self.version], np.int64), dest=worker, tag=VERSION))
-        self.sends.append(self.comm.Isend(self.shard.copy(), dest=worker, tag=PARAMS))
+        self.sends.append((worker, self.comm.Isend(np.array([self.version], np.int64), dest=worker, tag=VERSION)))
+        self.sends.append((worker, self.comm.Isend(self.shard.copy(), dest=worker, tag=PARAMS)))
 
     def record(self, worker, read, lr):
         """Record a gradient from `worker`, computed on version `read`, going onto this version."""
@@ -76,7 +117,7 @@ class ShardServer:
     def gather_final(self):
         """Every server's shard to rank 0; the whole vector there, None elsewhere."""
         timeout = self.ctx.settings.timeout_s
-        comm.wait_all(self.comm, self.sends, timeout, "workers to take the parameters")
+        comm.wait_all(self.comm, [r for _, r in self.sends], timeout, "workers to take the parameters")
         if self.ctx.rank != 0:
             comm.wait(self.comm, self.comm.Isend(self.shard, dest=0, tag=FINAL), timeout,
                       "rank 0 to take the final parameters")

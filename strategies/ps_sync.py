@@ -37,6 +37,9 @@ class PSSync(ParameterServerStrategy):
         self.pending = {}         # this round's gradients, by worker
         self.deferred_pulls = []  # workers whose next step must see this round's update
 
+    def waits_on_server(self, worker):
+        return worker in self.deferred_pulls
+
     def on_pull(self, worker):
         if worker in self.pending:
             self.deferred_pulls.append(worker)

@@ -93,9 +93,10 @@ def test_ps_async_two_servers_equal_one_server(runs):
 
 # Equal workers whose steps are long against message latency, so their steps overlap as on a cluster.
 EQUAL_WORKERS = ("train.steps=20", "train.batch_size=2", "model.features=24")
-# The timing is controlled, not left to the OS: each worker holds 50 ms between its pull and its push
-# (straggle_s), far longer than a step of this model, so the two interleave the same way under load.
-EQUAL_PS_WORKERS = (*EQUAL_WORKERS, "strategy_options.straggle_s=[0.05,0.05]")
+# The timing is controlled, not left to the OS: each worker holds 300 ms between its pull and its push
+# (straggle_s), far longer than a step of this model even on a loaded machine, so the two interleave
+# the same way under load.
+EQUAL_PS_WORKERS = (*EQUAL_WORKERS, "strategy_options.straggle_s=[0.3,0.3]")
 
 
 def test_ps_async_two_workers_are_stale_by_about_one(runs):
@@ -114,9 +115,9 @@ def test_ps_sync_equals_allreduce(runs):
     assert_same(hvd, ps, 2e-6)
 
 
-def test_killed_rank_fails_the_job_without_hanging(tmp_path):
+def test_a_killed_rank_fails_a_sync_ps_job_without_hanging(tmp_path):
     out = tmp_path / "killed"
-    cmd = [sys.executable, "-m", "ffnbench.bench.cli", "run", "configs/smoke.yaml", "--set", "strategy=ps_async",
+    cmd = [sys.executable, "-m", "ffnbench.bench.cli", "run", "configs/smoke.yaml", "--set", "strategy=ps_sync",
            "--set", "ranks=3", "--set", "train.steps=100000", "--set", "run.timeout_s=20", "--out", str(out)]
     proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     metrics = out / "metrics.jsonl"
@@ -131,7 +132,7 @@ def test_killed_rank_fails_the_job_without_hanging(tmp_path):
     t = time.time()
     _, err = proc.communicate(timeout=60)
     assert proc.returncode != 0 and time.time() - t < 40
-    assert not (out / "summary.json").exists()
+    assert json.load(open(out / "summary.json"))["status"] == "lost_ranks"
     assert err.strip().splitlines()[-1].startswith("ffnbench: error:")
 
 

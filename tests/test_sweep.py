@@ -110,7 +110,7 @@ def test_fov_budget_gives_every_run_the_same_fovs():
 
 
 def test_a_failed_run_is_recorded_and_the_sweep_goes_on(tmp_path, monkeypatch):
-    def fake_run(cfg, out=None, node_peak=None):
+    def fake_run(cfg, out=None, node_peak=None, volumes_dir=None):
         return out, "boom" if cfg["train"]["batch_size"] == 1 else None
     monkeypatch.setattr(launcher, "run_experiment", fake_run)
     monkeypatch.setattr(peak, "node_peak", lambda during: {"flops_per_s": 1e11})

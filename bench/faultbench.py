@@ -1,0 +1,94 @@
+"""`ffnbench faultbench CONFIG`: what one lost worker process costs, measured.
+
+Runs the config once undisturbed, then again with SIGKILL sent to one worker rank once it has done
+`kill_after` steps, and reports the time the failure cost:
+
+- a strategy that survives lost workers (ps_async) goes on: the cost is the survivors' slowest step
+  around the failure (their only wait) and the lost worker's untrained FOVs;
+- a resumable strategy ends as lost_ranks and is resumed from its last checkpoint (`ffnbench resume`):
+  the cost is the extra wall time of both attempts over the undisturbed run (detection, restart,
+  the steps redone since the checkpoint).
+"""
+import json
+import os
+import signal
+import subprocess
+import time
+
+from ffnbench import strategies
+from ffnbench.bench.launcher import cli_command
+from ffnbench.bench.results import read_records
+
+
+def _rank_pid(run_dir, rank):
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                argv = f.read().split(b"\0")
+            if b"train" not in argv or run_dir.encode() not in argv:
+                continue
+            with open(f"/proc/{pid}/environ", "rb") as f:
+                env = dict(i.split(b"=", 1) for i in f.read().split(b"\0") if b"=" in i)
+        except OSError:
+            continue
+        if int(env.get(b"OMPI_COMM_WORLD_RANK", b"0")) == rank:
+            return int(pid)
+    return None
+
+
+def _steps_of(run_dir, rank):
+    path = os.path.join(run_dir, "metrics.jsonl")
+    if not os.path.exists(path):
+        return 0
+    with open(path) as f:
+        return sum(1 for line in f if '"kind": "step"' in line and f'"rank": {rank},' in line)
+
+
+def _timed(argv):
+    start = time.time()
+    proc = subprocess.run(cli_command(*argv), capture_output=True, text=True)
+    return time.time() - start, proc
+
+
+def measure(config, overrides, out, victim, kill_after, timeout_s=1800):
+    """{mode, wall_undisturbed_s, wall_with_failure_s, time_lost_s, ...} of one injected failure."""
+    sets = [x for o in overrides for x in ("--set", o)]
+    whole, hit = os.path.join(out, "undisturbed"), os.path.join(out, "with_failure")
+    wall_a, proc = _timed(["run", config, *sets, "--out", whole])
+    if proc.returncode != 0:
+        raise RuntimeError(f"the undisturbed run failed: {proc.stderr.strip().splitlines()[-1:]}")
+    with open(os.path.join(whole, "summary.json")) as f:
+        strategy = json.load(f)["strategy"]
+    start = time.time()
+    job = subprocess.Popen(cli_command("run", config, *sets, "--out", hit), stdout=subprocess.PIPE,
+                           stderr=subprocess.PIPE, text=True)
+    while _steps_of(hit, victim) < kill_after:
+        if job.poll() is not None or time.time() - start > timeout_s:
+            raise RuntimeError(f"rank {victim} never reached step {kill_after}")
+        time.sleep(0.05)
+    os.kill(_rank_pid(hit, victim), signal.SIGKILL)
+    killed_at = time.time()
+    job.communicate(timeout=timeout_s)
+    ended_at = time.time()
+    result = {"strategy": strategy, "victim": victim, "kill_after_steps": kill_after,
+              "wall_undisturbed_s": wall_a, "job_ended_after_kill_s": ended_at - killed_at}
+    if strategies.get(strategy).survives_lost_workers:
+        with open(os.path.join(hit, "summary.json")) as f:
+            summary = json.load(f)
+        steps = [r for r in read_records(hit).steps if r.rank != victim]
+        lost_time = summary["lost_workers"][0]["time"] if summary["lost_workers"] else None
+        around = [r.step_s for r in steps if lost_time is not None and abs(r.time - lost_time) < 30]
+        result.update(mode="async: the others go on", status=summary["status"],
+                      wall_with_failure_s=ended_at - start,
+                      survivors_slowest_step_near_failure_s=max(around, default=0.0),
+                      survivors_median_step_s=sorted(r.step_s for r in steps)[len(steps) // 2],
+                      fovs_not_trained=summary["lost_workers"][0]["fovs_not_trained"] if summary["lost_workers"] else 0)
+        result["time_lost_s"] = result["survivors_slowest_step_near_failure_s"] - result["survivors_median_step_s"]
+    else:
+        wall_resume, proc = _timed(["resume", hit])
+        if proc.returncode != 0:
+            raise RuntimeError(f"the resume failed: {proc.stderr.strip().splitlines()[-1:]}")
+        result.update(mode="restart from the last checkpoint", wall_with_failure_s=ended_at - start + wall_resume,
+                      resume_wall_s=wall_resume)
+        result["time_lost_s"] = result["wall_with_failure_s"] - wall_a
+    return result
