@@ -32,13 +32,13 @@ def cmd_train(args):
         train(cfg, run_dir)
     except Exception as e:  # any rank's error aborts the whole job at once, with its own line
         import traceback
-        from ffnbench.strategies import comm
-        world = comm.init_world()
-        path = os.path.join(run_dir, f"rank{world.rank}.traceback.txt")
+        from ffnbench.bench import context, control
+        ctl = control.for_launch(context.layout_of(cfg).launch, cfg["run"]["timeout_s"])
+        path = os.path.join(run_dir, f"rank{ctl.rank}.traceback.txt")
         with open(path, "w") as f:
             traceback.print_exc(file=f)
         plain = isinstance(e, (ValueError, FileNotFoundError, KeyError))
-        comm.fail(world, (str(e).strip("'\"") if plain else f"{type(e).__name__}: {e}") + f" (traceback: {path})")
+        ctl.fail((str(e).strip("'\"") if plain else f"{type(e).__name__}: {e}") + f" (traceback: {path})")
     return 0
 
 

@@ -20,20 +20,24 @@ from ffnbench.bench.launcher import cli_command
 from ffnbench.bench.results import read_records
 
 
-def _rank_pid(run_dir, rank):
+def rank_pids(run_dir):
+    """{rank: pid} of the live processes training in run_dir (Linux /proc), under mpirun or horovodrun."""
+    found = {}
     for pid in filter(str.isdigit, os.listdir("/proc")):
         try:
             with open(f"/proc/{pid}/cmdline", "rb") as f:
                 argv = f.read().split(b"\0")
-            if b"train" not in argv or run_dir.encode() not in argv:
+            if argv[1:4] != [b"-m", b"ffnbench.bench.cli", b"train"] or str(run_dir).encode() not in argv:
                 continue
             with open(f"/proc/{pid}/environ", "rb") as f:
-                env = dict(i.split(b"=", 1) for i in f.read().split(b"\0") if b"=" in i)
+                env = dict(item.split(b"=", 1) for item in f.read().split(b"\0") if b"=" in item)
+            with open(f"/proc/{pid}/stat") as f:
+                state = f.read().split(") ")[1][0]
         except OSError:
             continue
-        if int(env.get(b"OMPI_COMM_WORLD_RANK", b"0")) == rank:
-            return int(pid)
-    return None
+        if state != "Z":
+            found[int(env.get(b"OMPI_COMM_WORLD_RANK") or env.get(b"HOROVOD_RANK") or b"0")] = int(pid)
+    return found
 
 
 def _steps_of(run_dir, rank):
@@ -66,7 +70,7 @@ def measure(config, overrides, out, victim, kill_after, timeout_s=1800):
         if job.poll() is not None or time.time() - start > timeout_s:
             raise RuntimeError(f"rank {victim} never reached step {kill_after}")
         time.sleep(0.05)
-    os.kill(_rank_pid(hit, victim), signal.SIGKILL)
+    os.kill(rank_pids(hit)[victim], signal.SIGKILL)
     killed_at = time.time()
     job.communicate(timeout=timeout_s)
     ended_at = time.time()

@@ -13,7 +13,7 @@ import numpy as np
 import yaml
 
 from ffnbench import strategies
-from ffnbench.bench import peak, summary as summ
+from ffnbench.bench import context, peak, summary as summ
 from ffnbench.bench.config import ConfigError
 from ffnbench.bench.context import SYNTHETIC_ENV
 from ffnbench.bench.results import is_complete
@@ -44,6 +44,11 @@ def check_inputs(cfg):
             check_hdf5(cfg["data"], cfg["model"]["fov"], cfg["model"]["deltas"])
         except ValueError as e:
             raise ConfigError(str(e))
+    if context.layout_of(cfg).launch == "horovodrun_elastic":
+        names = comm.local_host_names()
+        if cfg["ranks"] > len(names):
+            raise ConfigError(f"config field ranks: elastic allreduce runs at most {len(names)} workers on this "
+                              f"machine, one per name it answers to ({', '.join(names)}), got {cfg['ranks']}")
     check_memory(cfg)
 
 
@@ -197,13 +202,11 @@ def synthetic_volumes(cfg, directory):
 def launch(cfg, run_dir, node_peak=None, env=None):
     """Run the job; returns (exit status, first error line or None, the signal that stopped it or None).
 
-    SIGTERM, SIGINT and SIGHUP reach the whole job: mpirun (in its own session) gets SIGTERM and takes
-    its ranks down, and is killed if it has not within STOP_GRACE_S. The job also dies with the launcher.
+    SIGTERM, SIGINT and SIGHUP reach the whole job: mpirun or horovodrun (in its own session) gets
+    SIGTERM and takes its ranks down, and is killed with them if it has not within STOP_GRACE_S. The
+    job also dies with the launcher.
     """
-    launch = strategies.get(cfg["strategy"]).launch
-    if launch != "mpirun":
-        raise ConfigError(f"config field strategy: {cfg['strategy']} needs launch {launch!r}, which this "
-                          f"launcher does not start")
+    layout = context.layout_of(cfg)
     argv = cli_command("train", os.path.join(run_dir, "config.yaml"), "--run-dir", run_dir)
     received, job = [], []
 
@@ -215,36 +218,81 @@ def launch(cfg, run_dir, node_peak=None, env=None):
     in_main = threading.current_thread() is threading.main_thread()
     previous = {sig: signal.signal(sig, forward) for sig in FORWARDED} if in_main else {}
     try:
-        proc = comm.launch_ranks(cfg["ranks"], argv, stderr=subprocess.PIPE, text=True, bufsize=1,
-                                 env_extra={**(peak.environment(node_peak) if node_peak else {}), **(env or {})},
-                                 start_new_session=True, preexec_fn=_die_with_parent)
+        popen = dict(stderr=subprocess.PIPE, start_new_session=True, preexec_fn=_die_with_parent,
+                     env_extra={**(peak.environment(node_peak) if node_peak else {}), **(env or {})})
+        if layout.launch == "horovodrun_elastic":
+            hosts = write_host_discovery(run_dir, cfg["ranks"])
+            proc = comm.launch_elastic(cfg["ranks"], argv, hosts, cfg["run"]["timeout_s"], stdout=subprocess.PIPE,
+                                       **popen)
+        else:
+            proc = comm.launch_ranks(cfg["ranks"], argv, **popen)
         job.append(proc)
         if received:  # a signal came while it started
             proc.send_signal(signal.SIGTERM)
         errors, deaths = [], []
 
-        def relay():
-            for line in proc.stderr:
+        def relay_stderr():
+            for line in _lines(proc.stderr):
                 if line.startswith("ffnbench: error"):
                     errors.append(line.strip())
                 elif "noticed that process rank" in line:
                     deaths.append("ffnbench: error: lost_ranks: " + line.split("noticed that ", 1)[1].strip())
                 elif not _MPI_NOISE.match(line):
                     sys.stderr.write(line)
-        reader = threading.Thread(target=relay, daemon=True)
-        reader.start()
+                    sys.stderr.flush()
+
+        def relay_stdout():
+            for line in _lines(proc.stdout):
+                sys.stdout.write(line)
+                sys.stdout.flush()
+        readers = [threading.Thread(target=relay, daemon=True)
+                   for relay, stream in ((relay_stderr, proc.stderr), (relay_stdout, proc.stdout)) if stream]
+        for reader in readers:
+            reader.start()
         while True:
             try:
                 status = proc.wait(timeout=STOP_GRACE_S if received else None)
                 break
             except subprocess.TimeoutExpired:
                 os.killpg(proc.pid, signal.SIGKILL)
-        reader.join(timeout=5)
+        for reader in readers:
+            reader.join(timeout=5)
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
     first = (errors or deaths or [None])[0]
     return status, first, (received[0] if received else None)
+
+
+#: horovodrun's prefix on each line of a worker's output
+_WORKER_PREFIX = re.compile(r"^\[\d+\]<std(?:out|err)>:")
+
+
+def _lines(stream):
+    """The lines of a job's output stream (bytes), with horovodrun's worker prefixes removed; a
+    carriage return ends a line too, so progress bars still redraw in place."""
+    pending = b""
+    while True:
+        chunk = os.read(stream.fileno(), 65536)
+        pending += chunk
+        parts = re.split(rb"(?<=[\r\n])", pending) if chunk else [pending]
+        pending = parts.pop() if chunk else b""
+        for part in parts:
+            if part:
+                yield _WORKER_PREFIX.sub("", part.decode(errors="replace"))
+        if not chunk:
+            return
+
+
+def write_host_discovery(run_dir, ranks):
+    """RUN_DIR/horovod_hosts.sh, horovodrun's host discovery: one slot under each of `ranks` of this
+    machine's names, so a lost worker takes only its own slot out of the ring."""
+    path = os.path.join(run_dir, "horovod_hosts.sh")
+    with open(path, "w") as f:
+        f.write("#!/bin/sh\n# one slot per name of this machine (elastic Horovod drops a failed worker's host)\n")
+        f.writelines(f"echo {name}:1\n" for name in comm.local_host_names()[:ranks])
+    os.chmod(path, 0o755)
+    return path
 
 
 _STATUS = re.compile(r"^ffnbench: error: (?:rank \d+: )?(\w+): (.*)$")
@@ -285,9 +333,10 @@ def resume_experiment(run_dir, node_peak=None, volumes_dir=None):
     """Continue an interrupted run from its newest complete checkpoint; as run_experiment."""
     from ffnbench.bench import checkpoints, config
     cfg = config.load(os.path.join(run_dir, "config.yaml"))
-    if not strategies.get(cfg["strategy"]).resumable:
-        raise ConfigError(f"{run_dir}: strategy {cfg['strategy']} cannot resume (only strategies whose ranks are "
-                          f"all workers: {', '.join(n for n in strategies.names() if strategies.get(n).resumable)})")
+    if not context.layout_of(cfg).resumable:
+        raise ConfigError(f"{run_dir}: strategy {cfg['strategy']} with these options cannot resume (only strategies "
+                          f"whose ranks are all workers: {', '.join(n for n in strategies.names() if strategies.get(n).resumable)}; "
+                          f"elastic allreduce recovers in memory)")
     if is_complete(run_dir):
         raise ConfigError(f"{run_dir}: the run is already complete")
     check_inputs(cfg)
@@ -321,7 +370,7 @@ def can_resume(run_dir):
     from ffnbench.bench.results import stored_config
     cfg = stored_config(run_dir)
     return bool(cfg and not is_complete(run_dir) and cfg.get("strategy") in strategies.names()
-                and strategies.get(cfg["strategy"]).resumable and checkpoints.latest(run_dir))
+                and context.layout_of(cfg).resumable and checkpoints.latest(run_dir))
 
 
 def keep_records_before(run_dir, step):
@@ -352,7 +401,7 @@ def _train(cfg, run_dir, lock, node_peak, volumes_dir, env):
         print(f"run directory: {run_dir}", flush=True)
         if volumes_dir and cfg["data"]["source"] == "synthetic":
             env = {**env, SYNTHETIC_ENV: synthetic_volumes(cfg, volumes_dir)}
-        if strategies.get(cfg["strategy"]).survives_lost_workers:
+        if context.layout_of(cfg).survives_lost_workers:
             env = {**env, **RECOVERY_ENV}
         status, error, signum = launch(cfg, run_dir, node_peak, env)
         if signum is None and is_complete(run_dir) and (status == 0 or lost_workers(run_dir)):

@@ -16,7 +16,7 @@ import time
 import numpy as np
 
 from ffnbench import strategies
-from ffnbench.bench import checkpoints, context, peak, summary as summ
+from ffnbench.bench import checkpoints, context, control as controls, peak, summary as summ
 from ffnbench.bench.config import ConfigError
 from ffnbench.bench.recorder import Recorder
 from ffnbench.strategies import comm as mpi
@@ -61,8 +61,8 @@ class Watchdog:
     collective that a stopped or lost peer never joins (Horovod's included, which no MPI wait of
     ours bounds) ends with one line instead of a hang."""
 
-    def __init__(self, comm, timeout_s):
-        self.comm, self.timeout_s = comm, timeout_s
+    def __init__(self, control, timeout_s):
+        self.control, self.timeout_s = control, timeout_s
         self.last = time.monotonic()
         self.armed = False
         self.stopped = threading.Event()
@@ -94,7 +94,7 @@ class Watchdog:
         while not self.stopped.wait(min(1.0, self.timeout_s / 10)):
             idle = time.monotonic() - self.last
             if self.armed and idle > self.timeout_s:
-                mpi.fail(self.comm, f"no training progress for {idle:.0f}s (run.timeout_s {self.timeout_s:g}): a "
+                self.control.fail(f"no training progress for {idle:.0f}s (run.timeout_s {self.timeout_s:g}): a "
                                     f"rank stopped or an exchange hung", "stalled")
 
 
@@ -104,17 +104,17 @@ class RankDuties:
     when it is a worker), so their time leaks into no rank's communication or waiting; TensorBoard
     scalars (rank 0 and the first worker)."""
 
-    def __init__(self, cfg, ctx, data, fovs_per_update):
-        self.cfg, self.ctx, self.data = cfg, ctx, data
+    def __init__(self, cfg, ctx, control, data, fovs_per_update):
+        self.cfg, self.ctx, self.control, self.data = cfg, ctx, control, data
         self.fovs_per_update = fovs_per_update
         workers = ctx.layout.worker_ranks
         self.leader, self.followers = workers[0], workers[1:]
         self.eval_every = cfg["eval"]["every"]
         self.checkpoint_every = cfg["run"]["checkpoint_every"]
-        self.resumable = strategies.get(cfg["strategy"]).resumable
+        self.resumable = ctx.layout.resumable
         self.progress = None
         self.checkpointer = None
-        self.watchdog = Watchdog(ctx.comm, ctx.settings.timeout_s)
+        self.watchdog = Watchdog(control, ctx.settings.timeout_s)
 
     def attach(self, recorder):
         ctx = self.ctx
@@ -142,25 +142,24 @@ class RankDuties:
     def stop_if_diverged(self, record):
         """Stop at the first non-finite loss: nothing after it is worth training or checkpointing."""
         if not math.isfinite(record.loss):
-            mpi.fail(self.ctx.comm, f"training loss is {record.loss} at step {record.step}; the last good "
+            self.control.fail(f"training loss is {record.loss} at step {record.step}; the last good "
                                     f"checkpoint (if any) is in {self.ctx.run_dir}/checkpoints", "diverged")
 
     def pause_if_due(self, record):
         """After a worker step: every worker pauses together for a due evaluation or checkpoint."""
         ctx, rec, done = self.ctx, self.ctx.recorder, record.step + 1
-        timeout = ctx.settings.timeout_s
         if self.eval_every and done % self.eval_every == 0 and done < ctx.settings.steps:
             with rec.pause("eval"), self.watchdog.disarmed():
                 if ctx.rank == self.leader:
                     self.evaluate(record.model_version)
-                mpi.hold(ctx.comm, self.leader, self.followers, timeout, "the evaluation")
+                self.control.hold(self.leader, self.followers, "the evaluation")
         if self.checkpoint_every and done % self.checkpoint_every == 0 and done < ctx.settings.steps:
             train_time = rec.now()
             with rec.pause("checkpoint"), self.watchdog.disarmed():
                 if self.resumable:  # every rank is a worker: together they hold the whole training state
                     state = checkpoints.join(model=ctx.model.state(), stream=ctx.stream.state())
                     checkpoints.save_rank(ctx.run_dir, done, ctx.rank, state)
-                    mpi.barrier(ctx.comm, timeout, "every rank to save its checkpoint")
+                    self.control.barrier("every rank to save its checkpoint")
                     if ctx.rank == 0:
                         self.save_weights(done)
                         checkpoints.commit(ctx.run_dir, done, {"train_time": train_time, "ranks": ctx.layout.ranks,
@@ -168,7 +167,7 @@ class RankDuties:
                 else:  # the weights the first worker holds (for PS: its last pull)
                     if ctx.rank == self.leader:
                         self.save_weights(done)
-                    mpi.hold(ctx.comm, self.leader, self.followers, timeout, "the checkpoint")
+                    self.control.hold(self.leader, self.followers, "the checkpoint")
 
     def evaluate(self, model_version):
         """Held-out loss and voxel metrics of the weights the model holds, after `model_version` updates."""
@@ -181,7 +180,7 @@ class RankDuties:
         """The weights in TensorFlow's checkpoint format (what `ffnbench evaluate` restores)."""
         import tensorflow as tf
         if not np.isfinite(self.ctx.model.get_flat()).all():
-            mpi.fail(self.ctx.comm, f"the weights are not finite after step {step}; the last good checkpoint "
+            self.control.fail(f"the weights are not finite after step {step}; the last good checkpoint "
                                     f"(if any) is in {self.ctx.run_dir}/checkpoints", "diverged")
         if self.checkpointer is None:
             ckpt = tf.train.Checkpoint(model=self.ctx.model.net)
@@ -199,20 +198,20 @@ def train(cfg, run_dir):
     """Run one rank. Returns the summary on rank 0 (None elsewhere)."""
     layout = context.layout_of(cfg)
     cls = strategies.get(cfg["strategy"])
-    world = mpi.world_for(cls.launch)
-    if world.size != cfg["ranks"]:
-        raise ConfigError(f"config field ranks: is {cfg['ranks']} but the job has {world.size} MPI ranks")
-    rank, timeout = world.rank, cfg["run"]["timeout_s"]
-    control = mpi.duplicate(world, timeout, "the other ranks to start")
+    timeout = cfg["run"]["timeout_s"]
+    control = controls.for_launch(layout.launch, timeout)
+    if control.size != cfg["ranks"]:
+        raise ConfigError(f"config field ranks: is {cfg['ranks']} but the job has {control.size} ranks")
+    rank = control.rank
     role = layout.roles[rank]
-    local_workers, nodes = mpi.census(world, role == "worker", timeout)
+    local_workers, nodes = control.census(role == "worker")
     threads = threads_for(cfg, local_workers) if role == "worker" else 1
     configure_threads(threads)
 
     recorder = Recorder(run_dir, rank)
     holds_data = role == "worker" or rank == 0
     data = context.Data(cfg) if holds_data else None
-    ctx = context.build_context(cfg, layout, rank, world, recorder, run_dir, data)
+    ctx = context.build_context(cfg, layout, rank, control.world, recorder, run_dir, data)
     strategy = cls(ctx)
     with strategy.model_scope():
         ctx.model = context.build_model(cfg)
@@ -220,24 +219,23 @@ def train(cfg, run_dir):
         ctx.stream = data.stream(layout.worker_ranks.index(rank))
         ctx.model.trace()
     resumed = resume(ctx, os.environ.get(checkpoints.RESUME_ENV))
-    duties = RankDuties(cfg, ctx, data, context.fovs_per_update(cfg, layout))
+    duties = RankDuties(cfg, ctx, control, data, context.fovs_per_update(cfg, layout))
 
     manifest = None
     if rank == 0:
-        manifest = {"config": cfg, "strategy": cfg["strategy"], "ranks": world.size, "roles": list(layout.roles),
+        manifest = {"config": cfg, "strategy": cfg["strategy"], "ranks": control.size, "roles": list(layout.roles),
                     "role_counts": layout.role_counts(), "workers": layout.workers, "emulated": cls.emulated,
                     "threads_per_rank": threads, "params": ctx.model.num_params, **versions(),
                     "host": socket.gethostname(), "cpu": cpu_model(), "cores": os.cpu_count(), "nodes": nodes,
                     "start_time": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "git_commit": git_commit()}
     strategy.setup()
-    mpi.barrier(world, timeout, "all ranks to finish set-up")
+    control.barrier("all ranks to finish set-up")
     if rank == 0:  # measured now only when the launcher did not; the others sleep in the next barrier
         manifest["peak"] = {**(peak.given() or peak.node_peak(during="while the other ranks slept in a barrier")),
                             "nodes": nodes}
         summ.write_json_atomic(os.path.join(run_dir, "manifest.json"), manifest)
-    mpi.barrier(world, timeout, "rank 0 to measure the matmul peak")
-    t0 = mpi.broadcast(world, np.array([time.time()]), timeout, "rank 0's start time")
-    recorder.start_clock(float(t0[0]) - (resumed["train_time"] if resumed else 0.0))
+    control.barrier("rank 0 to measure the matmul peak")
+    recorder.start_clock(control.start_time() - (resumed["train_time"] if resumed else 0.0))
     if resumed and rank == 0:
         recorder.resume(resumed["step"])
     duties.attach(recorder)
@@ -248,14 +246,14 @@ def train(cfg, run_dir):
     if rank != 0:
         recorder.close()
     lost = final.lost_ranks if rank == 0 else ()
-    mpi.report_in(control, lost, timeout, "every rank to write its last records")
+    control.report_in(lost, "every rank to write its last records")
     if rank == 0:
         ctx.model.set_flat(final.weights)
         duties.save_weights(cfg["train"]["steps"])
         duties.evaluate(final.model_version)
         recorder.close()
         finish_run(cfg, duties.data, run_dir, manifest)
-    mpi.release(control, lost, timeout, "rank 0 to write the summary")
+    control.release(lost, "rank 0 to write the summary")
 
 
 def resume(ctx, directory):

@@ -66,10 +66,14 @@ def read_records(run_dir: str) -> Records:
                 if kind not in RECORD_TYPES:
                     raise ValueError(f"{path}: record of unknown kind {kind!r} (kinds: {', '.join(RECORD_TYPES)})")
                 try:
-                    by_kind[kind].append(RECORD_TYPES[kind](**{k: v for k, v in d.items() if k != "kind"}))
+                    record = RECORD_TYPES[kind](**{k: v for k, v in d.items() if k != "kind"})
                 except TypeError:
                     raise ValueError(f"{path}: a {kind} record whose fields are not those of this version of "
                                      f"ffnbench (strategies/base.py); re-run it") from None
+                if kind == ResumeRecord.kind:  # training went back to this step: what came after is redone
+                    by_kind[StepRecord.kind] = [r for r in by_kind[StepRecord.kind] if r.step < record.step]
+                    by_kind[EvalRecord.kind] = [r for r in by_kind[EvalRecord.kind] if r.step <= record.step]
+                by_kind[kind].append(record)
     return Records(steps=by_kind[StepRecord.kind], updates=by_kind[UpdateRecord.kind],
                    servers=by_kind[ServerRecord.kind], evals=by_kind[EvalRecord.kind],
                    lost=by_kind[LostRecord.kind], resumes=by_kind[ResumeRecord.kind])

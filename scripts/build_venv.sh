@@ -9,11 +9,12 @@ python=${PYTHON:-python3}
 "$venv/bin/pip" install -q --upgrade pip==24.2
 "$venv/bin/pip" install -q -r requirements.txt
 HOROVOD_WITH_TENSORFLOW=1 HOROVOD_WITH_MPI=1 HOROVOD_WITHOUT_PYTORCH=1 \
-HOROVOD_WITHOUT_MXNET=1 HOROVOD_WITHOUT_GLOO=1 MAKEFLAGS="-j$(nproc)" \
+HOROVOD_WITHOUT_MXNET=1 HOROVOD_WITH_GLOO=1 MAKEFLAGS="-j$(nproc)" \
   "$venv/bin/pip" install -q --no-cache-dir --no-build-isolation -r requirements-horovod.txt
 check=$("$venv/bin/horovodrun" --check-build 2>&1)
-if ! grep -q '\[X\] TensorFlow' <<<"$check" || ! grep -q '\[X\] MPI' <<<"$check"; then
-  echo "setup: FAILED: horovod was built without TensorFlow or MPI support:" >&2
+if ! grep -q '\[X\] TensorFlow' <<<"$check" || ! grep -q '\[X\] MPI' <<<"$check" \
+   || ! grep -q '\[X\] Gloo' <<<"$check"; then
+  echo "setup: FAILED: horovod was built without TensorFlow, MPI or Gloo support:" >&2
   echo "$check" >&2
   exit 1
 fi

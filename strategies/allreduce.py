@@ -1,12 +1,20 @@
-"""Sync data parallelism with Horovod's ring all-reduce, in-graph.
+"""Sync data parallelism with Horovod's ring all-reduce, in-graph; optionally elastic.
 
 The gradient and the all-reduce are two tf.functions rather than one, so comm_s is measured
 rather than guessed; with TF2's tape Horovod reduces after the whole backward pass either way,
 so nothing overlaps that the split loses.
+
+Elastic (`elastic: true`): horovodrun starts the workers over Gloo, and the training state (weights,
+optimizer slots, step) is committed to memory every `commit_every` steps. When a worker dies, the
+others' all-reduce fails, they roll back to the last commit, the ring re-forms without it (Horovod's
+elastic driver drops its host), and training goes on with a learning rate rescaled to the workers
+left (Horovod's elastic guide does the same).
 """
 import os
 
-from ffnbench.strategies.base import SyncDataParallel, register
+import numpy as np
+
+from ffnbench.strategies.base import LayoutError, SyncDataParallel, register
 
 
 @register
@@ -14,11 +22,27 @@ class HorovodAllreduce(SyncDataParallel):
     """Sync ring all-reduce with Horovod (hvd.allreduce per gradient inside a tf.function)."""
     name = "allreduce"
     order, color = 10, "#1f77b4"
-    options = {"fusion_threshold_mb": 128.0, "cycle_time_ms": 1.0, "fp16": False, "timeline": False}
+    options = {"fusion_threshold_mb": 128.0, "cycle_time_ms": 1.0, "fp16": False, "timeline": False,
+               "elastic": False, "commit_every": 10}
     option_docs = {"fusion_threshold_mb": "Horovod fusion buffer (HOROVOD_FUSION_THRESHOLD)",
                    "cycle_time_ms": "Horovod cycle time (HOROVOD_CYCLE_TIME)",
                    "fp16": "hvd.Compression.fp16 on the wire",
-                   "timeline": "Horovod's chrome-trace timeline in RUN_DIR/horovod_timeline.json"}
+                   "timeline": "Horovod's chrome-trace timeline in RUN_DIR/horovod_timeline.json",
+                   "elastic": "elastic Horovod (horovodrun over Gloo): a lost worker shrinks the ring",
+                   "commit_every": "elastic: steps between in-memory commits (the most a failure rolls back)"}
+
+    @classmethod
+    def roles(cls, ranks, options):
+        if options["commit_every"] < 1:
+            raise LayoutError(f"config field strategy_options.commit_every: must be at least 1 "
+                              f"(got {options['commit_every']})")
+        return super().roles(ranks, options)
+
+    @classmethod
+    def traits(cls, options):
+        if not options["elastic"]:
+            return super().traits(options)
+        return {"launch": "horovodrun_elastic", "resumable": False, "survives_lost_workers": True}
 
     def setup(self):
         o = self.opts
@@ -31,8 +55,11 @@ class HorovodAllreduce(SyncDataParallel):
             os.environ["HOROVOD_TIMELINE"] = os.path.join(self.ctx.run_dir, "horovod_timeline.json")
         import horovod.tensorflow as hvd
         import tensorflow as tf
-        hvd.init(comm=self.comm)
-        hvd.broadcast_variables(self.model.variables, root_rank=0)
+        if o["elastic"]:
+            hvd.init()  # over Gloo; elastic.run broadcasts rank 0's state before training
+        else:
+            hvd.init(comm=self.comm)
+            hvd.broadcast_variables(self.model.variables, root_rank=0)
         compression = hvd.Compression.fp16 if o["fp16"] else hvd.Compression.none
         self.allreduce = tf.function(
             lambda grads: [hvd.allreduce(g, op=hvd.Average, compression=compression) for g in grads])
@@ -44,7 +71,73 @@ class HorovodAllreduce(SyncDataParallel):
     def average(self, grads):
         return self.allreduce(grads)
 
+    def train(self):
+        if not self.opts["elastic"]:
+            return super().train()
+        state = elastic_state(self.hvd, self.model, self.ctx.start_step)
+        self.ring = None
+
+        @self.hvd.elastic.run
+        def train_elastic(state):  # runs again, from the last commit, each time the ring re-forms
+            self.join_ring(state.step)
+            while state.step < self.ctx.settings.steps:
+                self.step(state.step, self.lr(state.step))
+                state.step += 1
+                if state.step % self.opts["commit_every"] == 0:
+                    state.commit()
+        train_elastic(state)
+
+    def join_ring(self, step):
+        """Learn who is in the ring; after a failure, record who was lost and where training resumes,
+        and rescale the learning rate to the workers left."""
+        import tensorflow as tf
+        ring = self.hvd.allgather(tf.constant([self.ctx.rank]), name="ffnbench_ring").numpy().tolist()
+        if self.ring is not None and self.ctx.rank == 0:
+            self.ctx.recorder.resume(step)
+            for worker in sorted(set(self.ring) - set(ring)):
+                self.ctx.recorder.lost(worker, pushes=step)
+        self.ring = ring
+        self.lr = self.ctx.settings.lr_schedule(len(ring))
+
     def finish(self):
         final = super().finish()
-        self.hvd.shutdown()
+        if not self.opts["elastic"]:  # an elastic job's Horovod is bench's too, until the end (bench/control.py)
+            self.hvd.shutdown()
         return final
+
+
+def elastic_state(hvd, model, step):
+    """The training state elastic Horovod keeps: weights, optimizer slots and the step (the model's
+    state()), committed to memory, restored after a failure, then rank 0's broadcast to all.
+    Everything crosses as tensors (Horovod's ObjectState would pickle)."""
+    import tensorflow as tf
+    from horovod.common.elastic import State
+    from horovod.runner.elastic.worker import HostUpdateResult
+
+    def broadcast_host_update(update):
+        """State.check_host_updates' (previous timestamp, last timestamp, update flags): rank 0's."""
+        values = hvd.broadcast(tf.constant([float(update[0]), float(update[1]), float(int(update[2]))], tf.float64),
+                               root_rank=0, name="ffnbench_host_update").numpy()
+        return values[0], values[1], HostUpdateResult(int(values[2]))
+
+    class TrainingState(State):
+        def __init__(self):
+            super().__init__(bcast_object=broadcast_host_update, get_rank=hvd.rank)
+            self.step = step
+            self.save()
+
+        def save(self):
+            self.saved = (model.state(), self.step)
+
+        def restore(self):
+            model.load_state(self.saved[0])
+            self.step = self.saved[1]
+
+        def sync(self):
+            arrays = {k: hvd.broadcast(tf.constant(v), root_rank=0, name=f"ffnbench_state_{k}").numpy()
+                      for k, v in {**model.state(), "step": np.array([self.step], np.int64)}.items()}
+            self.step = int(arrays.pop("step")[0])
+            model.load_state(arrays)
+            self.save()
+
+    return TrainingState()

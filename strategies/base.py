@@ -109,6 +109,9 @@ class Layout:
     options: Dict[str, Any]
     roles: Tuple[str, ...]
     workers: int
+    launch: str = "mpirun"               # how its ranks start (one of LAUNCHES)
+    resumable: bool = False              # see Strategy.resumable
+    survives_lost_workers: bool = False  # see Strategy.survives_lost_workers
 
     @property
     def worker_ranks(self) -> List[int]:
@@ -195,8 +198,8 @@ class EvalRecord:
 
 @dataclass
 class LostRecord:
-    """A server stopped waiting for `worker`: silent for the run's timeout while the others went on.
-    `pushes`: gradients it had delivered to this server."""
+    """The job went on without `worker`: a server stopped waiting for it (silent for the run's timeout),
+    or an elastic ring shrank. `pushes`: its gradients the training kept."""
     kind: ClassVar[str] = "lost"
     rank: int
     time: float
@@ -206,8 +209,8 @@ class LostRecord:
 
 @dataclass
 class ResumeRecord:
-    """The run continued from its checkpoint after `step` steps (bench's); records after it replace
-    the interrupted attempt's from that step on."""
+    """Training continued from the state after `step` steps: a resumed run's checkpoint, or an elastic
+    job's last commit after a lost worker. Records of later steps written before it are superseded."""
     kind: ClassVar[str] = "resume"
     step: int
     time: float
@@ -256,7 +259,10 @@ class Recorder(Protocol):
         """
 
     def lost(self, worker: int, pushes: int) -> None:
-        """Record that a server goes on without `worker` (Args as LostRecord)."""
+        """Record that training goes on without `worker` (Args as LostRecord)."""
+
+    def resume(self, step: int) -> None:
+        """Record that training continues from the state after `step` steps (ResumeRecord)."""
 
 
 # ------------------------------------------------------------------ what a strategy is given
@@ -301,7 +307,7 @@ class TrainingContext:
     settings: TrainingSettings
     layout: Layout
     rank: int
-    comm: Any                       # the job's mpi4py communicator (launch "mpirun")
+    comm: Any                       # the job's mpi4py communicator (launch "mpirun"; None otherwise)
     recorder: Recorder
     run_dir: str                    # for artefacts a strategy owns (e.g. Horovod's timeline)
     make_stream: Callable[[int], ExampleStream]   # the example stream of logical worker w
@@ -333,7 +339,9 @@ class Final:
 
 # ------------------------------------------------------------------ the strategy
 
-LAUNCHES = ("mpirun",)            # how a strategy's ranks are started (see strategies/comm.py)
+#: how a strategy's ranks are started: by mpirun (or srun, aprun) as one MPI job, or by horovodrun as
+#: an elastic Horovod job over Gloo, whose ring shrinks when a worker is lost (strategies/comm.py)
+LAUNCHES = ("mpirun", "horovodrun_elastic")
 SIMULATOR_MODELS = ("ring_allreduce", "async_ps", "sync_ps")   # bench/simulator.py
 
 
@@ -383,7 +391,14 @@ class Strategy:
                                   f"default {default!r} (got {value!r})")
         options = {**cls.options, **user_options}
         roles = tuple(cls.roles(ranks, options))
-        return Layout(cls.name, ranks, options, roles, cls.logical_workers(roles, options))
+        return Layout(cls.name, ranks, options, roles, cls.logical_workers(roles, options),
+                      **cls.traits(options))
+
+    @classmethod
+    def traits(cls, options: Dict[str, Any]) -> Dict[str, Any]:
+        """{launch, resumable, survives_lost_workers} with these options: the class's by default (an
+        option may change how the ranks start and what a fault does, e.g. allreduce's elastic)."""
+        return {"launch": cls.launch, "resumable": cls.resumable, "survives_lost_workers": cls.survives_lost_workers}
 
     @classmethod
     def roles(cls, ranks: int, options: Dict[str, Any]) -> List[str]:
@@ -486,15 +501,19 @@ class SyncDataParallel(Strategy):
         return float(loss), np.asarray(logits)
 
     def train(self):
-        ctx, rec, model = self.ctx, self.ctx.recorder, self.model
-        for step in range(ctx.start_step, ctx.settings.steps):
-            model.set_lr(ctx.lr(step))
-            with rec.phase("data"):
-                batch = ctx.stream.next_batch()
-            loss, logits = self.update(batch)
-            with rec.phase("compute"):
-                ctx.stream.feedback(logits)
-            rec.step(step, len(batch), loss, model_version=step + 1)
+        for step in range(self.ctx.start_step, self.ctx.settings.steps):
+            self.step(step, self.ctx.lr(step))
+
+    def step(self, step, lr):
+        """Update `step` at learning rate `lr`, from this worker's next batch; record it."""
+        ctx, rec = self.ctx, self.ctx.recorder
+        self.model.set_lr(lr)
+        with rec.phase("data"):
+            batch = ctx.stream.next_batch()
+        loss, logits = self.update(batch)
+        with rec.phase("compute"):
+            ctx.stream.feedback(logits)
+        rec.step(step, len(batch), loss, model_version=step + 1)
 
 
 REGISTRY: Dict[str, type] = {}

@@ -194,6 +194,38 @@ def rank_environment(mca=None):
     return env
 
 
+def local_host_names():
+    """The names this machine answers to: localhost, 127.0.0.1, its hostname and its IPv4 addresses.
+
+    Elastic Horovod drops the *host* of a failed worker with all its slots, so on one machine each
+    worker gets a name of its own (horovodrun runs a host whose address is local without ssh)."""
+    import socket
+
+    import psutil  # a Horovod dependency
+    names = ["localhost", "127.0.0.1", socket.gethostname()]
+    names += sorted(a.address for addrs in psutil.net_if_addrs().values() for a in addrs
+                    if a.family == socket.AF_INET)
+    return list(dict.fromkeys(names))
+
+
+def launch_elastic(ranks, argv, discovery_script, timeout_s, env_extra=None, **popen_kwargs):
+    """Start `argv` as an elastic Horovod job of `ranks` workers over Gloo (horovodrun): it goes on
+    with as few as one worker, and every wait of Horovod's (Gloo's, the driver's) is bounded by
+    timeout_s.
+
+    Args:
+        discovery_script: horovodrun's host discovery (an executable that prints host:slots lines).
+    Returns:
+        The Popen of horovodrun.
+    """
+    t = str(int(max(1, timeout_s)))
+    horovodrun = os.path.join(os.path.dirname(sys.executable), "horovodrun")
+    cmd = [horovodrun if os.path.exists(horovodrun) else "horovodrun", "-np", str(ranks), "--min-np", "1",
+           "--max-np", str(ranks), "--host-discovery-script", discovery_script, "--slots-per-host", "1",
+           "--elastic-timeout", t, "--gloo-timeout-seconds", t, "--start-timeout", t] + list(argv)
+    return subprocess.Popen(cmd, env={**rank_environment(), **(env_extra or {})}, **popen_kwargs)
+
+
 def launch_ranks(ranks, argv, mca=None, env_extra=None, **popen_kwargs):
     """Start `argv` as `ranks` MPI ranks (a lone rank runs directly, as an MPI singleton).
 

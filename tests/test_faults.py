@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 
 from conftest import ROOT, ffnbench
+from ffnbench.bench.faultbench import rank_pids
 
 SMOKE = "configs/smoke.yaml"
 
@@ -160,25 +161,6 @@ def start(*args, env=None):
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
-def rank_pids(run_dir):
-    """{rank: pid} of the processes training in run_dir (from /proc)."""
-    found = {}
-    for pid in filter(str.isdigit, os.listdir("/proc")):
-        try:
-            with open(f"/proc/{pid}/cmdline", "rb") as f:
-                argv = f.read().split(b"\0")
-            if b"train" not in argv or str(run_dir).encode() not in argv:
-                continue
-            with open(f"/proc/{pid}/environ", "rb") as f:
-                env = dict(item.split(b"=", 1) for item in f.read().split(b"\0") if b"=" in item)
-            state = open(f"/proc/{pid}/stat").read().split(") ")[1][0]
-        except OSError:
-            continue
-        if state != "Z":
-            found[int(env.get(b"OMPI_COMM_WORLD_RANK", b"0"))] = int(pid)
-    return found
-
-
 def wait_for_steps(run_dir, n, timeout=120):
     path = os.path.join(run_dir, "metrics.jsonl")
     deadline = time.time() + timeout
@@ -223,10 +205,15 @@ def test_a_stopped_rank_aborts_within_the_timeout(tmp_path):
     assert not rank_pids(out)
 
 
-@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
-def test_a_signal_to_the_launcher_stops_the_whole_job(sig, tmp_path):
+ELASTIC = ["--set", "strategy=allreduce", "--set", "strategy_options.elastic=true"]
+
+
+@pytest.mark.parametrize("sig,job", [(signal.SIGTERM, ["--set", "strategy=mpi_allreduce"]),
+                                     (signal.SIGINT, ["--set", "strategy=mpi_allreduce"]),
+                                     (signal.SIGTERM, ELASTIC)], ids=["TERM", "INT", "TERM-elastic"])
+def test_a_signal_to_the_launcher_stops_the_whole_job(sig, job, tmp_path):
     out = tmp_path / "run"
-    proc = start("run", SMOKE, "--set", "strategy=mpi_allreduce", "--set", "ranks=2", *LONG, "--out", str(out))
+    proc = start("run", SMOKE, *job, "--set", "ranks=2", *LONG, "--out", str(out))
     wait_for_steps(out, 10)
     assert len(rank_pids(out)) == 2
     proc.send_signal(sig)
@@ -364,3 +351,34 @@ def test_the_async_parameter_server_outlives_a_lost_worker(tmp_path):
     # rank 0 is a server: the first worker writes the periodic checkpoints (its last pull)
     checkpoints = os.listdir(out / "checkpoints")
     assert "ckpt-200.index" in checkpoints and "ckpt-300.index" in checkpoints  # the last 2 are kept
+
+
+def test_elastic_allreduce_shrinks_the_ring_when_a_worker_is_lost(tmp_path):
+    out = tmp_path / "run"
+    proc = start("run", SMOKE, *ELASTIC, "--set", "strategy_options.commit_every=7", "--set", "ranks=3",
+                 "--set", "train.steps=150", "--set", "run.timeout_s=20", "--set", "run.progress=false",
+                 "--out", str(out))
+    wait_for_steps(out, 60)
+    os.kill(rank_pids(out)[1], signal.SIGKILL)
+    code, stdout, err = finished(proc, 180)
+    assert code == 0, err
+    summary = strict_json(str(out / "summary.json"))
+    assert summary["status"] == "complete" and [w["worker"] for w in summary["lost_workers"]] == [1]
+    assert "lost worker: rank 1" in stdout
+    records = strict_json(str(out / "metrics.jsonl"))
+    [resume] = [x["step"] for x in records if x["kind"] == "resume"]
+    [lost] = [x for x in records if x["kind"] == "lost"]
+    assert resume % 7 == 0 and 0 < resume < 150 and lost["pushes"] == resume
+    # the steps after the last commit were redone by the two left: each step once per worker that made it
+    from ffnbench.bench.results import read_records
+    kept = sorted((r.rank, r.step) for r in read_records(str(out)).steps)
+    assert kept == sorted([(r, s) for r in (0, 2) for s in range(150)] + [(1, s) for s in range(resume)])
+    assert summary["fovs_total"] == 2 * (3 * resume + 2 * (150 - resume))
+    assert summary["lost_workers"][0]["fovs_not_trained"] == (150 - resume) * 2
+    assert not rank_pids(out)
+
+
+def test_elastic_allreduce_refuses_more_workers_than_this_machine_has_names(tmp_path):
+    code, _, err = finished(start("run", SMOKE, *ELASTIC, "--set", "ranks=64", "--out", str(tmp_path / "r")), 60)
+    assert code == 2 and len(err.strip().splitlines()) == 1 and "one per name it answers to" in err, err
+    assert not (tmp_path / "r").exists()
