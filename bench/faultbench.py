@@ -3,8 +3,10 @@
 Runs the config once undisturbed, then again with SIGKILL sent to one worker rank once it has done
 `kill_after` steps, and reports the time the failure cost:
 
-- a strategy that survives lost workers (ps_async) goes on: the cost is the survivors' slowest step
-  around the failure (their only wait) and the lost worker's untrained FOVs;
+- a strategy that survives lost workers (ps_async; allreduce with elastic: true) goes on: the cost
+  is the survivors' longest wait between two steps around the failure, less their median step
+  (for elastic, that wait holds the detection, the ring's re-forming and the steps redone since
+  the last commit), and the lost worker's untrained FOVs;
 - a resumable strategy ends as lost_ranks and is resumed from its last checkpoint (`ffnbench resume`):
   the cost is the extra wall time of both attempts over the undisturbed run (detection, restart,
   the steps redone since the checkpoint).
@@ -15,9 +17,11 @@ import signal
 import subprocess
 import time
 
-from ffnbench import strategies
+import numpy as np
+
+from ffnbench.bench import context
 from ffnbench.bench.launcher import cli_command
-from ffnbench.bench.results import read_records
+from ffnbench.bench.results import read_records, stored_config
 
 
 def rank_pids(run_dir):
@@ -48,6 +52,21 @@ def _steps_of(run_dir, rank):
         return sum(1 for line in f if '"kind": "step"' in line and f'"rank": {rank},' in line)
 
 
+def survivors_stall(steps, victim, lost_time, window_s):
+    """(the longest wait between two successive steps of a surviving worker in the `window_s` before
+    the loss was recorded, the median wait): together, what detecting the loss, re-forming the ring and redoing the steps
+    since the last commit cost. Rolled-back steps are gone from the records (a resume record
+    supersedes them), so their time falls inside that wait."""
+    gaps, near = [], []
+    for rank in sorted({r.rank for r in steps} - {victim}):
+        mine = sorted((r for r in steps if r.rank == rank), key=lambda r: r.step)
+        for before, after in zip(mine, mine[1:]):
+            gaps.append(after.time - before.time)
+            if before.time <= lost_time + 1.0 and after.time >= lost_time - window_s:
+                near.append(after.time - before.time)
+    return max(near, default=0.0), float(np.median(gaps)) if gaps else 0.0
+
+
 def _timed(argv):
     start = time.time()
     proc = subprocess.run(cli_command(*argv), capture_output=True, text=True)
@@ -63,31 +82,35 @@ def measure(config, overrides, out, victim, kill_after, timeout_s=1800):
         raise RuntimeError(f"the undisturbed run failed: {proc.stderr.strip().splitlines()[-1:]}")
     with open(os.path.join(whole, "summary.json")) as f:
         strategy = json.load(f)["strategy"]
+    cfg = stored_config(whole)
+    layout = context.layout_of(cfg)
     start = time.time()
-    job = subprocess.Popen(cli_command("run", config, *sets, "--out", hit), stdout=subprocess.PIPE,
-                           stderr=subprocess.PIPE, text=True)
+    os.makedirs(out, exist_ok=True)
+    log = open(os.path.join(out, "with_failure.log"), "w")
+    job = subprocess.Popen(cli_command("run", config, *sets, "--out", hit), stdout=log, stderr=subprocess.STDOUT)
     while _steps_of(hit, victim) < kill_after:
         if job.poll() is not None or time.time() - start > timeout_s:
             raise RuntimeError(f"rank {victim} never reached step {kill_after}")
         time.sleep(0.05)
     os.kill(rank_pids(hit)[victim], signal.SIGKILL)
     killed_at = time.time()
-    job.communicate(timeout=timeout_s)
+    job.wait(timeout=timeout_s)
     ended_at = time.time()
+    log.close()
     result = {"strategy": strategy, "victim": victim, "kill_after_steps": kill_after,
               "wall_undisturbed_s": wall_a, "job_ended_after_kill_s": ended_at - killed_at}
-    if strategies.get(strategy).survives_lost_workers:
+    if layout.survives_lost_workers:
         with open(os.path.join(hit, "summary.json")) as f:
             summary = json.load(f)
-        steps = [r for r in read_records(hit).steps if r.rank != victim]
-        lost_time = summary["lost_workers"][0]["time"] if summary["lost_workers"] else None
-        around = [r.step_s for r in steps if lost_time is not None and abs(r.time - lost_time) < 30]
-        result.update(mode="async: the others go on", status=summary["status"],
-                      wall_with_failure_s=ended_at - start,
-                      survivors_slowest_step_near_failure_s=max(around, default=0.0),
-                      survivors_median_step_s=sorted(r.step_s for r in steps)[len(steps) // 2],
-                      fovs_not_trained=summary["lost_workers"][0]["fovs_not_trained"] if summary["lost_workers"] else 0)
-        result["time_lost_s"] = result["survivors_slowest_step_near_failure_s"] - result["survivors_median_step_s"]
+        if summary["status"] != "complete" or not summary["lost_workers"]:
+            raise RuntimeError(f"the run with a killed worker did not go on without it: {summary.get('error')}")
+        stall, median = survivors_stall(read_records(hit).steps, victim, summary["lost_workers"][0]["time"],
+                                       cfg["run"]["timeout_s"])
+        result.update(mode="elastic: the ring shrinks" if layout.launch == "horovodrun_elastic"
+                      else "async: the others go on", status=summary["status"],
+                      wall_with_failure_s=ended_at - start, survivors_longest_gap_s=stall,
+                      survivors_median_step_s=median, time_lost_s=stall - median,
+                      fovs_not_trained=summary["lost_workers"][0]["fovs_not_trained"])
     else:
         wall_resume, proc = _timed(["resume", hit])
         if proc.returncode != 0:

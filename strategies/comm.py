@@ -210,19 +210,20 @@ def local_host_names():
 
 def launch_elastic(ranks, argv, discovery_script, timeout_s, env_extra=None, **popen_kwargs):
     """Start `argv` as an elastic Horovod job of `ranks` workers over Gloo (horovodrun): it goes on
-    with as few as one worker, and every wait of Horovod's (Gloo's, the driver's) is bounded by
-    timeout_s.
+    with as few as one worker. Gloo's waits and the driver's re-forming of the ring are each bounded
+    by half of timeout_s, so a lost worker is over and done before the ranks' own watchdogs (at
+    timeout_s) would call the job stalled.
 
     Args:
         discovery_script: horovodrun's host discovery (an executable that prints host:slots lines).
     Returns:
         The Popen of horovodrun.
     """
-    t = str(int(max(1, timeout_s)))
+    t, half = str(int(max(1, timeout_s))), str(int(max(1, timeout_s / 2)))
     horovodrun = os.path.join(os.path.dirname(sys.executable), "horovodrun")
     cmd = [horovodrun if os.path.exists(horovodrun) else "horovodrun", "-np", str(ranks), "--min-np", "1",
            "--max-np", str(ranks), "--host-discovery-script", discovery_script, "--slots-per-host", "1",
-           "--elastic-timeout", t, "--gloo-timeout-seconds", t, "--start-timeout", t] + list(argv)
+           "--elastic-timeout", half, "--gloo-timeout-seconds", half, "--start-timeout", t] + list(argv)
     return subprocess.Popen(cmd, env={**rank_environment(), **(env_extra or {})}, **popen_kwargs)
 
 
