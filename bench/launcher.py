@@ -348,7 +348,7 @@ def resume_experiment(run_dir, node_peak=None, volumes_dir=None):
         raise ConfigError(f"{run_dir}: no complete checkpoint to resume from (run.checkpoint_every is "
                           f"{cfg['run']['checkpoint_every']})")
     step = checkpoints.read_meta(checkpoint)["step"]
-    keep_records_before(run_dir, step)
+    keep_records_before(run_dir, checkpoint)
     if os.path.exists(os.path.join(run_dir, "summary.json")):
         os.remove(os.path.join(run_dir, "summary.json"))
     print(f"resuming {run_dir} after step {step}", flush=True)
@@ -373,8 +373,19 @@ def can_resume(run_dir):
                 and context.layout_of(cfg).resumable and checkpoints.latest(run_dir))
 
 
-def keep_records_before(run_dir, step):
-    """Drop the records an interrupted attempt wrote after the checkpoint of `step` (they are redone)."""
+def keep_records_before(run_dir, checkpoint):
+    """Drop the records an interrupted attempt wrote after `checkpoint` (they are redone): steps from
+    its step on, each server's updates from the version it saved, and workers lost after it (they
+    train again)."""
+    from ffnbench.bench import checkpoints
+    step = checkpoints.read_meta(checkpoint)["step"]
+    versions, lost = {}, {}
+    for name in os.listdir(checkpoint):
+        if name.startswith("rank") and name.endswith(".npz"):
+            saved = checkpoints.load_rank(checkpoint, int(name[4:-4]))
+            if "strategy.version" in saved:
+                versions[int(name[4:-4])] = int(saved["strategy.version"])
+                lost[int(name[4:-4])] = set(saved["strategy.lost"].tolist())
     path = os.path.join(run_dir, "metrics.jsonl")
     if not os.path.exists(path):
         return
@@ -385,9 +396,10 @@ def keep_records_before(run_dir, step):
                 record = json.loads(line)
             except ValueError:
                 continue  # a line cut short by the interruption
-            if record["kind"] == "step" and record["step"] >= step:
-                continue
-            if record["kind"] in ("eval", "resume") and record["step"] > step:
+            kind = record["kind"]
+            if (kind == "step" and record["step"] >= step or kind in ("eval", "resume") and record["step"] > step
+                    or kind == "update" and record["version"] >= versions.get(record["rank"], float("inf"))
+                    or kind == "lost" and record["worker"] not in lost.get(record["rank"], {record["worker"]})):
                 continue
             kept.append(line if line.endswith("\n") else line + "\n")
     tmp = f"{path}.{os.getpid()}.tmp"

@@ -104,8 +104,8 @@ class RankDuties:
     when it is a worker), so their time leaks into no rank's communication or waiting; TensorBoard
     scalars (rank 0 and the first worker)."""
 
-    def __init__(self, cfg, ctx, control, data, fovs_per_update):
-        self.cfg, self.ctx, self.control, self.data = cfg, ctx, control, data
+    def __init__(self, cfg, ctx, control, strategy, data, fovs_per_update):
+        self.cfg, self.ctx, self.control, self.strategy, self.data = cfg, ctx, control, strategy, data
         self.fovs_per_update = fovs_per_update
         workers = ctx.layout.worker_ranks
         self.leader, self.followers = workers[0], workers[1:]
@@ -124,8 +124,8 @@ class RankDuties:
         if ctx.rank == 0 and self.cfg["run"]["progress"]:
             from tqdm import tqdm
             on_server = ctx.role == "server"
-            total = ctx.settings.steps * (ctx.layout.workers if on_server else 1)
-            self.progress = tqdm(total=total, initial=ctx.start_step, desc=f"{self.cfg['strategy']} x{ctx.layout.ranks}",
+            per_step = ctx.layout.workers if on_server else 1
+            self.progress = tqdm(total=ctx.settings.steps * per_step, initial=ctx.start_step * per_step, desc=f"{self.cfg['strategy']} x{ctx.layout.ranks}",
                                  unit="update" if on_server else "step", file=sys.stdout, dynamic_ncols=True,
                                  mininterval=1.0)
             (recorder.on_update if on_server else recorder.on_step).append(lambda record: self.progress.update(1))
@@ -156,18 +156,17 @@ class RankDuties:
         if self.checkpoint_every and done % self.checkpoint_every == 0 and done < ctx.settings.steps:
             train_time = rec.now()
             with rec.pause("checkpoint"), self.watchdog.disarmed():
-                if self.resumable:  # every rank is a worker: together they hold the whole training state
+                if self.resumable:  # the workers' state, and the other ranks' that snapshot() has saved
                     state = checkpoints.join(model=ctx.model.state(), stream=ctx.stream.state())
                     checkpoints.save_rank(ctx.run_dir, done, ctx.rank, state)
-                    self.control.barrier("every rank to save its checkpoint")
-                    if ctx.rank == 0:
-                        self.save_weights(done)
+                    self.strategy.snapshot(done)
+                    self.control.gather(self.leader, self.followers, "saving the checkpoint")
+                if ctx.rank == self.leader:  # the weights the first worker holds (for PS: its last pull)
+                    self.save_weights(done)
+                    if self.resumable:
                         checkpoints.commit(ctx.run_dir, done, {"train_time": train_time, "ranks": ctx.layout.ranks,
                                                                "strategy": ctx.layout.strategy})
-                else:  # the weights the first worker holds (for PS: its last pull)
-                    if ctx.rank == self.leader:
-                        self.save_weights(done)
-                    self.control.hold(self.leader, self.followers, "the checkpoint")
+                self.control.hold(self.leader, self.followers, "the checkpoint")
 
     def evaluate(self, model_version):
         """Held-out loss and voxel metrics of the weights the model holds, after `model_version` updates."""
@@ -218,8 +217,9 @@ def train(cfg, run_dir):
     if role == "worker":
         ctx.stream = data.stream(layout.worker_ranks.index(rank))
         ctx.model.trace()
-    resumed = resume(ctx, os.environ.get(checkpoints.RESUME_ENV))
-    duties = RankDuties(cfg, ctx, control, data, context.fovs_per_update(cfg, layout))
+    ctx.save_state = lambda step, arrays: checkpoints.save_rank(run_dir, step, rank, checkpoints.join(strategy=arrays))
+    resumed, saved = resume(ctx, os.environ.get(checkpoints.RESUME_ENV))
+    duties = RankDuties(cfg, ctx, control, strategy, data, context.fovs_per_update(cfg, layout))
 
     manifest = None
     if rank == 0:
@@ -229,6 +229,8 @@ def train(cfg, run_dir):
                     "host": socket.gethostname(), "cpu": cpu_model(), "cores": os.cpu_count(), "nodes": nodes,
                     "start_time": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "git_commit": git_commit()}
     strategy.setup()
+    if saved:
+        strategy.load_state(checkpoints.split(saved, "strategy"))
     control.barrier("all ranks to finish set-up")
     if rank == 0:  # measured now only when the launcher did not; the others sleep in the next barrier
         manifest["peak"] = {**(peak.given() or peak.node_peak(during="while the other ranks slept in a barrier")),
@@ -257,15 +259,27 @@ def train(cfg, run_dir):
 
 
 def resume(ctx, directory):
-    """Load this rank's state from the checkpoint `directory` (None: a fresh start); its state.json."""
+    """Load a worker's model and stream from the checkpoint `directory` (None: a fresh start).
+
+    Returns:
+        (its state.json, or None; this rank's saved arrays, or None). A worker lost before the
+        checkpoint has none: it resumes with no steps left, and the others go on without it.
+    """
     if not directory:
-        return None
+        return None, None
     meta = checkpoints.read_meta(directory)
-    state = checkpoints.load_rank(directory, ctx.rank)
-    ctx.model.load_state(checkpoints.split(state, "model"))
-    ctx.stream.load_state(checkpoints.split(state, "stream"))
     ctx.start_step = meta["step"]
-    return meta
+    try:
+        state = checkpoints.load_rank(directory, ctx.rank)
+    except FileNotFoundError:
+        if ctx.role != "worker" or not ctx.layout.survives_lost_workers:
+            raise
+        ctx.start_step = ctx.settings.steps
+        return meta, None
+    if ctx.role == "worker":
+        ctx.model.load_state(checkpoints.split(state, "model"))
+        ctx.stream.load_state(checkpoints.split(state, "stream"))
+    return meta, state
 
 
 def cpu_model():

@@ -314,6 +314,9 @@ class TrainingContext:
     model: Optional[ModelAPI] = None
     stream: Optional[ExampleStream] = None
     start_step: int = 0             # steps already done when a resumable strategy resumes
+    #: save_state(step, arrays): this rank's part of the checkpoint after `step` steps, for state the
+    #: strategy holds beyond the model and stream (a parameter server's shard); see Strategy.snapshot
+    save_state: Callable[[int, Dict[str, np.ndarray]], None] = lambda step, arrays: None
     lr: Callable[[int], float] = field(init=False)
 
     def __post_init__(self):
@@ -357,8 +360,8 @@ class Strategy:
     launch: ClassVar[str] = "mpirun"
     #: the simulator model that predicts its throughput at scale (one of SIMULATOR_MODELS), or None
     simulator_model: ClassVar[Optional[str]] = None
-    #: every rank is a worker whose model and stream are the whole training state, and train()
-    #: starts at ctx.start_step: bench checkpoints and resumes it exactly
+    #: bench checkpoints and resumes it: each worker's model and stream, plus what snapshot() has the
+    #: other ranks save, are the whole training state, and train() starts at ctx.start_step
     resumable: ClassVar[bool] = False
     #: training goes on when a worker process dies (the launcher asks MPI not to end the job then)
     survives_lost_workers: ClassVar[bool] = False
@@ -468,6 +471,13 @@ class Strategy:
     def train(self) -> None:
         """This rank's part of training."""
         raise NotImplementedError
+
+    def snapshot(self, step: int) -> None:
+        """On every worker at a checkpoint after `step` steps, its own state saved: return once the
+        ranks that are not workers have saved theirs (ctx.save_state), consistent with the workers'."""
+
+    def load_state(self, arrays: Dict[str, np.ndarray]) -> None:
+        """On resume, after setup(): take back what this rank saved with ctx.save_state."""
 
     def finish(self) -> Final:
         """The final weights and the updates they hold, on rank 0 (Final(None, None) elsewhere)."""

@@ -10,6 +10,8 @@ from ffnbench.strategies.base import OptimizerSettings
 
 
 class SGD:
+    STATE = ()  # the attributes a checkpoint keeps
+
     def __init__(self, size, settings):
         self.size = size
 
@@ -19,6 +21,7 @@ class SGD:
 
 class Momentum:
     """keras SGD(momentum=m): v = m v - lr g; p += v."""
+    STATE = ("velocity",)
 
     def __init__(self, size, settings):
         self.momentum = np.float32(settings.momentum)
@@ -32,6 +35,7 @@ class Momentum:
 
 class Adam:
     """keras Adam: bias correction folded into the step size, epsilon outside the square root."""
+    STATE = ("m", "v", "t")
 
     def __init__(self, size, settings):
         self.beta1, self.beta2 = np.float32(settings.beta1), np.float32(settings.beta2)
@@ -63,3 +67,12 @@ class ShardUpdater:
     def apply(self, param, grad, lr):
         np.clip(grad, -self.clip, self.clip, out=grad)
         self.optimizer.apply(param, grad, lr)
+
+    def state(self):
+        """The optimizer's slots and step count, as arrays."""
+        return {name: np.asarray(getattr(self.optimizer, name)) for name in self.optimizer.STATE}
+
+    def load_state(self, arrays):
+        for name in self.optimizer.STATE:
+            value = arrays[name]
+            setattr(self.optimizer, name, value.copy() if value.ndim else value.item())

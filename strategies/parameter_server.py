@@ -17,6 +17,7 @@ from ffnbench.strategies.ps_worker import PSWorker
 
 
 class ParameterServerStrategy(Strategy):
+    resumable = True  # the workers' streams and the servers' shards, snapshotted together
     options = {"servers": 1, "straggle_s": []}
     option_docs = {"servers": "the first `servers` ranks are parameter servers, the rest workers",
                    "straggle_s": "injected delay in seconds per worker per step, to study stragglers (recorded as wait_s)"}
@@ -64,6 +65,13 @@ class ParameterServerStrategy(Strategy):
             self.server.serve(self)
         else:
             self.worker.work(self.model)
+
+    def snapshot(self, step):
+        self.worker.snapshot(step)
+
+    def load_state(self, arrays):
+        if self.ctx.role == "server":
+            self.server.load_state(arrays)
 
     def on_pull(self, worker):
         raise NotImplementedError

@@ -38,8 +38,7 @@ class PSAsync(ParameterServerStrategy):
 
     def setup(self):
         super().setup()
-        self.clocks = {w: 0 for w in self.ctx.layout.worker_ranks}  # pushes received from each worker
-        self.held = []                                                # pulls held back by the bound
+        self.held = []  # pulls held back by the bound
 
     def waits_on_server(self, worker):
         return worker in self.held
@@ -47,8 +46,9 @@ class PSAsync(ParameterServerStrategy):
     def may_proceed(self, worker):
         bound = self.opts["max_staleness"]
         gone = self.server.finished | self.server.lost
-        active = [c for w, c in self.clocks.items() if w not in gone] or [self.clocks[worker]]
-        return bound is None or self.clocks[worker] - min(active) <= bound
+        clocks = self.server.pushes  # gradients received from each worker
+        active = [c for w, c in clocks.items() if w not in gone] or [clocks[worker]]
+        return bound is None or clocks[worker] - min(active) <= bound
 
     def on_pull(self, worker):
         if self.may_proceed(worker):
@@ -64,7 +64,6 @@ class PSAsync(ParameterServerStrategy):
             lr /= staleness
         server.record(worker, read, lr)
         server.apply(grad, lr)
-        self.clocks[worker] += 1
 
     def after_message(self):
         for w in [w for w in self.held if self.may_proceed(w)]:

@@ -7,10 +7,16 @@ other ranks are workers. Everything on the wire is a numpy buffer (Isend/Irecv/I
   worker -> server  PUSH   int64[1] version read, then GRAD float32[shard]
   worker -> server  DONE   int64[1]
   server -> rank 0  FINAL  float32[shard]          the final parameters, for checkpoint and evaluation
+  worker -> server  SNAPSHOT int64[1] step         after its pushes of that step: a checkpoint is due
+  server -> worker  SAVED  int64[1]               once every worker asked: the shard's state is saved
+
+A worker's messages reach a server in the order sent, so a server that has a SNAPSHOT from every
+worker has applied every gradient they pushed before it, and from no later step: its saved state and
+the workers' are one consistent snapshot.
 """
 import numpy as np
 
-PULL, VERSION, PARAMS, PUSH, GRAD, DONE, FINAL = range(1, 8)
+PULL, VERSION, PARAMS, PUSH, GRAD, DONE, FINAL, SNAPSHOT, SAVED = range(1, 10)
 
 
 def shard_bounds(size, servers):

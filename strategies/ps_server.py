@@ -10,7 +10,7 @@ import numpy as np
 
 from ffnbench.strategies import comm
 from ffnbench.strategies.numpy_optimizers import ShardUpdater
-from ffnbench.strategies.ps_protocol import DONE, FINAL, GRAD, PARAMS, PULL, PUSH, VERSION
+from ffnbench.strategies.ps_protocol import DONE, FINAL, GRAD, PARAMS, PULL, PUSH, SAVED, SNAPSHOT, VERSION
 
 
 class ShardServer:
@@ -29,14 +29,16 @@ class ShardServer:
         self.sends = []       # (worker, request) of answers still in flight
         self.heard = {w: time.monotonic() for w in ctx.layout.worker_ranks}  # last message from each
         self.pushes = {w: 0 for w in ctx.layout.worker_ranks}
+        self.snapshot_asks = {}  # {worker: step} of the workers waiting for a checkpoint
 
     def serve(self, hooks):
         """Run until every worker is done, then record this server's totals."""
         start_wall, start_cpu = time.time(), time.process_time()
         token = np.empty(1, np.int64)
-        while len(self.finished) + len(self.lost) < self.ctx.layout.workers:
+        while len(self.finished | self.lost) < self.ctx.layout.workers:
             found = self.next_message(hooks)
             if found is None:
+                self.snapshot_if_asked()
                 continue  # a worker was declared lost
             worker, tag = found
             self.heard[worker] = time.monotonic()
@@ -52,11 +54,43 @@ class ShardServer:
             elif tag == DONE:
                 self.recv(token, worker, DONE, "a done message")
                 self.finished.add(worker)
+            elif tag == SNAPSHOT:
+                self.recv(token, worker, SNAPSHOT, "a checkpoint request")
+                self.snapshot_asks[worker] = int(token[0])
             else:
                 comm.fail(self.comm, f"unexpected message tag {tag} from rank {worker}")
             hooks.after_message()
+            self.snapshot_if_asked()
         self.ctx.recorder.server(self.version, self.dropped, time.time() - start_wall,
                                  time.process_time() - start_cpu)
+
+    def snapshot_if_asked(self):
+        """Once every worker still training has asked (ps_protocol: after its pushes), save this
+        shard's state into their checkpoint and tell them."""
+        asks = self.snapshot_asks
+        if not asks or not set(asks) >= set(self.pushes) - self.finished - self.lost:
+            return
+        steps = set(asks.values())
+        if len(steps) != 1:
+            comm.fail(self.comm, f"workers asked for checkpoints of different steps {sorted(steps)}")
+        self.ctx.save_state(steps.pop(), self.state())
+        self.sends += [(w, self.comm.Isend(np.zeros(1, np.int64), dest=w, tag=SAVED)) for w in asks]
+        asks.clear()
+
+    def state(self):
+        """The shard, its optimizer's slots, its version and what each worker delivered."""
+        workers = sorted(self.pushes)
+        return {"shard": self.shard.copy(), "version": np.array(self.version), "dropped": np.array(self.dropped),
+                "workers": np.array(workers), "pushes": np.array([self.pushes[w] for w in workers]),
+                "lost": np.array(sorted(self.lost), np.int64),
+                **{f"optimizer.{k}": v for k, v in self.updater.state().items()}}
+
+    def load_state(self, arrays):
+        self.shard[:] = arrays["shard"]
+        self.version, self.dropped = int(arrays["version"]), int(arrays["dropped"])
+        self.pushes = dict(zip(arrays["workers"].tolist(), arrays["pushes"].tolist()))
+        self.lost = set(arrays["lost"].tolist())
+        self.updater.load_state({k[len("optimizer."):]: v for k, v in arrays.items() if k.startswith("optimizer.")})
 
     def next_message(self, hooks):
         """(worker, tag) of the next message, sleeping from the start so an idle server stays off the

@@ -8,7 +8,7 @@ import time
 import numpy as np
 
 from ffnbench.strategies import comm
-from ffnbench.strategies.ps_protocol import DONE, GRAD, PARAMS, PULL, PUSH, VERSION
+from ffnbench.strategies.ps_protocol import DONE, GRAD, PARAMS, PULL, PUSH, SAVED, SNAPSHOT, VERSION
 
 
 class PSWorker:
@@ -36,13 +36,19 @@ class PSWorker:
         reqs = [self.comm.Isend(np.zeros(1, np.int64), dest=s, tag=DONE) for s in range(len(self.bounds))]
         comm.wait_all(self.comm, reqs, self.ctx.settings.timeout_s, "a server to take the done message")
 
+    def snapshot(self, step):
+        """Ask every server to save its shard for the checkpoint after `step` steps; wait until saved."""
+        reqs = [self.comm.Isend(np.array([step], np.int64), dest=s, tag=SNAPSHOT) for s in range(len(self.bounds))]
+        reqs += [self.comm.Irecv(np.zeros(1, np.int64), source=s, tag=SAVED) for s in range(len(self.bounds))]
+        comm.wait_all(self.comm, reqs, self.ctx.settings.timeout_s, "the servers to save their checkpoint")
+
     def work(self, model):
         ctx, rec = self.ctx, self.ctx.recorder
         steps = ctx.settings.steps
         buffers = [(np.empty(model.num_params, np.float32), np.zeros(len(self.bounds), np.int64))
                    for _ in range(1 + self.prefetch)]
         pending = None
-        for step in range(steps):
+        for step in range(ctx.start_step, steps):
             with rec.phase("data"):
                 batch = ctx.stream.next_batch()
             with rec.phase("comm"):

@@ -297,24 +297,32 @@ def final_weights(run_dir):
     return {n: reader.get_tensor(n) for n in names}
 
 
-@pytest.mark.parametrize("strategy,ranks", [("single", 1), ("allreduce", 2)])
-def test_a_resumed_run_ends_with_bitwise_the_weights_of_an_uninterrupted_one(strategy, ranks, tmp_path):
-    layout = ["--set", f"strategy={strategy}", "--set", f"ranks={ranks}"]
-    whole, cut = tmp_path / "whole", tmp_path / "cut"
-    r = ffnbench("run", SMOKE, *layout, *RESUMABLE, "--out", str(whole), timeout=300)
-    assert r.returncode == 0, r.stderr
-
+def interrupted(layout, cut, steps):
+    """Start a resumable run, SIGTERM it after `steps` step records; its newest checkpoint."""
     proc = start("run", SMOKE, *layout, *RESUMABLE, "--out", str(cut))
-    wait_for_steps(cut, 10 * ranks)
+    wait_for_steps(cut, steps)
     proc.send_signal(signal.SIGTERM)
     code, _, err = finished(proc, 60)
     assert code == 128 + signal.SIGTERM, err
     assert strict_json(str(cut / "summary.json"))["status"] == "interrupted"
     from ffnbench.bench import checkpoints
-    checkpoint = checkpoints.latest(str(cut))
+    return checkpoints.latest(str(cut))
+
+
+# ps_async with one worker is plain SGD through a server: deterministic, so bitwise too
+@pytest.mark.parametrize("strategy,ranks,workers", [("single", 1, [0]), ("allreduce", 2, [0, 1]),
+                                                    ("ps_async", 2, [1])])
+def test_a_resumed_run_ends_with_bitwise_the_weights_of_an_uninterrupted_one(strategy, ranks, workers, tmp_path):
+    layout = ["--set", f"strategy={strategy}", "--set", f"ranks={ranks}"]
+    whole, cut = tmp_path / "whole", tmp_path / "cut"
+    r = ffnbench("run", SMOKE, *layout, *RESUMABLE, "--out", str(whole), timeout=300)
+    assert r.returncode == 0, r.stderr
+
+    checkpoint = interrupted(layout, cut, 10 * len(workers))
+    from ffnbench.bench import checkpoints
     step = checkpoints.read_meta(checkpoint)["step"]
     assert 7 <= step < 100, "the interruption is meant to fall inside the lr warm-up"
-    stream = checkpoints.split(checkpoints.load_rank(checkpoint, 0), "stream")
+    stream = checkpoints.split(checkpoints.load_rank(checkpoint, workers[0]), "stream")
     assert any(stream[f"slot{i}_moves"].size and stream[f"slot{i}_offset"].size for i in range(2)), \
         "examples part-way through their FOV moves"
 
@@ -324,10 +332,30 @@ def test_a_resumed_run_ends_with_bitwise_the_weights_of_an_uninterrupted_one(str
     assert a.keys() == b.keys() and all(np.array_equal(a[k], b[k]) for k in a), "not bitwise equal"
     records = strict_json(str(cut / "metrics.jsonl"))
     steps = sorted((x["rank"], x["step"]) for x in records if x["kind"] == "step")
-    assert steps == [(rank, s) for rank in range(ranks) for s in range(200)]
+    assert steps == [(rank, s) for rank in workers for s in range(200)]
     assert [x["step"] for x in records if x["kind"] == "resume"] == [step]
     summary = strict_json(str(cut / "summary.json"))
     assert summary["status"] == "complete" and summary["fovs_total"] == strict_json(str(whole / "summary.json"))["fovs_total"]
+
+
+def test_async_ps_resumes_from_a_consistent_snapshot(tmp_path):
+    """The server's shard is saved once it has applied every gradient the workers pushed before the
+    checkpoint and none after: the resumed run applies each version exactly once."""
+    cut = tmp_path / "cut"
+    layout = ["--set", "strategy=ps_async", "--set", "ranks=3"]
+    checkpoint = interrupted(layout, cut, 40)
+    from ffnbench.bench import checkpoints
+    step = checkpoints.read_meta(checkpoint)["step"]
+    server = checkpoints.split(checkpoints.load_rank(checkpoint, 0), "strategy")
+    assert int(server["version"]) == 2 * step and server["pushes"].tolist() == [step, step]
+    assert server["optimizer.m"].shape == server["shard"].shape and int(server["optimizer.t"]) == 2 * step
+    r = ffnbench("resume", str(cut), timeout=300)
+    assert r.returncode == 0, r.stderr
+    records = strict_json(str(cut / "metrics.jsonl"))
+    assert sorted(x["version"] for x in records if x["kind"] == "update") == list(range(400))
+    assert sorted((x["rank"], x["step"]) for x in records if x["kind"] == "step") == \
+        [(rank, s) for rank in (1, 2) for s in range(200)]
+    assert strict_json(str(cut / "summary.json"))["status"] == "complete"
 
 
 def test_the_async_parameter_server_outlives_a_lost_worker(tmp_path):
