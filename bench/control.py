@@ -38,10 +38,6 @@ class MPIControl:
         """The followers wait until the leader has done `what` (strategies/comm.py hold)."""
         mpi.hold(self.comm, leader, followers, self.timeout_s, what)
 
-    def gather(self, leader, followers, what):
-        """The leader waits until the followers have done `what` (strategies/comm.py gather)."""
-        mpi.gather(self.comm, leader, followers, self.timeout_s, what)
-
     def fail(self, message, status="failed"):
         """One line, then the whole job ends (status: one of strategies/comm.py FAILURES)."""
         mpi.fail(self.comm, message, status)
@@ -80,9 +76,6 @@ class ElasticControl:
         return float(t0.numpy()[0])
 
     def hold(self, leader, followers, what):
-        self.barrier(what)
-
-    def gather(self, leader, followers, what):
         self.barrier(what)
 
     def fail(self, message, status="failed"):

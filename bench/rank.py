@@ -159,8 +159,7 @@ class RankDuties:
                 if self.resumable:  # the workers' state, and the other ranks' that snapshot() has saved
                     state = checkpoints.join(model=ctx.model.state(), stream=ctx.stream.state())
                     checkpoints.save_rank(ctx.run_dir, done, ctx.rank, state)
-                    self.strategy.snapshot(done)
-                    self.control.gather(self.leader, self.followers, "saving the checkpoint")
+                    self.strategy.snapshot(done)  # returns once every rank's part is saved
                 if ctx.rank == self.leader:  # the weights the first worker holds (for PS: its last pull)
                     self.save_weights(done)
                     if self.resumable:

@@ -18,6 +18,8 @@ from typing import Any, Callable, ClassVar, ContextManager, Dict, List, Optional
 
 import numpy as np
 
+from ffnbench.strategies import comm
+
 
 def _same_kind(default: Any, value: Any) -> bool:
     """Whether an option value has its default's type (an int where a float is expected is fine; an
@@ -473,8 +475,10 @@ class Strategy:
         raise NotImplementedError
 
     def snapshot(self, step: int) -> None:
-        """On every worker at a checkpoint after `step` steps, its own state saved: return once the
-        ranks that are not workers have saved theirs (ctx.save_state), consistent with the workers'."""
+        """On every worker at a checkpoint after `step` steps, its own state saved: return once every
+        rank's part is saved (the workers', and what other ranks hold, through ctx.save_state),
+        consistent with each other. Only then does bench commit the checkpoint."""
+        raise NotImplementedError(f"strategy {self.name} is resumable but has no snapshot()")
 
     def load_state(self, arrays: Dict[str, np.ndarray]) -> None:
         """On resume, after setup(): take back what this rank saved with ctx.save_state."""
@@ -513,6 +517,10 @@ class SyncDataParallel(Strategy):
     def train(self):
         for step in range(self.ctx.start_step, self.ctx.settings.steps):
             self.step(step, self.ctx.lr(step))
+
+    def snapshot(self, step):
+        """Every rank is a worker in lockstep: the checkpoint is whole once all have saved."""
+        comm.barrier(self.comm, self.ctx.settings.timeout_s, "every rank to save its checkpoint")
 
     def step(self, step, lr):
         """Update `step` at learning rate `lr`, from this worker's next batch; record it."""

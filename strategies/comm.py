@@ -109,8 +109,6 @@ def census(comm, flag, timeout_s):
 
 #: tag of the message that ends a pause (strategies' own tags are small integers)
 RELEASE_TAG = 30_000
-#: tag of the message that tells the leader a follower is done (gather)
-GATHER_TAG = 30_003
 
 
 def hold(comm, leader, followers, timeout_s, what):
@@ -125,16 +123,6 @@ def hold(comm, leader, followers, timeout_s, what):
                  f"the other workers to resume after {what}")
     elif comm.rank in followers:
         wait(comm, comm.Irecv(token, source=leader, tag=RELEASE_TAG), timeout_s, f"rank {leader} to finish {what}")
-
-
-def gather(comm, leader, followers, timeout_s, what):
-    """The leader waits, bounded, until every follower has done its part and said so (hold's mirror)."""
-    token = np.zeros(1, np.int64)
-    if comm.rank == leader:
-        wait_all(comm, [comm.Irecv(np.zeros(1, np.int64), source=f, tag=GATHER_TAG) for f in followers], timeout_s,
-                 f"the other workers to finish {what}")
-    elif comm.rank in followers:
-        wait(comm, comm.Isend(token, dest=leader, tag=GATHER_TAG), timeout_s, f"rank {leader} to take {what}")
 
 
 #: tags of the end-of-run roll call

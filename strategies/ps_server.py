@@ -120,6 +120,8 @@ class ShardServer:
         self.lost.add(worker)
         self.sends = [(w, r) for w, r in self.sends if w != worker]  # never taken: do not wait for them
         self.ctx.recorder.lost(worker, self.pushes[worker])
+        if self.lost >= set(self.pushes) - self.finished and not self.finished:
+            comm.fail(self.comm, f"every worker was lost (the last, rank {worker}, {why})", "lost_ranks")
 
     def recv_or_lose(self, buf, worker, tag, what, hooks):
         """Receive a message part from `worker`; False when it died part-way (declared lost)."""
