@@ -300,7 +300,8 @@ def parser():
     m.add_argument("--checkpoint-s", type=float, default=30.0, help="--failures: seconds per checkpoint")
     m.add_argument("--restart-s", type=float, default=120.0, help="--failures: relaunch to first step")
     m.add_argument("--commit-every-s", type=float, default=60.0, help="--failures: elastic state commit interval")
-    m.add_argument("--rendezvous-s", type=float, default=30.0, help="--failures: elastic re-rendezvous seconds")
+    m.add_argument("--rendezvous-s", type=float, default=30.0,
+                   help="--failures: elastic detection (Gloo's timeout) + re-rendezvous seconds")
     m.set_defaults(fn=cmd_simulate)
     f = sub.add_parser("faultbench", help="the time one killed worker costs (async goes on; sync resumes)")
     f.add_argument("config")

@@ -34,7 +34,7 @@ class FailureInputs:
     checkpoint_s: float = 30.0      # C: one checkpoint
     restart_s: float = 120.0        # R: relaunch, reload the checkpoint, first step
     commit_every_s: float = 60.0    # elastic: state committed in memory this often
-    rendezvous_s: float = 30.0      # elastic: re-rendezvous after a failure
+    rendezvous_s: float = 30.0      # elastic: detection (Gloo's timeout) + re-rendezvous
     step_s: float = 1.5             # async: one worker step (its unpushed gradient is what a loss costs)
     servers: int = 1                # async: server nodes (their failure is a restart)
 

@@ -334,9 +334,9 @@ def resume_experiment(run_dir, node_peak=None, volumes_dir=None):
     from ffnbench.bench import checkpoints, config
     cfg = config.load(os.path.join(run_dir, "config.yaml"))
     if not context.layout_of(cfg).resumable:
-        raise ConfigError(f"{run_dir}: strategy {cfg['strategy']} with these options cannot resume (only strategies "
-                          f"whose ranks are all workers: {', '.join(n for n in strategies.names() if strategies.get(n).resumable)}; "
-                          f"elastic allreduce recovers in memory)")
+        able = ", ".join(n for n in strategies.names() if strategies.get(n).resumable)
+        raise ConfigError(f"{run_dir}: strategy {cfg['strategy']} with these options cannot resume (resumable: "
+                          f"{able}; elastic allreduce recovers in memory instead)")
     if is_complete(run_dir):
         raise ConfigError(f"{run_dir}: the run is already complete")
     check_inputs(cfg)

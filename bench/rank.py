@@ -216,7 +216,8 @@ def train(cfg, run_dir):
     if role == "worker":
         ctx.stream = data.stream(layout.worker_ranks.index(rank))
         ctx.model.trace()
-    ctx.save_state = lambda step, arrays: checkpoints.save_rank(run_dir, step, rank, checkpoints.join(strategy=arrays))
+    ctx.save_state = lambda step, arrays: checkpoints.save_rank(run_dir, step, rank,
+                                                                checkpoints.join(strategy=arrays))
     resumed, saved = resume(ctx, os.environ.get(checkpoints.RESUME_ENV))
     duties = RankDuties(cfg, ctx, control, strategy, data, context.fovs_per_update(cfg, layout))
 

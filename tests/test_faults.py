@@ -426,3 +426,12 @@ def test_faultbench_charges_the_survivors_longest_wait_around_the_loss():
     assert (longest, median) == (5.0, 0.5)
     # a wait after the loss (and its 1 s slack) is not charged to it
     assert survivors_stall(steps, victim=2, lost_time=4.0, window_s=2.0)[0] == 0.5
+
+
+def test_an_elastic_run_is_not_resumed_from_files(tmp_path):
+    import yaml
+    from ffnbench.bench import config
+    cfg = config.load(SMOKE, ["strategy=allreduce", "strategy_options.elastic=true", "ranks=2"])
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(cfg))
+    code, _, err = finished(start("resume", str(tmp_path)), 60)
+    assert code == 2 and len(err.strip().splitlines()) == 1 and "recovers in memory" in err, err
