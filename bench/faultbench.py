@@ -52,17 +52,19 @@ def _steps_of(run_dir, rank):
         return sum(1 for line in f if '"kind": "step"' in line and f'"rank": {rank},' in line)
 
 
-def survivors_stall(steps, victim, lost_time, window_s):
-    """(the longest wait between two successive steps of a surviving worker in the `window_s` before
-    the loss was recorded, the median wait): together, what detecting the loss, re-forming the ring and redoing the steps
-    since the last commit cost. Rolled-back steps are gone from the records (a resume record
-    supersedes them), so their time falls inside that wait."""
+def survivors_stall(steps, victim, window_s):
+    """(the longest wait between two successive steps of a surviving worker that began within
+    `window_s` after the victim's last kept step, the median wait): together, what detecting the
+    loss, re-forming the ring and redoing the steps since the last commit cost. Rolled-back steps are
+    gone from the records (a resume record supersedes them), so their time falls inside that wait;
+    all are worker records, on the same training clock."""
+    last = max(r.time for r in steps if r.rank == victim)
     gaps, near = [], []
     for rank in sorted({r.rank for r in steps} - {victim}):
         mine = sorted((r for r in steps if r.rank == rank), key=lambda r: r.step)
         for before, after in zip(mine, mine[1:]):
             gaps.append(after.time - before.time)
-            if before.time <= lost_time + 1.0 and after.time >= lost_time - window_s:
+            if after.time >= last and before.time <= last + window_s:
                 near.append(after.time - before.time)
     return max(near, default=0.0), float(np.median(gaps)) if gaps else 0.0
 
@@ -104,8 +106,7 @@ def measure(config, overrides, out, victim, kill_after, timeout_s=1800):
             summary = json.load(f)
         if summary["status"] != "complete" or not summary["lost_workers"]:
             raise RuntimeError(f"the run with a killed worker did not go on without it: {summary.get('error')}")
-        stall, median = survivors_stall(read_records(hit).steps, victim, summary["lost_workers"][0]["time"],
-                                       cfg["run"]["timeout_s"])
+        stall, median = survivors_stall(read_records(hit).steps, victim, cfg["run"]["timeout_s"])
         result.update(mode="elastic: the ring shrinks" if layout.launch == "horovodrun_elastic"
                       else "async: the others go on", status=summary["status"],
                       wall_with_failure_s=ended_at - start, survivors_longest_gap_s=stall,

@@ -235,6 +235,10 @@ def launch(cfg, run_dir, node_peak=None, env=None):
             for line in _lines(proc.stderr):
                 if line.startswith("ffnbench: error"):
                     errors.append(line.strip())
+                    if layout.launch == "horovodrun_elastic" and proc.poll() is None:
+                        # the elastic ring goes on without a worker that died, not one that reported a
+                        # failure (divergence, an exception, a stall): that ends the job
+                        proc.send_signal(signal.SIGTERM)
                 elif "noticed that process rank" in line:
                     deaths.append("ffnbench: error: lost_ranks: " + line.split("noticed that ", 1)[1].strip())
                 elif not _MPI_NOISE.match(line):
@@ -381,11 +385,13 @@ def keep_records_before(run_dir, checkpoint):
     step = checkpoints.read_meta(checkpoint)["step"]
     versions, lost = {}, {}
     for name in os.listdir(checkpoint):
-        if name.startswith("rank") and name.endswith(".npz"):
-            saved = checkpoints.load_rank(checkpoint, int(name[4:-4]))
-            if "strategy.version" in saved:
-                versions[int(name[4:-4])] = int(saved["strategy.version"])
-                lost[int(name[4:-4])] = set(saved["strategy.lost"].tolist())
+        part = re.fullmatch(r"rank(\d+)\.npz", name)
+        if not part:
+            continue
+        with np.load(os.path.join(checkpoint, name), allow_pickle=False) as z:  # reads only what is asked
+            if "strategy.version" in z.files:
+                versions[int(part.group(1))] = int(z["strategy.version"])
+                lost[int(part.group(1))] = set(z["strategy.lost"].tolist())
     path = os.path.join(run_dir, "metrics.jsonl")
     if not os.path.exists(path):
         return
@@ -397,7 +403,8 @@ def keep_records_before(run_dir, checkpoint):
             except ValueError:
                 continue  # a line cut short by the interruption
             kind = record["kind"]
-            if (kind == "step" and record["step"] >= step or kind in ("eval", "resume") and record["step"] > step
+            if (kind == "server" or kind == "step" and record["step"] >= step  # servers total the resumed run
+                    or kind in ("eval", "resume") and record["step"] > step
                     or kind == "update" and record["version"] >= versions.get(record["rank"], float("inf"))
                     or kind == "lost" and record["worker"] not in lost.get(record["rank"], {record["worker"]})):
                 continue

@@ -92,4 +92,5 @@ class ParameterServerStrategy(Strategy):
         final = self.server.gather_final()
         if final is None:
             return Final(None, None)
-        return Final(final, self.server.version, tuple(sorted(self.server.lost)))
+        # a worker lost before the checkpoint a run resumed from runs again (with no steps left)
+        return Final(final, self.server.version, tuple(sorted(self.server.lost - self.server.finished)))

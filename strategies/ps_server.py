@@ -108,7 +108,7 @@ class ShardServer:
         """Go on without workers silent for longer than the timeout (if the strategy can); whether any was."""
         now = time.monotonic()
         silent = [w for w, t in self.heard.items() if now - t > self.lost_after
-                  and w not in self.finished | self.lost and not hooks.waits_on_server(w)]
+                  and w not in self.finished | self.lost | set(self.snapshot_asks) and not hooks.waits_on_server(w)]
         for worker in silent:
             self.lose(worker, hooks, f"sent nothing for {self.lost_after:g}s")
         return bool(silent)

@@ -55,7 +55,8 @@ class PSSync(ParameterServerStrategy):
     def after_message(self):
         server, layout = self.server, self.ctx.layout
         needed = layout.workers - self.opts["backup_workers"]
-        may_still_push = [w for w in layout.worker_ranks if w not in server.finished and w not in self.pending]
+        may_still_push = [w for w in layout.worker_ranks
+                          if w not in server.finished | server.lost | set(server.snapshot_asks) | set(self.pending)]
         if not self.pending or (len(self.pending) < needed and may_still_push):
             return
         mean = np.sum([self.pending[w] for w in sorted(self.pending)], axis=0, dtype=np.float32)

@@ -406,26 +406,35 @@ def test_elastic_allreduce_shrinks_the_ring_when_a_worker_is_lost(tmp_path):
     assert not rank_pids(out)
 
 
+def test_a_diverged_elastic_worker_ends_the_job_rather_than_the_ring_going_on(tmp_path):
+    out = tmp_path / "run"
+    r = ffnbench("run", SMOKE, *ELASTIC, "--set", "ranks=2", "--set", "train.lr=1e6", "--set", "run.progress=false",
+                 "--out", str(out), timeout=120)
+    assert r.returncode == 1 and "diverged" in error_lines(r.stderr)[-1], r.stderr
+    assert strict_json(str(out / "summary.json"))["status"] == "diverged"
+    assert not rank_pids(out)
+
+
 def test_elastic_allreduce_refuses_more_workers_than_this_machine_has_names(tmp_path):
     code, _, err = finished(start("run", SMOKE, *ELASTIC, "--set", "ranks=64", "--out", str(tmp_path / "r")), 60)
     assert code == 2 and len(err.strip().splitlines()) == 1 and "one per name it answers to" in err, err
     assert not (tmp_path / "r").exists()
 
 
-def test_faultbench_charges_the_survivors_longest_wait_around_the_loss():
+def test_faultbench_charges_the_survivors_longest_wait_after_the_victims_last_step():
     from ffnbench.bench.faultbench import survivors_stall
     from ffnbench.strategies.base import StepRecord
 
     def step(rank, i, t):
         return StepRecord(rank=rank, step=i, time=t, fovs=2, loss=0.5, model_version=i + 1, compute_s=0.5,
                           comm_s=0.0, data_s=0.0, wait_s=0.0, step_s=0.5)
-    # rank 0 waits 4.5 s across the loss at t=10 (detection, re-forming, steps redone); rank 2 was killed
-    times = [0.5 * i for i in range(20)] + [14.5 + 0.5 * i for i in range(10)]
-    steps = [step(0, i, t) for i, t in enumerate(times)] + [step(2, i, 0.4 * i) for i in range(30)]
-    longest, median = survivors_stall(steps, victim=2, lost_time=10.0, window_s=5.0)
-    assert (longest, median) == (5.0, 0.5)
-    # a wait after the loss (and its 1 s slack) is not charged to it
-    assert survivors_stall(steps, victim=2, lost_time=4.0, window_s=2.0)[0] == 0.5
+    # rank 2 dies after its step at t=9.6; rank 0 then waits 5 s (detection, re-forming, steps redone)
+    survivor = [0.5 * i for i in range(20)] + [14.5 + 0.5 * i for i in range(10)]
+    steps = [step(0, i, t) for i, t in enumerate(survivor)] + [step(2, i, 0.4 * i) for i in range(25)]
+    assert survivors_stall(steps, victim=2, window_s=5.0) == (5.0, 0.5)
+    # a wait that began more than window_s after the victim's last step is not charged to it
+    late = [step(0, i, t) for i, t in enumerate(survivor)] + [step(2, i, 0.1 * i) for i in range(25)]
+    assert survivors_stall(late, victim=2, window_s=5.0)[0] == 0.5
 
 
 def test_an_elastic_run_is_not_resumed_from_files(tmp_path):
