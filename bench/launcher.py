@@ -253,12 +253,7 @@ def launch(cfg, run_dir, node_peak=None, env=None):
                    for relay, stream in ((relay_stderr, proc.stderr), (relay_stdout, proc.stdout)) if stream]
         for reader in readers:
             reader.start()
-        while True:
-            try:
-                status = proc.wait(timeout=STOP_GRACE_S if received else None)
-                break
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
+        status = wait_for_job(proc, run_dir, received, cfg["run"]["timeout_s"])
         for reader in readers:
             reader.join(timeout=5)
     finally:
@@ -266,6 +261,23 @@ def launch(cfg, run_dir, node_peak=None, env=None):
             signal.signal(sig, handler)
     first = (errors or deaths or [None])[0]
     return status, first, (received[0] if received else None)
+
+
+def wait_for_job(proc, run_dir, received, timeout_s):
+    """The job's exit status. Bounded: after a forwarded signal, STOP_GRACE_S; after rank 0 wrote a
+    complete summary, run.timeout_s for the ranks to finalize (a rank stuck in MPI_Finalize after a
+    lost peer must not hang the launcher). Past a bound the job is killed."""
+    signalled = finalizing = None
+    while True:
+        try:
+            return proc.wait(timeout=1.0)
+        except subprocess.TimeoutExpired:
+            pass
+        now = time.monotonic()
+        signalled = signalled or (now if received else None)
+        finalizing = finalizing or (now if is_complete(run_dir) else None)
+        if signalled and now - signalled > STOP_GRACE_S or finalizing and now - finalizing > timeout_s:
+            os.killpg(proc.pid, signal.SIGKILL)
 
 
 #: horovodrun's prefix on each line of a worker's output
@@ -423,8 +435,13 @@ def _train(cfg, run_dir, lock, node_peak, volumes_dir, env):
         if context.layout_of(cfg).survives_lost_workers:
             env = {**env, **RECOVERY_ENV}
         status, error, signum = launch(cfg, run_dir, node_peak, env)
-        if signum is None and is_complete(run_dir) and (status == 0 or lost_workers(run_dir)):
-            return run_dir, None  # mpirun's status reports the lost worker; the summary says the run went on
+        if signum is None and is_complete(run_dir):
+            # every rank's records were in before the summary: a nonzero status after it is a lost
+            # worker's, or ranks stopped while finalizing
+            if status != 0 and not lost_workers(run_dir):
+                print(f"ffnbench: warning: the job exited with status {status} after its complete summary "
+                      f"(ranks stopped while finalizing)", file=sys.stderr)
+            return run_dir, None
         kind, message = failure(error, status, signum)
         if status == 0 and signum is None and not error:  # (with MPI recovery enabled an abort exits 0)
             kind, message = "failed", f"run in {run_dir} ended without a summary"

@@ -53,6 +53,8 @@ class ParameterServerStrategy(Strategy):
         ctx = self.ctx
         bounds = shard_bounds(self.model.num_params, self.opts["servers"])
         weights = comm.broadcast(self.comm, self.model.get_flat(), ctx.settings.timeout_s, "initial weights")
+        # the final shards travel on their own communicator: a server still serving never probes them
+        self.final_comm = comm.duplicate(self.comm, ctx.settings.timeout_s, "every rank to set up")
         if ctx.role == "server":
             self.server = ShardServer(ctx, bounds, weights)
         else:
@@ -89,7 +91,7 @@ class ParameterServerStrategy(Strategy):
     def finish(self):
         if self.ctx.role != "server":
             return Final(None, None)
-        final = self.server.gather_final()
+        final = self.server.gather_final(self.final_comm)
         if final is None:
             return Final(None, None)
         # a worker lost before the checkpoint a run resumed from runs again (with no steps left)

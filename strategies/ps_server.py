@@ -150,18 +150,18 @@ class ShardServer:
         self.updater.apply(self.shard, grad, lr)
         self.version += 1
 
-    def gather_final(self):
-        """Every server's shard to rank 0; the whole vector there, None elsewhere."""
+    def gather_final(self, final_comm):
+        """Every server's shard to rank 0 over `final_comm`; the whole vector there, None elsewhere."""
         timeout = self.ctx.settings.timeout_s
         comm.wait_all(self.comm, [r for _, r in self.sends], timeout, "workers to take the parameters")
         if self.ctx.rank != 0:
-            comm.wait(self.comm, self.comm.Isend(self.shard, dest=0, tag=FINAL), timeout,
+            comm.wait(final_comm, final_comm.Isend(self.shard, dest=0, tag=FINAL), timeout,
                       "rank 0 to take the final parameters")
             return None
         final = np.empty(self.bounds[-1][1], np.float32)
         lo, hi = self.bounds[0]
         final[lo:hi] = self.shard
-        reqs = [self.comm.Irecv(final[lo:hi], source=s, tag=FINAL)
+        reqs = [final_comm.Irecv(final[lo:hi], source=s, tag=FINAL)
                 for s, (lo, hi) in enumerate(self.bounds) if s != 0]
-        comm.wait_all(self.comm, reqs, timeout, "the final shards")
+        comm.wait_all(final_comm, reqs, timeout, "the final shards")
         return final
