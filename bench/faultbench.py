@@ -11,7 +11,6 @@ Runs the config once undisturbed, then again with SIGKILL sent to one worker ran
   the cost is the extra wall time of both attempts over the undisturbed run (detection, restart,
   the steps redone since the checkpoint).
 """
-import json
 import os
 import signal
 import subprocess
@@ -21,7 +20,7 @@ import numpy as np
 
 from ffnbench.bench import context
 from ffnbench.bench.launcher import cli_command
-from ffnbench.bench.results import read_records, stored_config
+from ffnbench.bench.results import read_records, read_summary, stored_config
 
 
 def rank_pids(run_dir):
@@ -82,8 +81,7 @@ def measure(config, overrides, out, victim, kill_after, timeout_s=1800):
     wall_a, proc = _timed(["run", config, *sets, "--out", whole])
     if proc.returncode != 0:
         raise RuntimeError(f"the undisturbed run failed: {proc.stderr.strip().splitlines()[-1:]}")
-    with open(os.path.join(whole, "summary.json")) as f:
-        strategy = json.load(f)["strategy"]
+    strategy = read_summary(whole)["strategy"]
     cfg = stored_config(whole)
     layout = context.layout_of(cfg)
     start = time.time()
@@ -102,8 +100,7 @@ def measure(config, overrides, out, victim, kill_after, timeout_s=1800):
     result = {"strategy": strategy, "victim": victim, "kill_after_steps": kill_after,
               "wall_undisturbed_s": wall_a, "job_ended_after_kill_s": ended_at - killed_at}
     if layout.survives_lost_workers:
-        with open(os.path.join(hit, "summary.json")) as f:
-            summary = json.load(f)
+        summary = read_summary(hit)
         if summary["status"] != "complete" or not summary["lost_workers"]:
             raise RuntimeError(f"the run with a killed worker did not go on without it: {summary.get('error')}")
         stall, median = survivors_stall(read_records(hit).steps, victim, cfg["run"]["timeout_s"])

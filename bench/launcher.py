@@ -16,7 +16,7 @@ from ffnbench import strategies
 from ffnbench.bench import context, peak, summary as summ
 from ffnbench.bench.config import ConfigError
 from ffnbench.bench.context import SYNTHETIC_ENV
-from ffnbench.bench.results import is_complete
+from ffnbench.bench.results import is_complete, read_summary
 from ffnbench.strategies import comm
 
 # Open MPI's multi-line banners around an abort add nothing to our one-line error.
@@ -375,11 +375,6 @@ def resume_experiment(run_dir, node_peak=None, volumes_dir=None):
 RECOVERY_ENV = {"OMPI_MCA_orte_enable_recovery": "1"}
 
 
-def lost_workers(run_dir):
-    with open(os.path.join(run_dir, "summary.json")) as f:
-        return json.load(f).get("lost_workers")
-
-
 def can_resume(run_dir):
     """Whether RUN_DIR holds an incomplete run of a resumable strategy with a complete checkpoint."""
     from ffnbench.bench import checkpoints
@@ -438,7 +433,7 @@ def _train(cfg, run_dir, lock, node_peak, volumes_dir, env):
         if signum is None and is_complete(run_dir):
             # every rank's records were in before the summary: a nonzero status after it is a lost
             # worker's, or ranks stopped while finalizing
-            if status != 0 and not lost_workers(run_dir):
+            if status != 0 and not read_summary(run_dir).get("lost_workers"):
                 print(f"ffnbench: warning: the job exited with status {status} after its complete summary "
                       f"(ranks stopped while finalizing)", file=sys.stderr)
             return run_dir, None

@@ -181,10 +181,15 @@ def strict_json(value: Any, **kwargs) -> str:
     return json.dumps(finite(value), allow_nan=False, **kwargs)
 
 
+def read_summary(run_dir: str) -> dict:
+    """The run's summary.json ({} when it has none yet)."""
+    return _read_json(os.path.join(run_dir, "summary.json")) or {}
+
+
 def is_complete(run_dir: str) -> bool:
     """Whether the run finished: its summary.json says status complete (written only after every
     rank's records are in)."""
-    return (_read_json(os.path.join(run_dir, "summary.json")) or {}).get("status") == COMPLETE
+    return read_summary(run_dir).get("status") == COMPLETE
 
 
 def stored_config(run_dir: str) -> Optional[dict]:
