@@ -43,16 +43,17 @@ def cmd_train(args):
 
 
 def cmd_peak(args):
-    from ffnbench.bench.peak import matmul_peak
+    from ffnbench.bench.peak import PEAK_DTYPE, matmul_peak
     from ffnbench.bench.rank import configure_threads
     threads = args.threads or os.cpu_count()
     configure_threads(threads)
-    peak = matmul_peak(seconds=args.seconds)
+    peaks = {dtype: matmul_peak(seconds=args.seconds, dtype=dtype) for dtype in PEAK_DTYPE.values()}
     if args.json:
         import json
-        print(json.dumps({"flops_per_s": peak, "threads": threads, "dtype": "float32", "n": 2048}))
+        print(json.dumps({"flops_per_s": peaks, "threads": threads, "n": 2048}))
     else:
-        print(f"matmul peak: {peak / 1e9:.1f} GFLOP/s (float32, n=2048, {threads} threads)")
+        for dtype, flops in peaks.items():
+            print(f"matmul peak: {flops / 1e9:.1f} GFLOP/s ({dtype}, n=2048, {threads} threads)")
     return 0
 
 
@@ -229,7 +230,7 @@ def parser():
     k = sub.add_parser("peak", help="measure this machine's dense matmul FLOP/s")
     k.add_argument("--threads", type=int, default=0)
     k.add_argument("--seconds", type=float, default=3.0)
-    k.add_argument("--json", action="store_true", help="print {flops_per_s, threads, dtype, n} as JSON")
+    k.add_argument("--json", action="store_true", help="print {flops_per_s: {float32, bfloat16}, threads, n} as JSON")
     k.set_defaults(fn=cmd_peak)
     d = sub.add_parser("data", help="data tools").add_subparsers(dest="data_command", required=True)
     s = d.add_parser("synth", help="write a synthetic EM volume to HDF5 (datasets image, labels)")

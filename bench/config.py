@@ -9,6 +9,7 @@ import re
 import yaml
 
 from ffnbench import strategies
+from ffnbench.model.network import BF16_FLAGS, PRECISIONS, bf16_flags
 from ffnbench.strategies.base import LR_SCALING_RULES, OPTIMIZERS, OptimizerSettings
 
 _OPTIMIZER = OptimizerSettings()
@@ -58,6 +59,10 @@ SCHEMA = {
     "train.move_threshold": (0.9, float, "training FOV policy: move where seed >= logit(this)"),
     "train.label_moves": (True, bool, "training FOV policy: also move where the label is the object"),
     "train.augment": (True, bool, "permute y/x and reflect z/y/x"),
+    "train.precision": ("float32", str, "float32 | mixed_bfloat16: convolutions in bfloat16; weights, optimizer, "
+                        "loss, logit update and exchanged gradients stay float32"),
+    "train.force_precision": (False, bool, "run mixed_bfloat16 on a CPU without bfloat16 instructions (emulated "
+                              "and slow; recorded in the manifest)"),
     "eval.every": (50, int, "evaluate every this many steps (0 = only at the end)"),
     "eval.fovs": (64, int, "held-out FOVs per evaluation"),
     "inference.init_activation": (0.95, float, "flood fill: seed probability at the seed voxel"),
@@ -79,6 +84,7 @@ CHOICES = {
     "data.source": ("synthetic", "hdf5"),
     "train.optimizer": OPTIMIZERS,
     "train.lr_scaling": LR_SCALING_RULES,
+    "train.precision": PRECISIONS,
 }
 
 
@@ -239,6 +245,9 @@ def validate(cfg):
         raise ConfigError(f"config field train.move_threshold: must be in (0, 1) (got {t['move_threshold']})")
     if not 0 < d["holdout_fraction"] < 1:
         raise ConfigError(f"config field data.holdout_fraction: must be in (0, 1) (got {d['holdout_fraction']})")
+    if t["precision"] == "mixed_bfloat16" and not t["force_precision"] and not bf16_flags():
+        raise ConfigError(f"config field train.precision: mixed_bfloat16 needs a CPU with {' or '.join(BF16_FLAGS)} "
+                          f"and this one has neither; set train.force_precision=true to run it emulated")
     if d["source"] == "hdf5":
         for key in ("image", "labels"):
             if ":" not in d[key]:

@@ -37,7 +37,7 @@ def build_model(cfg):
     from ffnbench.model.api import FFNModel
     m, t = cfg["model"], cfg["train"]
     return FFNModel(m["fov"], m["depth"], m["features"], optimizer_settings(cfg), t["lr"], t["clip"], t["seed"],
-                    m["init_stddev"])
+                    m["init_stddev"], t["precision"])
 
 
 class Data:

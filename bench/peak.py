@@ -1,4 +1,5 @@
-"""This node's dense float32 matmul rate: the denominator of MFU.
+"""This node's dense matmul rates, float32 and bfloat16: the denominators of MFU (a run's MFU uses
+the peak of the precision its convolutions compute in).
 
 Measured with all of a node's cores in a fresh process (its own TensorFlow threads), where nothing
 else of the job runs: by `ffnbench run` before any rank starts (a sweep also measures once before its
@@ -14,12 +15,16 @@ import time
 ENV = "FFNBENCH_NODE_PEAK"
 
 
-def matmul_peak(n=2048, seconds=3.0):
-    """Best FLOP/s of n^3 matmuls over about `seconds`, using TF's threads as configured."""
+#: the matmul dtype whose peak bounds a run of each train.precision
+PEAK_DTYPE = {"float32": "float32", "mixed_bfloat16": "bfloat16"}
+
+
+def matmul_peak(n=2048, seconds=3.0, dtype="float32"):
+    """Best FLOP/s of n^3 matmuls of `dtype` over about `seconds`, using TF's threads as configured."""
     import tensorflow as tf
-    a = tf.random.normal((n, n))
-    b = tf.random.normal((n, n))
-    mm = tf.function(lambda x, y: tf.reduce_sum(tf.matmul(x, y)))
+    a = tf.cast(tf.random.normal((n, n)), dtype)
+    b = tf.cast(tf.random.normal((n, n)), dtype)
+    mm = tf.function(lambda x, y: tf.reduce_sum(tf.cast(tf.matmul(x, y), tf.float32)))
     mm(a, b).numpy()
     best, end = 0.0, time.perf_counter() + seconds
     while time.perf_counter() < end:
@@ -30,7 +35,8 @@ def matmul_peak(n=2048, seconds=3.0):
 
 
 def node_peak(during, timeout_s=120.0):
-    """{flops_per_s, threads, dtype, n, how}: `ffnbench peak --json` with every core of this node.
+    """{flops_per_s: {float32, bfloat16}, threads, n, how}: `ffnbench peak --json` with every core
+    of this node.
 
     Args:
         during: what the rest of the job was doing meanwhile, for the record.
@@ -42,7 +48,7 @@ def node_peak(during, timeout_s=120.0):
     if proc.returncode != 0:
         raise RuntimeError(f"measuring the matmul peak failed: {(proc.stderr.strip().splitlines() or ['?'])[-1]}")
     result = json.loads(proc.stdout)
-    result["how"] = (f"tf.matmul of float32 {result['n']}x{result['n']}, best of 2 s, {cores} threads in a fresh "
+    result["how"] = (f"tf.matmul {result['n']}x{result['n']}, best of 2 s per dtype, {cores} threads in a fresh "
                      f"process, {during}")
     return result
 

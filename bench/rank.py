@@ -18,7 +18,9 @@ import numpy as np
 from ffnbench import strategies
 from ffnbench.bench import checkpoints, context, control as controls, peak, summary as summ
 from ffnbench.bench.config import ConfigError
+from ffnbench.bench.peak import PEAK_DTYPE
 from ffnbench.bench.recorder import Recorder
+from ffnbench.model.network import bf16_flags
 from ffnbench.strategies import comm as mpi
 
 
@@ -227,6 +229,8 @@ def train(cfg, run_dir):
                     "role_counts": layout.role_counts(), "workers": layout.workers, "emulated": cls.emulated,
                     "threads_per_rank": threads, "params": ctx.model.num_params, **versions(),
                     "host": socket.gethostname(), "cpu": cpu_model(), "cores": os.cpu_count(), "nodes": nodes,
+                    "precision": {"train": cfg["train"]["precision"], "forced": cfg["train"]["force_precision"],
+                                  "cpu_bf16_flags": bf16_flags()},
                     "start_time": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "git_commit": git_commit()}
     strategy.setup()
     if saved:
@@ -300,7 +304,8 @@ def finish_run(cfg, data, run_dir, manifest):
     from ffnbench.model.network import train_flops_per_fov
     p = float(np.mean(data.heldout.labels > 0.5))
     flops = train_flops_per_fov(cfg["model"]["fov"], cfg["model"]["depth"], cfg["model"]["features"])
-    peak = manifest["peak"]["flops_per_s"] * manifest["peak"]["nodes"]
+    peak_dtype = PEAK_DTYPE[cfg["train"]["precision"]]
+    peak = manifest["peak"]["flops_per_s"][peak_dtype] * manifest["peak"]["nodes"]
     result = {"status": "complete", **summ.summarize(run_dir, manifest), "params": manifest["params"]}
     labels = data.heldout.labels.astype(np.float64)
     q = labels.mean()  # the best constant prediction for the soft labels, and its cross-entropy
@@ -309,6 +314,7 @@ def finish_run(cfg, data, run_dir, manifest):
                            "loss_constant": loss_constant}
     result["model_flops_per_s"] = result["fovs_per_s"]["mean"] * flops
     result["peak_flops_per_s"] = peak
+    result["peak_dtype"] = peak_dtype
     result["mfu"] = result["model_flops_per_s"] / peak  # never clamped: above 1, the denominator is wrong
     summ.write_json_atomic(os.path.join(run_dir, "summary.json"), result)
     print_summary(result)
@@ -331,7 +337,7 @@ def print_summary(s):
         st = s["staleness"]
         print(f"staleness: mean={st['mean']:.2f} p50={st['p50']:.0f} p99={st['p99']:.0f} max={st['max']}")
     print(f"model: {s['model_flops_per_s'] / 1e9:.2f} GFLOP/s = {100 * s['mfu']:.1f}% of the job's matmul peak "
-          f"{s['peak_flops_per_s'] / 1e9:.1f} GFLOP/s (MFU)")
+          f"{s['peak_dtype']} {s['peak_flops_per_s'] / 1e9:.1f} GFLOP/s (MFU)")
     stalls = s["stalled_steps"]
     if stalls["count"]:
         print(f"warning: {stalls['count']} step(s) took over {summ.STALL_FACTOR:g}x the median step "

@@ -76,7 +76,7 @@ def evaluate(run_dir, volume_spec=None, overrides=(), progress=True):
     with open(config_path) as f:
         cfg = load(base=yaml.safe_load(f), overrides=overrides)
     m, d = cfg["model"], cfg["data"]
-    model = FFNModel(m["fov"], m["depth"], m["features"])
+    model = FFNModel(m["fov"], m["depth"], m["features"], precision=cfg["train"]["precision"])
     model.restore(os.path.join(run_dir, "checkpoints"))
     image, gt, source = load_eval_volume(cfg, volume_spec)
     opts = InferenceOptions(fov=tuple(m["fov"]), deltas=tuple(m["deltas"]), image_mean=d["image_mean"],

@@ -2,19 +2,40 @@
 every strategy trains, and its size and cost arithmetic (which needs no TensorFlow)."""
 import numpy as np
 
+#: train.precision: float32, or convolutions in bfloat16 with float32 weights, optimizer and loss
+PRECISIONS = ("float32", "mixed_bfloat16")
+
+#: CPU flags (Linux /proc/cpuinfo) of instructions that compute bfloat16 natively: oneDNN uses them
+BF16_FLAGS = ("avx512_bf16", "amx_bf16")
+
 
 def logit(p):
     """Probability -> logit: seeds, canvases and thresholds work in logits, as in google/ffn."""
     return float(np.log(p / (1.0 - p)))
 
 
-def build_convstack_3d(fov, depth=12, features=32, seed=0, init_stddev=0.01):
-    """Input (B, z, y, x, 2) = [image, seed logits]; output new seed logits = seed + update."""
+def bf16_flags(cpuinfo="/proc/cpuinfo"):
+    """The BF16_FLAGS this CPU has (empty where it has none, or /proc/cpuinfo cannot be read)."""
+    try:
+        with open(cpuinfo) as f:
+            flags = next((line.split(":", 1)[1].split() for line in f if line.startswith("flags")), [])
+    except OSError:
+        return []
+    return [flag for flag in BF16_FLAGS if flag in flags]
+
+
+def build_convstack_3d(fov, depth=12, features=32, seed=0, init_stddev=0.01, precision="float32"):
+    """Input (B, z, y, x, 2) = [image, seed logits]; output new seed logits = seed + update.
+
+    With precision mixed_bfloat16 the 3x3x3 convolutions compute in bfloat16 (keras' policy keeps
+    their weights float32); the 1x1 logit update and the seed it is added to stay float32, since
+    logits near the 0.9/0.95 thresholds need more than bfloat16's 8 bits of mantissa.
+    """
     import tensorflow as tf
     init = tf.keras.initializers.TruncatedNormal(stddev=init_stddev, seed=seed)
 
-    def conv(name, activation=None, size=3, filters=features):
-        return tf.keras.layers.Conv3D(filters, size, padding="same", activation=activation,
+    def conv(name, activation=None, size=3, filters=features, dtype=precision):
+        return tf.keras.layers.Conv3D(filters, size, padding="same", activation=activation, dtype=dtype,
                                       kernel_initializer=init, bias_initializer="zeros", name=name)
 
     inputs = tf.keras.Input(shape=(*fov, 2), name="image_and_seed")
@@ -26,7 +47,7 @@ def build_convstack_3d(fov, depth=12, features=32, seed=0, init_stddev=0.01):
         y = conv(f"conv{i}_a", "relu")(y)
         y = conv(f"conv{i}_b")(y)
         x = x + y
-    update = conv("conv_lom", size=1, filters=1)(tf.nn.relu(x))
+    update = conv("conv_lom", size=1, filters=1, dtype="float32")(tf.nn.relu(x))
     return tf.keras.Model(inputs, seed_logits + update, name="convstack_3d")
 
 

@@ -196,7 +196,8 @@ def test_mfu_is_against_the_whole_jobs_peak(runs):
         assert 0 < summary["mfu"] <= 1, summary["mfu"]
         peak = manifest["peak"]
         assert peak["threads"] == os.cpu_count() and peak["nodes"] == 1
-        assert summary["peak_flops_per_s"] == pytest.approx(peak["flops_per_s"] * peak["nodes"])
+        assert summary["peak_dtype"] == "float32"
+        assert summary["peak_flops_per_s"] == pytest.approx(peak["flops_per_s"]["float32"] * peak["nodes"])
 
 
 def test_evaluation_pauses_every_worker_and_leaks_into_no_communication(tmp_path):

@@ -113,7 +113,7 @@ def test_a_failed_run_is_recorded_and_the_sweep_goes_on(tmp_path, monkeypatch):
     def fake_run(cfg, out=None, node_peak=None, volumes_dir=None):
         return out, "boom" if cfg["train"]["batch_size"] == 1 else None
     monkeypatch.setattr(launcher, "run_experiment", fake_run)
-    monkeypatch.setattr(peak, "node_peak", lambda during: {"flops_per_s": 1e11})
+    monkeypatch.setattr(peak, "node_peak", lambda during: {"flops_per_s": {"float32": 1e11, "bfloat16": 3e11}})
     path = write_sweep(str(tmp_path), {**TINY, "base": os.path.join(ROOT, "configs/smoke.yaml")})
     sweep_dir, failed = sweep.run_sweep(path, str(tmp_path / "results"))
     runs = read_index(sweep_dir)["runs"]
