@@ -219,7 +219,8 @@ def launch(cfg, run_dir, node_peak=None, env=None):
     previous = {sig: signal.signal(sig, forward) for sig in FORWARDED} if in_main else {}
     try:
         popen = dict(stderr=subprocess.PIPE, start_new_session=True, preexec_fn=_die_with_parent,
-                     env_extra={**(peak.environment(node_peak) if node_peak else {}), **(env or {})})
+                     env_extra={**(peak.environment(node_peak) if node_peak else {}),
+                                **strategies.get(cfg["strategy"]).launch_environment(layout), **(env or {})})
         if layout.launch == "horovodrun_elastic":
             hosts = write_host_discovery(run_dir, cfg["ranks"])
             proc = comm.launch_elastic(cfg["ranks"], argv, hosts, cfg["run"]["timeout_s"], stdout=subprocess.PIPE,

@@ -84,7 +84,7 @@ def summarize(run_dir, manifest):
         "eval_s": float(sum(e.eval_s for e in evals)),
         "fovs_per_s": rate_stats(throughput_samples(steps, warmup)),
         "comm_share": comm / total if total else 0.0,
-        "stalled_steps": stall_stats(steps),
+        "stalled_steps": stall_stats([r for r in steps if r.step >= warmup]),  # the first steps trace graphs
         "step_time_s": {k: float(np.mean([getattr(r, k) for r in steps])) if steps else 0.0 for k in STEP_TIMES},
         "final_eval": {"kind": EvalRecord.kind, **asdict(evals[-1])} if evals else None,
         "staleness": staleness_stats(staleness_values(records)),

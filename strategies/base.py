@@ -406,6 +406,12 @@ class Strategy:
         return {"launch": cls.launch, "resumable": cls.resumable, "survives_lost_workers": cls.survives_lost_workers}
 
     @classmethod
+    def launch_environment(cls, layout: Layout) -> Dict[str, str]:
+        """Environment variables the launcher gives every rank of the job, set before any starts
+        (e.g. a TensorFlow cluster spec): none by default."""
+        return {}
+
+    @classmethod
     def roles(cls, ranks: int, options: Dict[str, Any]) -> List[str]:
         """The role of each rank.
 

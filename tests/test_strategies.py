@@ -75,6 +75,15 @@ def test_mpi_allreduce_equals_horovod_allreduce(runs):
     assert_same(hvd, mpi, 2e-6)
 
 
+@pytest.mark.parametrize("opt,atol", [("sgd", 2e-6), ("adam", 2e-5)])
+def test_tf_multiworker_2_ranks_equals_single_at_double_batch(runs, opt, atol):
+    """TF's own collective all-reduce (gRPC, no MPI in the exchange) takes the same steps."""
+    single = runs(f"single-{opt}", "train.batch_size=4", f"train.optimizer={opt}", f"train.lr={LR[opt]}")
+    tfmw = runs(f"tf_multiworker-{opt}", "strategy=tf_multiworker", "ranks=2", "train.batch_size=2",
+                f"train.optimizer={opt}", f"train.lr={LR[opt]}")
+    assert_same(single, tfmw, atol)
+
+
 def test_ps_async_one_worker_equals_single_with_zero_staleness(runs):
     single = runs("single-adam-b2", "train.batch_size=2", "train.optimizer=adam")
     ps = runs("ps-1-1", "strategy=ps_async", "ranks=2", "train.batch_size=2", "train.optimizer=adam")
