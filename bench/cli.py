@@ -198,16 +198,11 @@ def cmd_commbench(args):
     from ffnbench.bench import commbench, config
     cfg = config.load(args.config)
     if args.ranks_part:
-        if args.ranks_part == "ours":
-            commbench.ours_main(cfg)
-        else:
-            from ffnbench.model.network import param_count
-            commbench.raw_main(param_count(cfg["model"]["depth"], cfg["model"]["features"]),
-                               args.ranks_part.split(":", 1)[1])
+        commbench.ranks_main(args.ranks_part, cfg)
         return 0
     from ffnbench.bench.launcher import cli_command
-    raw, ours, params = commbench.measure(args.config, cfg, args.ranks, cli_command)
-    return 1 if commbench.print_table(raw, ours, params, args.ranks) else 0
+    results, params = commbench.measure(args.config, cfg, args.ranks, cli_command)
+    return 1 if commbench.print_table(results, params, args.ranks) else 0
 
 
 def parser():
@@ -314,7 +309,7 @@ def parser():
     f.add_argument("--kill-after", type=int, default=20, help="kill it once it has done this many steps")
     f.add_argument("--out", help="default: run.out/faultbench/STRATEGY-rRANKS")
     f.set_defaults(fn=cmd_faultbench)
-    b = sub.add_parser("commbench", help="all-reduce of one gradient: the best plain MPI vs mpi_allreduce vs Horovod")
+    b = sub.add_parser("commbench", help="one gradient's exchange: the best plain MPI vs mpi_allreduce, Horovod and the PS round trip")
     b.add_argument("config", help="sizes the gradient to this config's model")
     b.add_argument("--ranks", type=int, default=2)
     b.add_argument("--ranks-part", help=argparse.SUPPRESS)

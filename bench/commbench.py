@@ -1,13 +1,24 @@
-"""`ffnbench commbench`: one gradient's all-reduce, ours against the best plain MPI on the same bytes.
+"""`ffnbench commbench`: one gradient's exchange, ours against the best plain MPI on the same bytes.
 
-The yardstick is the fastest way plain MPI has to all-reduce these bytes: a blocking `Allreduce` and
-an `Iallreduce` + `Wait`, each with Open MPI's waiting ranks yielding the CPU
+All-reduce. The yardstick is the fastest way plain MPI has to all-reduce these bytes: a blocking
+`Allreduce` and an `Iallreduce` + `Wait`, each with Open MPI's waiting ranks yielding the CPU
 (`mpi_yield_when_idle=1`, what the strategies run with) and busy-polling (`=0`), each in its own
 mpirun. It must bound what it measures from below: ours ÷ raw under 1 (beyond noise) means the
-yardstick is wrong, and commbench says so. Then ours, in one mpirun with the strategies' settings:
-mpi_allreduce's path (Iallreduce and its bounded, sleeping wait) and Horovod's (hvd.allreduce per
-variable in a tf.function, as `allreduce` trains). Each repetition starts after a barrier, so the
-times are transfer + reduction, not waiting for a slow peer (which a step's comm_s also holds).
+yardstick is wrong, and commbench says so. Then ours: mpi_allreduce's path (Iallreduce and its
+bounded, sleeping wait), and Horovod's three ways of taking a gradient (per variable, as `allreduce`
+trains by default; grouped_allreduce; one flat buffer) under each of HOROVOD_SETTINGS, each setting
+in its own mpirun since Horovod reads them at init. Horovod's cost is then split into what one
+4-byte all-reduce costs (its background cycle, negotiation and TF's op dispatch: the floor) and the
+rest (the bytes), next to what plain MPI needs for the same bytes.
+
+Parameter server. A worker's pull + push of the whole vector through our protocol (PSWorker and
+ShardServer's message loop, the server answering pulls and taking gradients without applying them),
+against the fastest raw point-to-point exchange of the same bytes both ways (`Sendrecv`, and a
+`Send` then `Recv` ping-pong, yielding and busy-polling). The server's optimizer step on the vector
+is timed apart: it is compute, not communication.
+
+Each all-reduce repetition starts after a barrier, so the times are transfer + reduction, not
+waiting for a slow peer (which a step's comm_s also holds).
 """
 import json
 import time
@@ -18,20 +29,35 @@ from ffnbench.strategies import comm
 
 #: plain MPI's ways to all-reduce (the yardstick's candidates), each run under both yield settings
 RAW_WAYS = ("Allreduce", "Iallreduce+Wait")
+#: plain MPI's ways to move the bytes there and back (the PS round trip's yardstick)
+RAW_P2P_WAYS = ("Sendrecv", "Send then Recv")
+#: Horovod's settings tried, each in its own mpirun: the environment Horovod reads at init
+HOROVOD_SETTINGS = {
+    "cycle 1 ms": {"HOROVOD_CYCLE_TIME": "1"},
+    "cycle 0.1 ms": {"HOROVOD_CYCLE_TIME": "0.1"},
+    "cycle 0.1 ms, no response cache": {"HOROVOD_CYCLE_TIME": "0.1", "HOROVOD_CACHE_CAPACITY": "0"},
+    "cycle 5 ms": {"HOROVOD_CYCLE_TIME": "5"},
+}
+#: Horovod's ways of taking the per-variable gradient
+HOROVOD_WAYS = ("per variable", "grouped_allreduce", "one flat buffer")
 #: the prefix of rank 0's one result line on stdout
 RESULT = "commbench-result "
 #: a ratio below this is not noise: the yardstick does not bound ours from below
 BELOW_RAW = 0.9
+REPEATS = 50
+#: repetitions dropped at the start of each median (first calls set up buffers)
+SKIPPED = 3
 
 
-def timed_median(world, fn, repeats):
+def timed_median(world, fn, repeats=REPEATS):
     times = []
     for _ in range(repeats):
-        world.Barrier()
+        if world is not None:
+            world.Barrier()
         t = time.perf_counter()
         fn()
         times.append(time.perf_counter() - t)
-    return float(np.median(times[3:]))
+    return float(np.median(times[SKIPPED:]))
 
 
 def _report(world, results):
@@ -39,8 +65,8 @@ def _report(world, results):
         print(RESULT + json.dumps(results), flush=True)
 
 
-def raw_main(params, way, repeats=50):
-    """One rank of a raw run: plain MPI's `way` on `params` float32."""
+def raw_main(params, way):
+    """One rank of a raw all-reduce run: plain MPI's `way` on `params` float32."""
     from mpi4py import MPI
     world = comm.init_world()
     flat, out = np.ones(params, np.float32), np.empty(params, np.float32)
@@ -50,41 +76,162 @@ def raw_main(params, way, repeats=50):
     else:
         def allreduce():
             world.Iallreduce(flat, out, op=MPI.SUM).Wait()
-    _report(world, {way: timed_median(world, allreduce, repeats)})
+    _report(world, {way: timed_median(world, allreduce)})
 
 
-def ours_main(cfg, repeats=50):
-    """One rank of the run of our exchanges, with the strategies' MCA settings."""
+def raw_p2p_main(params, way):
+    """One rank of a raw round trip between ranks 0 and 1: `params` float32 each way."""
     world = comm.init_world()
-    import horovod.tensorflow as hvd
+    peer = 1 - world.rank
+    out, back = np.ones(params, np.float32), np.empty(params, np.float32)
+    if way == "Sendrecv":
+        def round_trip():
+            world.Sendrecv(out, dest=peer, recvbuf=back, source=peer)
+    else:
+        def round_trip():  # rank 0 sends first, like a server answering a pull; then the push comes back
+            if world.rank == 0:
+                world.Send(out, dest=peer)
+                world.Recv(back, source=peer)
+            else:
+                world.Recv(back, source=peer)
+                world.Send(out, dest=peer)
+    _report(world, {way: timed_median(world, round_trip)})
+
+
+def _gradient(cfg):
+    """The config's model's per-variable gradient shapes as tensors of ones, and its size."""
     import tensorflow as tf
     from ffnbench.model.api import FFNModel
     m = cfg["model"]
     model = FFNModel(m["fov"], m["depth"], m["features"])
-    grads = [tf.ones_like(v) for v in model.variables]
-    flat, out = np.ones(model.num_params, np.float32), np.empty(model.num_params, np.float32)
+    return [tf.ones_like(v) for v in model.variables], model.num_params
+
+
+def mpi_allreduce_main(cfg):
+    """One rank: mpi_allreduce's exchange, as it trains."""
+    world = comm.init_world()
+    _, params = _gradient(cfg)
+    flat, out = np.ones(params, np.float32), np.empty(params, np.float32)
+    _report(world, {"mpi_allreduce (Iallreduce + bounded wait)": timed_median(
+        world, lambda: comm.sum_allreduce(world, flat, out, 60, "the all-reduce"))})
+
+
+def horovod_main(cfg):
+    """One rank: Horovod's ways of all-reducing the gradient, under the settings in the environment;
+    a 4-byte all-reduce (Horovod's floor) and the same tf.function without Horovod (TF's dispatch)."""
+    world = comm.init_world()
+    import horovod.tensorflow as hvd
+    import tensorflow as tf
+    grads, _ = _gradient(cfg)
     hvd.init(comm=world)
-    per_variable = tf.function(lambda gs: [hvd.allreduce(g, op=hvd.Average) for g in gs])
-    grouped = tf.function(lambda gs: hvd.grouped_allreduce(gs, op=hvd.Average))
-    one_buffer = tf.function(lambda gs: hvd.allreduce(tf.concat([tf.reshape(g, [-1]) for g in gs], 0),
-                                                      op=hvd.Average))
-    for exchange in (per_variable, grouped, one_buffer):
-        exchange(grads)  # trace
-    results = {
-        "mpi_allreduce (Iallreduce + bounded wait)": timed_median(
-            world, lambda: comm.sum_allreduce(world, flat, out, 60, "the all-reduce"), repeats),
-        "allreduce (Horovod, in-graph, per variable)": timed_median(world, lambda: per_variable(grads), repeats),
-        "Horovod grouped_allreduce, in-graph": timed_median(world, lambda: grouped(grads), repeats),
-        "Horovod one flat buffer, in-graph": timed_median(world, lambda: one_buffer(grads), repeats),
+    exchanges = {
+        "per variable": tf.function(lambda gs: [hvd.allreduce(g, op=hvd.Average) for g in gs]),
+        "grouped_allreduce": tf.function(lambda gs: hvd.grouped_allreduce(gs, op=hvd.Average)),
+        "one flat buffer": tf.function(lambda gs: hvd.allreduce(tf.concat([tf.reshape(g, [-1]) for g in gs], 0),
+                                                                op=hvd.Average)),
+        "4 bytes": tf.function(lambda gs: hvd.allreduce(gs[-1][:1], op=hvd.Average)),
+        "no Horovod": tf.function(lambda gs: [tf.identity(g) for g in gs]),
     }
+    results = {}
+    for name, exchange in exchanges.items():
+        exchange(grads)  # trace
+        results[name] = timed_median(world, lambda: exchange(grads))
     hvd.shutdown()
     _report(world, results)
 
 
-def _run_ranks(ranks, argv, mca, timeout_s=600):
+class _Unrecorded:
+    """The records a benchmark's server would write: none (it is timed, not trained)."""
+
+    def server(self, *args, **kwargs):
+        pass
+
+    def lost(self, *args, **kwargs):
+        pass
+
+
+class _TakeWithoutApplying:
+    """Server hooks: answer every pull at once, take gradients and drop them (no optimizer step)."""
+    survives_lost_workers = False
+
+    def __init__(self):
+        self.server = None
+
+    def on_pull(self, worker):
+        self.server.answer_pull(worker)
+
+    def on_push(self, worker, read, grad):
+        pass
+
+    def after_message(self):
+        pass
+
+    def waits_on_server(self, worker):
+        return False
+
+
+def ps_main(cfg):
+    """Ranks 0 (server) and 1 (worker): the pull + push round trip of the whole vector through our
+    PS protocol, and on the server the optimizer step on it, timed apart."""
+    from ffnbench import strategies
+    from ffnbench.bench.context import training_settings
+    from ffnbench.strategies.base import TrainingContext
+    from ffnbench.strategies.numpy_optimizers import ShardUpdater
+    from ffnbench.strategies.ps_protocol import shard_bounds
+    from ffnbench.strategies.ps_server import ShardServer
+    from ffnbench.strategies.ps_worker import PSWorker
+    from ffnbench.model.network import param_count
+    world = comm.init_world()
+    params = param_count(cfg["model"]["depth"], cfg["model"]["features"])
+    settings = training_settings(cfg)
+    ctx = TrainingContext(settings=settings, layout=strategies.layout("ps_async", 2, {}), rank=world.rank,
+                          comm=world, recorder=_Unrecorded(), run_dir=".", make_stream=None)
+    bounds = shard_bounds(params, 1)
+    own_core = not comm.oversubscribed(world)
+    results = {}
+    if world.rank == 0:
+        hooks = _TakeWithoutApplying()
+        hooks.server = ShardServer(ctx, bounds, np.zeros(params, np.float32), own_core)
+        hooks.server.serve(hooks)
+        updater = ShardUpdater(settings.optimizer, params, settings.clip)
+        shard, grad = np.zeros(params, np.float32), np.full(params, 1e-3, np.float32)
+        results["server optimizer step"] = timed_median(None, lambda: updater.apply(shard, grad.copy(), 1e-3))
+        results["server optimizer step"] -= timed_median(None, grad.copy)  # the copy is the benchmark's
+        results["PS pull + push (our protocol)"] = float(
+            comm.broadcast(world, np.zeros(1), 60, "the worker's time", root=1)[0])
+    else:
+        worker = PSWorker(ctx, bounds)
+        params_in, versions = np.empty(params, np.float32), np.zeros(1, np.int64)
+        grad = np.ones(params, np.float32)
+
+        def round_trip():
+            comm.wait_all(world, worker.pull(params_in, versions), 60, "the parameters")
+            worker.push(grad, versions)
+        median = timed_median(None, round_trip)
+        worker.say_done()
+        comm.broadcast(world, np.array([median]), 60, "the worker's time", root=1)
+    _report(world, results)
+
+
+PARTS = {"mpi_allreduce": mpi_allreduce_main, "horovod": horovod_main, "ps": ps_main}
+
+
+def ranks_main(part, cfg):
+    """One rank of the mpirun named by `part`: raw:WAY, raw_p2p:WAY, or one of PARTS."""
+    from ffnbench.model.network import param_count
+    kind, _, way = part.partition(":")
+    if kind == "raw":
+        raw_main(param_count(cfg["model"]["depth"], cfg["model"]["features"]), way)
+    elif kind == "raw_p2p":
+        raw_p2p_main(param_count(cfg["model"]["depth"], cfg["model"]["features"]), way)
+    else:
+        PARTS[kind](cfg)
+
+
+def _run_ranks(ranks, argv, mca=None, env=None, timeout_s=600):
     """Launch one mpirun of commbench ranks; rank 0's results."""
     import subprocess
-    proc = comm.launch_ranks(ranks, argv, mca=mca, stdout=subprocess.PIPE, text=True)
+    proc = comm.launch_ranks(ranks, argv, mca=mca, env_extra=env, stdout=subprocess.PIPE, text=True)
     status, out, _ = comm.finish(proc, timeout_s, "commbench")
     lines = [ln for ln in (out or "").splitlines() if ln.startswith(RESULT)]
     if status != 0 or not lines:
@@ -92,30 +239,68 @@ def _run_ranks(ranks, argv, mca, timeout_s=600):
     return json.loads(lines[-1][len(RESULT):])
 
 
+def _yields():
+    for yield_when_idle in ("1", "0"):
+        yield f"yield {'on' if yield_when_idle == '1' else 'off'}", {**comm.MCA_DEFAULTS,
+                                                                     "mpi_yield_when_idle": yield_when_idle}
+
+
 def measure(config_path, cfg, ranks, cli_command):
-    """{name: median seconds} of every raw way under both yield settings, and of ours; the params."""
+    """Every mpirun commbench makes; {section: {name: median seconds}} and the parameter count."""
     from ffnbench.model.network import param_count
-    params = param_count(cfg["model"]["depth"], cfg["model"]["features"])
-    raw = {}
+
+    def part(name, **kw):
+        return _run_ranks(ranks if name != "ps" and not name.startswith("raw_p2p") else 2,
+                          cli_command("commbench", config_path, "--ranks-part", name), **kw)
+    raw, horovod, ps_raw = {}, {}, {}
     for way in RAW_WAYS:
-        for yield_when_idle in ("1", "0"):
-            mca = {**comm.MCA_DEFAULTS, "mpi_yield_when_idle": yield_when_idle}
-            argv = cli_command("commbench", config_path, "--ranks-part", f"raw:{way}")
-            (seconds,) = _run_ranks(ranks, argv, mca).values()
-            raw[f"raw {way}, yield {'on' if yield_when_idle == '1' else 'off'}"] = seconds
-    ours = _run_ranks(ranks, cli_command("commbench", config_path, "--ranks-part", "ours"), None)
-    return raw, ours, params
+        for label, mca in _yields():
+            raw[f"raw {way}, {label}"] = part(f"raw:{way}", mca=mca)[way]
+    for way in RAW_P2P_WAYS:
+        for label, mca in _yields():
+            ps_raw[f"raw {way}, {label}"] = part(f"raw_p2p:{way}", mca=mca)[way]
+    for setting, env in HOROVOD_SETTINGS.items():
+        horovod[setting] = part("horovod", env=env)
+    return {"raw": raw, "mpi_allreduce": part("mpi_allreduce"), "horovod": horovod, "ps_raw": ps_raw,
+            "ps": part("ps")}, param_count(cfg["model"]["depth"], cfg["model"]["features"])
 
 
-def print_table(raw, ours, params, ranks):
+def _row(name, seconds, best):
+    print(f"  {name:58s} {seconds * 1e3:8.3f} ms   / best raw = {seconds / best:6.2f}")
+
+
+def print_table(results, params, ranks):
+    """The measured exchanges as ratios to the fastest raw way; the names that beat it beyond noise."""
+    raw, horovod = results["raw"], results["horovod"]
     best_name = min(raw, key=raw.get)
     best = raw[best_name]
-    print(f"all-reduce of {params} float32 ({4 * params / 1e6:.2f} MB) over {ranks} ranks, median of 47 "
-          f"after a barrier; the yardstick is the fastest raw way ({best_name}):")
-    for name, t in {**raw, **ours}.items():
-        ratio = t / best
-        print(f"  {name:45s} {t * 1e3:8.3f} ms   / best raw = {ratio:5.2f}")
-    low = [name for name, t in ours.items() if t / best < BELOW_RAW]
+    print(f"all-reduce of {params} float32 ({4 * params / 1e6:.2f} MB) over {ranks} ranks, median of "
+          f"{REPEATS - SKIPPED} after a barrier; the yardstick is the fastest raw way ({best_name}):")
+    ours = dict(results["mpi_allreduce"])
+    for setting, times in horovod.items():
+        ours.update({f"Horovod {way}, {setting}": times[way] for way in HOROVOD_WAYS})
+    for name, seconds in {**raw, **ours}.items():
+        _row(name, seconds, best)
+    fastest = min((name for name in ours if name.startswith("Horovod")), key=ours.get)
+    setting = next(s for s in horovod if fastest.endswith(s))
+    floor, dispatch = horovod[setting]["4 bytes"], horovod[setting]["no Horovod"]
+    print(f"Horovod's best: {fastest} = {ours[fastest] / best:.2f}x raw. Of its {ours[fastest] * 1e3:.3f} ms, "
+          f"{floor * 1e3:.3f} ms is a 4-byte all-reduce (the cycle, negotiation and op dispatch; TF's call "
+          f"alone {dispatch * 1e3:.3f} ms) and {(ours[fastest] - floor) * 1e3:.3f} ms the bytes, which plain "
+          f"MPI moves in {best * 1e3:.3f} ms")
+    low = [name for name, seconds in ours.items() if seconds / best < BELOW_RAW]
+
+    ps_raw, ps = results["ps_raw"], results["ps"]
+    p2p_name = min(ps_raw, key=ps_raw.get)
+    p2p = ps_raw[p2p_name]
+    print(f"parameter server, 1 server + 1 worker, the whole vector pulled and pushed, median of {REPEATS - SKIPPED}; "
+          f"the yardstick is the fastest raw round trip ({p2p_name}):")
+    for name in ps_raw:
+        _row(name, ps_raw[name], p2p)
+    _row("PS pull + push (our protocol)", ps["PS pull + push (our protocol)"], p2p)
+    print(f"  server optimizer step on the vector (compute, apart): {ps['server optimizer step'] * 1e3:.3f} ms")
+    if ps["PS pull + push (our protocol)"] / p2p < BELOW_RAW:
+        low.append("PS pull + push (our protocol)")
     if low:
         print(f"warning: {', '.join(low)} beat the best raw way by more than noise: the yardstick does not bound "
               f"them from below")

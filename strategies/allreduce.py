@@ -16,15 +16,19 @@ import numpy as np
 
 from ffnbench.strategies.base import LayoutError, SyncDataParallel, register
 
+EXCHANGES = ("per_variable", "grouped", "flat")
+
 
 @register
 class HorovodAllreduce(SyncDataParallel):
     """Sync ring all-reduce with Horovod (hvd.allreduce per gradient inside a tf.function)."""
     name = "allreduce"
     order, color = 10, "#1f77b4"
-    options = {"fusion_threshold_mb": 128.0, "cycle_time_ms": 1.0, "fp16": False, "timeline": False,
-               "elastic": False, "commit_every": 10}
-    option_docs = {"fusion_threshold_mb": "Horovod fusion buffer (HOROVOD_FUSION_THRESHOLD)",
+    options = {"exchange": "per_variable", "fusion_threshold_mb": 128.0, "cycle_time_ms": 1.0, "fp16": False,
+               "timeline": False, "elastic": False, "commit_every": 10}
+    option_docs = {"exchange": "how the gradient is handed to Horovod: per_variable (hvd.allreduce each, fused by "
+                               "Horovod), grouped (hvd.grouped_allreduce) or flat (one concatenated buffer)",
+                   "fusion_threshold_mb": "Horovod fusion buffer (HOROVOD_FUSION_THRESHOLD)",
                    "cycle_time_ms": "Horovod cycle time (HOROVOD_CYCLE_TIME)",
                    "fp16": "hvd.Compression.fp16 on the wire",
                    "timeline": "Horovod's chrome-trace timeline in RUN_DIR/horovod_timeline.json",
@@ -33,6 +37,9 @@ class HorovodAllreduce(SyncDataParallel):
 
     @classmethod
     def roles(cls, ranks, options):
+        if options["exchange"] not in EXCHANGES:
+            raise LayoutError(f"config field strategy_options.exchange: must be one of {', '.join(EXCHANGES)} "
+                              f"(got {options['exchange']!r})")
         if options["commit_every"] < 1:
             raise LayoutError(f"config field strategy_options.commit_every: must be at least 1 "
                               f"(got {options['commit_every']})")
@@ -61,8 +68,17 @@ class HorovodAllreduce(SyncDataParallel):
             hvd.init(comm=self.comm)
             hvd.broadcast_variables(self.model.variables, root_rank=0)
         compression = hvd.Compression.fp16 if o["fp16"] else hvd.Compression.none
-        self.allreduce = tf.function(
-            lambda grads: [hvd.allreduce(g, op=hvd.Average, compression=compression) for g in grads])
+
+        def per_variable(grads):
+            return [hvd.allreduce(g, op=hvd.Average, compression=compression) for g in grads]
+
+        def grouped(grads):
+            return hvd.grouped_allreduce(grads, op=hvd.Average, compression=compression)
+
+        def flat(grads):  # the model applies a flat gradient as it is
+            return hvd.allreduce(tf.concat([tf.reshape(g, [-1]) for g in grads], 0), op=hvd.Average,
+                                 compression=compression)
+        self.allreduce = tf.function({"per_variable": per_variable, "grouped": grouped, "flat": flat}[o["exchange"]])
         self.hvd = hvd
 
     def gradients(self, batch):

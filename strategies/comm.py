@@ -107,6 +107,16 @@ def census(comm, flag, timeout_s):
     return int(here[0]), int(nodes[0])
 
 
+def oversubscribed(comm):
+    """Whether this node runs more of `comm`'s ranks than it has cores (so a spinning rank steals
+    a core from a peer)."""
+    from mpi4py import MPI
+    local = comm.Split_type(MPI.COMM_TYPE_SHARED)
+    ranks = local.size
+    local.Free()
+    return ranks > (os.cpu_count() or 1)
+
+
 #: tag of the message that ends a pause (strategies' own tags are small integers)
 RELEASE_TAG = 30_000
 

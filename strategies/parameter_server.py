@@ -55,8 +55,9 @@ class ParameterServerStrategy(Strategy):
         weights = comm.broadcast(self.comm, self.model.get_flat(), ctx.settings.timeout_s, "initial weights")
         # the final shards travel on their own communicator: a server still serving never probes them
         self.final_comm = comm.duplicate(self.comm, ctx.settings.timeout_s, "every rank to set up")
+        own_core = not comm.oversubscribed(self.comm)
         if ctx.role == "server":
-            self.server = ShardServer(ctx, bounds, weights)
+            self.server = ShardServer(ctx, bounds, weights, own_core)
         else:
             straggle = self.opts["straggle_s"]
             delay = straggle[ctx.layout.worker_ranks.index(ctx.rank)] if straggle else 0.0

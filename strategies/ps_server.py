@@ -14,7 +14,8 @@ from ffnbench.strategies.ps_protocol import DONE, FINAL, GRAD, PARAMS, PULL, PUS
 
 
 class ShardServer:
-    def __init__(self, ctx, bounds, weights):
+    def __init__(self, ctx, bounds, weights, own_core):
+        """own_core: no other rank shares this server's core (comm.oversubscribed is false)."""
         self.ctx, self.comm, self.bounds = ctx, ctx.comm, bounds
         lo, hi = bounds[ctx.rank]
         self.shard = weights[lo:hi].copy()
@@ -30,6 +31,9 @@ class ShardServer:
         self.heard = {w: time.monotonic() for w in ctx.layout.worker_ranks}  # last message from each
         self.pushes = {w: 0 for w in ctx.layout.worker_ranks}
         self.snapshot_asks = {}  # {worker: step} of the workers waiting for a checkpoint
+        # a server with a core of its own answers at once (busy-polling, as MPI does); one sharing its
+        # cores with workers sleeps between probes, which delays each answer by up to 1 ms
+        self.spin_s = float("inf") if own_core else 0.0
 
     def serve(self, hooks):
         """Run until every worker is done, then record this server's totals."""
@@ -93,15 +97,15 @@ class ShardServer:
         self.updater.load_state({k[len("optimizer."):]: v for k, v in arrays.items() if k.startswith("optimizer.")})
 
     def next_message(self, hooks):
-        """(worker, tag) of the next message, sleeping from the start so an idle server stays off the
-        CPU; None when instead a worker silent for half the run's timeout was declared lost."""
+        """(worker, tag) of the next message (polling as `spin_s` says); None when instead a worker
+        silent for half the run's timeout was declared lost."""
         found = []
 
         def arrived():
             self.sends = [(w, r) for w, r in self.sends if not r.Test()]
             found[:] = [comm.probe_any(self.comm)]
             return found[0] is not None or self.declare_lost(hooks)
-        comm.poll(self.comm, arrived, self.ctx.settings.timeout_s + 1.0, "any worker", spin_s=0.0)
+        comm.poll(self.comm, arrived, self.ctx.settings.timeout_s + 1.0, "any worker", spin_s=self.spin_s)
         return found[0]
 
     def declare_lost(self, hooks):

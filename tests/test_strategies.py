@@ -69,6 +69,14 @@ def test_horovod_allreduce_2_ranks_equals_single_at_double_batch(runs, opt, atol
     assert_same(single, hvd, atol)
 
 
+@pytest.mark.parametrize("exchange", ["grouped", "flat"])
+def test_horovod_exchanges_equal_single_at_double_batch(runs, exchange):
+    single = runs("single-sgd", "train.batch_size=4", "train.optimizer=sgd", f"train.lr={LR['sgd']}")
+    hvd = runs(f"allreduce-{exchange}", "strategy=allreduce", "ranks=2", f"strategy_options.exchange={exchange}",
+               "train.batch_size=2", "train.optimizer=sgd", f"train.lr={LR['sgd']}")
+    assert_same(single, hvd, 2e-6)
+
+
 def test_mpi_allreduce_equals_horovod_allreduce(runs):
     hvd = runs("allreduce-sgd", "strategy=allreduce", "ranks=2", "train.batch_size=2", "train.optimizer=sgd", "train.lr=0.05")
     mpi = runs("mpi-sgd", "strategy=mpi_allreduce", "ranks=2", "train.batch_size=2", "train.optimizer=sgd", "train.lr=0.05")
