@@ -1,18 +1,31 @@
-"""commbench's yardstick: the fastest raw way, and a loud warning when ours beats it beyond noise."""
-from ffnbench.bench.commbench import print_table
+"""commbench's yardsticks: the fastest raw way, and a loud warning when ours beats it beyond noise."""
+from ffnbench.bench.commbench import HOROVOD_WAYS, print_table
+
+
+def results(raw, mpi_allreduce, horovod_seconds, ps_raw, ps_round_trip):
+    horovod = {"cycle 1 ms": {**{way: horovod_seconds for way in HOROVOD_WAYS}, "4 bytes": 0.0008,
+                              "no Horovod": 0.0001}}
+    return {"raw": raw, "mpi_allreduce": {"mpi_allreduce": mpi_allreduce}, "horovod": horovod,
+            "ps_raw": ps_raw, "ps": {"PS pull + push (our protocol)": ps_round_trip, "server optimizer step": 0.001}}
+
+
+RAW = {"raw Allreduce, yield on": 0.012, "raw Allreduce, yield off": 0.0004,
+       "raw Iallreduce+Wait, yield on": 0.002, "raw Iallreduce+Wait, yield off": 0.0005}
+P2P = {"raw Sendrecv, yield on": 0.0002, "raw Send then Recv, yield off": 0.0001}
 
 
 def test_ratios_are_against_the_fastest_raw_way(capsys):
-    raw = {"raw Allreduce, yield on": 0.012, "raw Allreduce, yield off": 0.0004,
-           "raw Iallreduce+Wait, yield on": 0.002, "raw Iallreduce+Wait, yield off": 0.0005}
-    ours = {"mpi_allreduce": 0.0005, "Horovod": 0.0011}
-    assert print_table(raw, ours, 49393, 2) == []
+    assert print_table(results(RAW, 0.0005, 0.0011, P2P, 0.00012), 49393, 2) == []
     out = capsys.readouterr().out
     assert "fastest raw way (raw Allreduce, yield off)" in out
-    assert "/ best raw =  1.25" in out and "/ best raw =  2.75" in out and "warning" not in out
+    assert "/ best raw =   1.25" in out and "/ best raw =   2.75" in out and "warning" not in out
+    # Horovod's cost split: 0.8 ms of its 1.1 ms is its floor
+    assert "0.800 ms is what a 4-byte all-reduce costs" in out and "0.300 ms the bytes" in out
+    assert "fastest raw round trip (raw Send then Recv, yield off)" in out and "/ best raw =   1.20" in out
 
 
 def test_a_yardstick_that_ours_beats_is_called_wrong(capsys):
     raw = {"raw Allreduce, yield on": 0.012}  # e.g. a blocking call that yields in its progress loop
-    assert print_table(raw, {"mpi_allreduce": 0.0006}, 49393, 2) == ["mpi_allreduce"]
+    assert print_table(results(raw, 0.0006, 0.02, P2P, 0.00005), 49393, 2) == [
+        "mpi_allreduce", "PS pull + push (our protocol)"]
     assert "does not bound them from below" in capsys.readouterr().out
