@@ -14,7 +14,7 @@ import os
 
 import numpy as np
 
-from ffnbench.strategies.base import LayoutError, SyncDataParallel, register
+from ffnbench.strategies.base import LayoutError, SyncDataParallel, check_choice, register
 
 EXCHANGES = ("per_variable", "grouped", "flat")
 
@@ -37,9 +37,7 @@ class HorovodAllreduce(SyncDataParallel):
 
     @classmethod
     def roles(cls, ranks, options):
-        if options["exchange"] not in EXCHANGES:
-            raise LayoutError(f"config field strategy_options.exchange: must be one of {', '.join(EXCHANGES)} "
-                              f"(got {options['exchange']!r})")
+        check_choice(options, "exchange", EXCHANGES)
         if options["commit_every"] < 1:
             raise LayoutError(f"config field strategy_options.commit_every: must be at least 1 "
                               f"(got {options['commit_every']})")

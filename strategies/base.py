@@ -42,6 +42,13 @@ class LayoutError(ValueError):
     """An impossible rank layout or a bad strategy option; the message names it."""
 
 
+def check_choice(options: Dict[str, Any], key: str, choices: Sequence[str]) -> None:
+    """A LayoutError unless strategy_options[key] is one of `choices`."""
+    if options[key] not in choices:
+        raise LayoutError(f"config field strategy_options.{key}: must be one of {', '.join(choices)} "
+                          f"(got {options[key]!r})")
+
+
 # ------------------------------------------------------------------ training settings
 
 LR_SCALING_RULES = ("none", "linear", "sqrt")

@@ -88,10 +88,53 @@ def broadcast(comm, array, timeout_s, what, root=0):
 
 
 def sum_allreduce(comm, send, recv, timeout_s, what):
-    """Bounded element-wise sum of numpy buffers over the ranks, into `recv`."""
+    """Bounded element-wise sum of numpy buffers over the ranks, into `recv`; bfloat16 buffers in
+    their to_wire form (uint16) are summed by BF16_SUM."""
     from mpi4py import MPI
-    wait(comm, comm.Iallreduce(send, recv, op=MPI.SUM), timeout_s, what)
+    if send.dtype == np.uint16:
+        send, recv_spec, op = [send, MPI.UINT16_T], [recv, MPI.UINT16_T], _bf16_sum()
+    else:
+        recv_spec, op = recv, MPI.SUM
+    wait(comm, comm.Iallreduce(send, recv_spec, op=op), timeout_s, what)
     return recv
+
+
+#: gradient_wire: how a gradient crosses the network (bfloat16 halves the bytes, rounding each value)
+GRADIENT_WIRES = ("float32", "bfloat16")
+
+
+def to_wire(array, wire):
+    """A float32 array as it is sent: itself, or rounded to bfloat16 (to nearest even) as uint16."""
+    if wire == "float32":
+        return array
+    from ml_dtypes import bfloat16
+    return np.asarray(array, np.float32).astype(bfloat16).view(np.uint16)
+
+
+def from_wire(buffer, wire):
+    """What to_wire made, back as float32."""
+    if wire == "float32":
+        return buffer
+    from ml_dtypes import bfloat16
+    return buffer.view(bfloat16).astype(np.float32)
+
+
+_BF16_SUM = []
+
+
+def _bf16_sum():
+    """MPI's sum of bfloat16 (as uint16), which MPI does not have: each pair added in float32 and
+    rounded back, as a bfloat16 reduction does."""
+    if not _BF16_SUM:
+        from mpi4py import MPI
+        from ml_dtypes import bfloat16
+
+        def add(incoming, accumulated, datatype):
+            a = np.frombuffer(incoming, bfloat16)
+            b = np.frombuffer(accumulated, bfloat16)
+            b[...] = (a.astype(np.float32) + b.astype(np.float32)).astype(bfloat16)
+        _BF16_SUM.append(MPI.Op.Create(add, commute=True))
+    return _BF16_SUM[0]
 
 
 def census(comm, flag, timeout_s):

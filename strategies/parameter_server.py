@@ -9,7 +9,7 @@ import time
 import numpy as np
 
 from ffnbench.strategies import comm
-from ffnbench.strategies.base import Final, LayoutError, Strategy
+from ffnbench.strategies.base import Final, LayoutError, Strategy, check_choice
 from ffnbench.strategies.numpy_optimizers import ShardUpdater
 from ffnbench.strategies.ps_protocol import shard_bounds
 from ffnbench.strategies.ps_server import ShardServer
@@ -18,12 +18,15 @@ from ffnbench.strategies.ps_worker import PSWorker
 
 class ParameterServerStrategy(Strategy):
     resumable = True  # the workers' streams and the servers' shards, snapshotted together
-    options = {"servers": 1, "straggle_s": []}
+    options = {"servers": 1, "straggle_s": [], "gradient_wire": "float32"}
     option_docs = {"servers": "the first `servers` ranks are parameter servers, the rest workers",
+                   "gradient_wire": "float32 | bfloat16: bfloat16 halves the bytes pushed (parameters are pulled "
+                                    "as float32); convergence not yet measured",
                    "straggle_s": "injected delay in seconds per worker per step, to study stragglers (recorded as wait_s)"}
 
     @classmethod
     def roles(cls, ranks, options):
+        check_choice(options, "gradient_wire", comm.GRADIENT_WIRES)
         servers, straggle = options["servers"], options["straggle_s"]
         if not isinstance(servers, int) or servers < 1:
             raise LayoutError(f"strategy_options.servers must be an integer >= 1 (got {servers!r})")
@@ -57,11 +60,11 @@ class ParameterServerStrategy(Strategy):
         self.final_comm = comm.duplicate(self.comm, ctx.settings.timeout_s, "every rank to set up")
         own_core = not comm.oversubscribed(self.comm)
         if ctx.role == "server":
-            self.server = ShardServer(ctx, bounds, weights, own_core)
+            self.server = ShardServer(ctx, bounds, weights, own_core, self.opts["gradient_wire"])
         else:
             straggle = self.opts["straggle_s"]
             delay = straggle[ctx.layout.worker_ranks.index(ctx.rank)] if straggle else 0.0
-            self.worker = PSWorker(ctx, bounds, self.opts.get("prefetch", False), delay)
+            self.worker = PSWorker(ctx, bounds, self.opts.get("prefetch", False), delay, self.opts["gradient_wire"])
 
     def train(self):
         if self.ctx.role == "server":

@@ -14,11 +14,13 @@ from ffnbench.strategies.ps_protocol import DONE, FINAL, GRAD, PARAMS, PULL, PUS
 
 
 class ShardServer:
-    def __init__(self, ctx, bounds, weights, own_core):
-        """own_core: no other rank shares this server's core (comm.oversubscribed is false)."""
+    def __init__(self, ctx, bounds, weights, own_core, wire="float32"):
+        """own_core: no other rank shares this server's core (comm.oversubscribed is false);
+        wire: how gradients arrive (comm.GRADIENT_WIRES)."""
         self.ctx, self.comm, self.bounds = ctx, ctx.comm, bounds
         lo, hi = bounds[ctx.rank]
         self.shard = weights[lo:hi].copy()
+        self.wire = wire
         self.updater = ShardUpdater(ctx.settings.optimizer, hi - lo, ctx.settings.clip)
         self.version = 0      # updates applied to this shard
         self.dropped = 0      # gradients a strategy chose not to apply
@@ -51,9 +53,9 @@ class ShardServer:
                 hooks.on_pull(worker)
             elif tag == PUSH:
                 self.recv(token, worker, PUSH, f"the gradient header from rank {worker}")
-                grad = np.empty_like(self.shard)
+                grad = comm.to_wire(np.empty_like(self.shard), self.wire)
                 if self.recv_or_lose(grad, worker, GRAD, f"the gradient from rank {worker}", hooks):
-                    hooks.on_push(worker, int(token[0]), grad)
+                    hooks.on_push(worker, int(token[0]), comm.from_wire(grad, self.wire))
                     self.pushes[worker] += 1
             elif tag == DONE:
                 self.recv(token, worker, DONE, "a done message")

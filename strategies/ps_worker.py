@@ -12,9 +12,9 @@ from ffnbench.strategies.ps_protocol import DONE, GRAD, PARAMS, PULL, PUSH, SAVE
 
 
 class PSWorker:
-    def __init__(self, ctx, bounds, prefetch=False, straggle_s=0.0):
+    def __init__(self, ctx, bounds, prefetch=False, straggle_s=0.0, wire="float32"):
         self.ctx, self.comm, self.bounds = ctx, ctx.comm, bounds
-        self.prefetch, self.straggle_s = prefetch, straggle_s
+        self.prefetch, self.straggle_s, self.wire = prefetch, straggle_s, wire
 
     def pull(self, params, versions):
         """Post receives for every shard into `params`/`versions`, then ask; returns the requests."""
@@ -26,6 +26,7 @@ class PSWorker:
         return reqs
 
     def push(self, grad, versions):
+        grad = comm.to_wire(grad, self.wire)
         reqs = []
         for s, (lo, hi) in enumerate(self.bounds):
             reqs.append(self.comm.Isend(versions[s:s + 1].copy(), dest=s, tag=PUSH))

@@ -92,6 +92,18 @@ def test_tf_multiworker_2_ranks_equals_single_at_double_batch(runs, opt, atol):
     assert_same(single, tfmw, atol)
 
 
+@pytest.mark.parametrize("name,overrides", [
+    ("mpi-sgd", ["strategy=mpi_allreduce", "ranks=2", "train.batch_size=2", "train.optimizer=sgd", "train.lr=0.05"]),
+    ("ps-1-1", ["strategy=ps_async", "ranks=2", "train.batch_size=2", "train.optimizer=adam"])])
+def test_bfloat16_gradients_on_the_wire_round_but_take_nearly_the_same_steps(runs, name, overrides):
+    exact = final_weights(runs(name, *overrides))
+    rounded = final_weights(runs(f"{name}-bf16", *overrides, "strategy_options.gradient_wire=bfloat16"))
+    moved = np.abs(exact - final_weights_init())
+    diff = np.abs(rounded - exact)
+    assert diff.max() > 0, "bfloat16 on the wire changed nothing: the gradients were not rounded"
+    assert diff.max() < 0.02 * moved.max(), (diff.max(), moved.max())
+
+
 def test_ps_async_one_worker_equals_single_with_zero_staleness(runs):
     single = runs("single-adam-b2", "train.batch_size=2", "train.optimizer=adam")
     ps = runs("ps-1-1", "strategy=ps_async", "ranks=2", "train.batch_size=2", "train.optimizer=adam")
