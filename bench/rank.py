@@ -55,7 +55,8 @@ def versions():
     except ImportError:
         hvd_version = None
     return {"python": platform.python_version(), "tensorflow": tf.__version__, "horovod": hvd_version,
-            "mpi4py": mpi4py.__version__, "mpi": MPI.Get_library_version().splitlines()[0].strip()}
+            "mpi4py": mpi4py.__version__, "mpi": MPI.Get_library_version().splitlines()[0].strip(),
+            "tf_enable_onednn_opts": os.environ.get("TF_ENABLE_ONEDNN_OPTS")}
 
 
 class Watchdog:

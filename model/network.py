@@ -46,7 +46,11 @@ def build_convstack_3d(fov, depth=12, features=32, seed=0, init_stddev=0.01, pre
         y = tf.nn.relu(x)
         y = conv(f"conv{i}_a", "relu")(y)
         y = conv(f"conv{i}_b")(y)
-        x = x + y
+        # x - (-y) is x + y bit for bit. Written `x + y`, Grappler's remapper (with oneDNN on) tries
+        # to fuse conv+bias+add along the residual stream, fails ("Mutation::Apply error") and drops
+        # every fusion of that graph; the arithmetic optimizer turns this back into an add after the
+        # remapper has fused conv+bias(+relu). One Lambda keeps the layer and weight lists unchanged.
+        x = tf.keras.layers.Lambda(lambda t: t[0] - (-t[1]), name=f"residual{i}", dtype=precision)([x, y])
     update = conv("conv_lom", size=1, filters=1, dtype="float32")(tf.nn.relu(x))
     return tf.keras.Model(inputs, seed_logits + update, name="convstack_3d")
 
