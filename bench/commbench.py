@@ -52,8 +52,7 @@ SKIPPED = 3
 def timed_median(world, fn, repeats=REPEATS):
     times = []
     for _ in range(repeats):
-        if world is not None:
-            world.Barrier()
+        world.Barrier()
         t = time.perf_counter()
         fn()
         times.append(time.perf_counter() - t)
@@ -140,77 +139,19 @@ def horovod_main(cfg):
     _report(world, results)
 
 
-class _Unrecorded:
-    """The records a benchmark's server would write: none (it is timed, not trained)."""
-
-    def server(self, *args, **kwargs):
-        pass
-
-    def lost(self, *args, **kwargs):
-        pass
-
-
-class _TakeWithoutApplying:
-    """Server hooks: answer every pull at once, take gradients and drop them (no optimizer step)."""
-    survives_lost_workers = False
-
-    def __init__(self):
-        self.server = None
-
-    def on_pull(self, worker):
-        self.server.answer_pull(worker)
-
-    def on_push(self, worker, read, grad):
-        pass
-
-    def after_message(self):
-        pass
-
-    def waits_on_server(self, worker):
-        return False
-
-
 def ps_main(cfg):
     """Ranks 0 (server) and 1 (worker): the pull + push round trip of the whole vector through our
-    PS protocol, and on the server the optimizer step on it, timed apart."""
+    PS protocol, and the server's optimizer step on it, timed apart."""
     from ffnbench import strategies
     from ffnbench.bench.context import training_settings
-    from ffnbench.strategies.base import TrainingContext
-    from ffnbench.strategies.numpy_optimizers import ShardUpdater
-    from ffnbench.strategies.ps_protocol import shard_bounds
-    from ffnbench.strategies.ps_server import ShardServer
-    from ffnbench.strategies.ps_worker import PSWorker
     from ffnbench.model.network import param_count
     world = comm.init_world()
     params = param_count(cfg["model"]["depth"], cfg["model"]["features"])
     settings = training_settings(cfg)
-    ctx = TrainingContext(settings=settings, layout=strategies.layout("ps_async", 2, {}), rank=world.rank,
-                          comm=world, recorder=_Unrecorded(), run_dir=".", make_stream=None)
-    bounds = shard_bounds(params, 1)
-    own_core = not comm.oversubscribed(world)
-    results = {}
-    if world.rank == 0:
-        hooks = _TakeWithoutApplying()
-        hooks.server = ShardServer(ctx, bounds, np.zeros(params, np.float32), own_core)
-        hooks.server.serve(hooks)
-        updater = ShardUpdater(settings.optimizer, params, settings.clip)
-        shard, grad = np.zeros(params, np.float32), np.full(params, 1e-3, np.float32)
-        results["server optimizer step"] = timed_median(None, lambda: updater.apply(shard, grad.copy(), 1e-3))
-        results["server optimizer step"] -= timed_median(None, grad.copy)  # the copy is the benchmark's
-        results["PS pull + push (our protocol)"] = float(
-            comm.broadcast(world, np.zeros(1), 60, "the worker's time", root=1)[0])
-    else:
-        worker = PSWorker(ctx, bounds)
-        params_in, versions = np.empty(params, np.float32), np.zeros(1, np.int64)
-        grad = np.ones(params, np.float32)
-
-        def round_trip():
-            comm.wait_all(world, worker.pull(params_in, versions), 60, "the parameters")
-            worker.push(grad, versions)
-        median = timed_median(None, round_trip)
-        worker.say_done()
-        comm.broadcast(world, np.array([median]), 60, "the worker's time", root=1)
-    _report(world, results)
+    ps = strategies.get("ps_async")
+    round_trip = ps.round_trip_seconds(world, settings, params, REPEATS, SKIPPED)
+    apply_s = ps.measure_costs(settings, params)["server_apply_s_per_byte"] * 4 * params
+    _report(world, {"PS pull + push (our protocol)": round_trip, "server optimizer step": apply_s})
 
 
 PARTS = {"mpi_allreduce": mpi_allreduce_main, "horovod": horovod_main, "ps": ps_main}

@@ -143,10 +143,12 @@ def plan(sweep):
     """
     keys = list(sweep["grid"])
     planned, seen = [], {}
-    for variant in sweep["runs"]:
-        for values in itertools.product(*(sweep["grid"][k] for k in keys)):
-            varying = {**variant, **dict(zip(keys, values))}
-            for rep in range(sweep["repeats"]):
+    # repeats outermost: each round runs every variant once, so a machine's drift over the sweep
+    # falls on all of them alike (interleaved, not one variant's repeats back to back)
+    for rep in range(sweep["repeats"]):
+        for variant in sweep["runs"]:
+            for values in itertools.product(*(sweep["grid"][k] for k in keys)):
+                varying = {**variant, **dict(zip(keys, values))}
                 rid = run_id(varying, rep)
                 if rid in seen:
                     raise ConfigError(f"sweep file {sweep['file']}: runs {seen[rid]} and {len(planned)} are the "

@@ -9,7 +9,7 @@ import time
 import numpy as np
 
 from ffnbench.strategies import comm
-from ffnbench.strategies.base import Final, LayoutError, Strategy, check_choice
+from ffnbench.strategies.base import Final, LayoutError, Strategy, TrainingContext, check_choice
 from ffnbench.strategies.numpy_optimizers import ShardUpdater
 from ffnbench.strategies.ps_protocol import shard_bounds
 from ffnbench.strategies.ps_server import ShardServer
@@ -51,6 +51,33 @@ class ParameterServerStrategy(Strategy):
             updater.apply(w, grad, 1e-3)
             best = min(best, time.perf_counter() - t)
         return {"server_apply_s_per_byte": best / (4 * params)}
+
+    @classmethod
+    def round_trip_seconds(cls, world, settings, params, repeats, skipped):
+        """Median seconds of a worker's pull + push of all `params` through this protocol, on ranks 0
+        (the server, answering at once and dropping gradients: no optimizer step) and 1 (the worker)
+        of `world`; every rank returns rank 1's figure (commbench's yardstick compares it)."""
+        ctx = TrainingContext(settings=settings, layout=cls.layout(2, {}), rank=world.rank, comm=world,
+                              recorder=_Unrecorded(), run_dir=".", make_stream=None)
+        bounds = shard_bounds(params, 1)
+        own_core = not comm.oversubscribed(world)
+        median = np.zeros(1)
+        if world.rank == 0:
+            hooks = _TakeWithoutApplying()
+            hooks.server = ShardServer(ctx, bounds, np.zeros(params, np.float32), own_core)
+            hooks.server.serve(hooks)
+        else:
+            worker = PSWorker(ctx, bounds)
+            pulled, versions, grad = np.empty(params, np.float32), np.zeros(1, np.int64), np.ones(params, np.float32)
+            times = []
+            for _ in range(repeats):
+                start = time.perf_counter()
+                comm.wait_all(world, worker.pull(pulled, versions), settings.timeout_s, "the parameters")
+                worker.push(grad, versions)
+                times.append(time.perf_counter() - start)
+            worker.say_done()
+            median[0] = np.median(times[skipped:])
+        return float(comm.broadcast(world, median, settings.timeout_s, "the worker's round trip", root=1)[0])
 
     def setup(self):
         ctx = self.ctx
@@ -100,3 +127,31 @@ class ParameterServerStrategy(Strategy):
             return Final(None, None)
         # a worker lost before the checkpoint a run resumed from runs again (with no steps left)
         return Final(final, self.server.version, tuple(sorted(self.server.lost - self.server.finished)))
+
+
+class _Unrecorded:
+    """The records of a timed round trip: none (nothing is trained)."""
+
+    def server(self, *args, **kwargs):
+        pass
+
+    def lost(self, *args, **kwargs):
+        pass
+
+
+class _TakeWithoutApplying:
+    """Server hooks of a timed round trip: answer every pull at once, drop every gradient."""
+    survives_lost_workers = False
+    server = None
+
+    def on_pull(self, worker):
+        self.server.answer_pull(worker)
+
+    def on_push(self, worker, read, grad):
+        pass
+
+    def after_message(self):
+        pass
+
+    def waits_on_server(self, worker):
+        return False
