@@ -14,7 +14,7 @@ import os
 
 import numpy as np
 
-from ffnbench.strategies.base import LayoutError, SyncDataParallel, check_choice, register
+from ffnbench.strategies.base import SyncDataParallel, check_at_least, check_choice, register
 
 EXCHANGES = ("per_variable", "grouped", "flat")
 
@@ -38,9 +38,7 @@ class HorovodAllreduce(SyncDataParallel):
     @classmethod
     def roles(cls, ranks, options):
         check_choice(options, "exchange", EXCHANGES)
-        if options["commit_every"] < 1:
-            raise LayoutError(f"config field strategy_options.commit_every: must be at least 1 "
-                              f"(got {options['commit_every']})")
+        check_at_least(options, "commit_every", 1)
         return super().roles(ranks, options)
 
     @classmethod

@@ -42,6 +42,12 @@ class LayoutError(ValueError):
     """An impossible rank layout or a bad strategy option; the message names it."""
 
 
+def check_at_least(options: Dict[str, Any], key: str, minimum: float) -> None:
+    """A LayoutError unless strategy_options[key] >= minimum."""
+    if options[key] < minimum:
+        raise LayoutError(f"config field strategy_options.{key}: must be >= {minimum} (got {options[key]!r})")
+
+
 def check_choice(options: Dict[str, Any], key: str, choices: Sequence[str]) -> None:
     """A LayoutError unless strategy_options[key] is one of `choices`."""
     if options[key] not in choices:

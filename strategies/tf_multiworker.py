@@ -17,7 +17,7 @@ import socket
 
 import numpy as np
 
-from ffnbench.strategies.base import LayoutError, SyncDataParallel, register
+from ffnbench.strategies.base import SyncDataParallel, check_at_least, register
 
 CONFIG_ENV = "TF_CONFIG"
 
@@ -45,9 +45,7 @@ class TFMultiWorker(SyncDataParallel):
 
     @classmethod
     def roles(cls, ranks, options):
-        if options["bytes_per_pack_mb"] < 0:
-            raise LayoutError(f"config field strategy_options.bytes_per_pack_mb: must be >= 0 "
-                              f"(got {options['bytes_per_pack_mb']})")
+        check_at_least(options, "bytes_per_pack_mb", 0)
         return super().roles(ranks, options)
 
     @classmethod
