@@ -102,19 +102,24 @@ def raw_p2p_main(params, way):
     _report(world, {way: timed_median(world, round_trip)})
 
 
+def _params(cfg):
+    """The parameter count of the config's model (no TensorFlow needed)."""
+    from ffnbench.model.network import param_count
+    return param_count(cfg["model"]["depth"], cfg["model"]["features"])
+
+
 def _gradient(cfg):
-    """The config's model's per-variable gradient shapes as tensors of ones, and its size."""
+    """The config's model's per-variable gradient shapes, as tensors of ones."""
     import tensorflow as tf
     from ffnbench.model.api import FFNModel
     m = cfg["model"]
-    model = FFNModel(m["fov"], m["depth"], m["features"])
-    return [tf.ones_like(v) for v in model.variables], model.num_params
+    return [tf.ones_like(v) for v in FFNModel(m["fov"], m["depth"], m["features"]).variables]
 
 
 def mpi_allreduce_main(cfg):
     """One rank: mpi_allreduce's exchange, as it trains."""
     world = comm.init_world()
-    _, params = _gradient(cfg)
+    params = _params(cfg)
     flat, out = np.ones(params, np.float32), np.empty(params, np.float32)
     _report(world, {"mpi_allreduce (Iallreduce + bounded wait)": timed_median(
         world, lambda: comm.sum_allreduce(world, flat, out, 60, "the all-reduce"))})
@@ -126,7 +131,7 @@ def horovod_main(cfg):
     world = comm.init_world()
     import horovod.tensorflow as hvd
     import tensorflow as tf
-    grads, _ = _gradient(cfg)
+    grads = _gradient(cfg)
     hvd.init(comm=world)
     exchanges = {
         "per variable": tf.function(lambda gs: [hvd.allreduce(g, op=hvd.Average) for g in gs]),
@@ -154,9 +159,8 @@ def ps_main(cfg):
     PS protocol, and the server's optimizer step on it, timed apart."""
     from ffnbench import strategies
     from ffnbench.bench.context import training_settings
-    from ffnbench.model.network import param_count
     world = comm.init_world()
-    params = param_count(cfg["model"]["depth"], cfg["model"]["features"])
+    params = _params(cfg)
     settings = training_settings(cfg)
     ps = strategies.get("ps_async")
     round_trip = ps.round_trip_seconds(world, settings, params, REPEATS, SKIPPED)
@@ -169,12 +173,11 @@ PARTS = {"mpi_allreduce": mpi_allreduce_main, "horovod": horovod_main, "ps": ps_
 
 def ranks_main(part, cfg):
     """One rank of the mpirun named by `part`: raw:WAY, raw_p2p:WAY, or one of PARTS."""
-    from ffnbench.model.network import param_count
     kind, _, way = part.partition(":")
     if kind == "raw":
-        raw_main(param_count(cfg["model"]["depth"], cfg["model"]["features"]), way)
+        raw_main(_params(cfg), way)
     elif kind == "raw_p2p":
-        raw_p2p_main(param_count(cfg["model"]["depth"], cfg["model"]["features"]), way)
+        raw_p2p_main(_params(cfg), way)
     else:
         PARTS[kind](cfg)
 
@@ -198,8 +201,6 @@ def _yields():
 
 def measure(config_path, cfg, ranks, cli_command):
     """Every mpirun commbench makes; {section: {name: median seconds}} and the parameter count."""
-    from ffnbench.model.network import param_count
-
     def part(name, **kw):
         return _run_ranks(ranks if name != "ps" and not name.startswith("raw_p2p") else 2,
                           cli_command("commbench", config_path, "--ranks-part", name), **kw)
@@ -213,7 +214,7 @@ def measure(config_path, cfg, ranks, cli_command):
     for setting, env in HOROVOD_SETTINGS.items():
         horovod[setting] = part("horovod", env=env)
     return {"raw": raw, "mpi_allreduce": part("mpi_allreduce"), "horovod": horovod, "ps_raw": ps_raw,
-            "ps": part("ps")}, param_count(cfg["model"]["depth"], cfg["model"]["features"])
+            "ps": part("ps")}, _params(cfg)
 
 
 def _row(name, seconds, best):
