@@ -28,8 +28,9 @@ def build_convstack_3d(fov, depth=12, features=32, seed=0, init_stddev=0.01, pre
     """Input (B, z, y, x, 2) = [image, seed logits]; output new seed logits = seed + update.
 
     With precision mixed_bfloat16 the 3x3x3 convolutions compute in bfloat16 (keras' policy keeps
-    their weights float32); the 1x1 logit update and the seed it is added to stay float32, since
-    logits near the 0.9/0.95 thresholds need more than bfloat16's 8 bits of mantissa.
+    their weights float32); the residual stream, the 1x1 logit update and the seed it is added to stay
+    float32: logits near the 0.9/0.95 thresholds need more than bfloat16's 8 bits of mantissa, and a
+    stream summed in bfloat16 over the modules loses each module's small correction to rounding.
     """
     import tensorflow as tf
     init = tf.keras.initializers.TruncatedNormal(stddev=init_stddev, seed=seed)
@@ -50,7 +51,7 @@ def build_convstack_3d(fov, depth=12, features=32, seed=0, init_stddev=0.01, pre
         # to fuse conv+bias+add along the residual stream, fails ("Mutation::Apply error") and drops
         # every fusion of that graph; the arithmetic optimizer turns this back into an add after the
         # remapper has fused conv+bias(+relu). One Lambda keeps the layer and weight lists unchanged.
-        x = tf.keras.layers.Lambda(lambda t: t[0] - (-t[1]), name=f"residual{i}", dtype=precision)([x, y])
+        x = tf.keras.layers.Lambda(lambda t: t[0] - (-t[1]), name=f"residual{i}", dtype="float32")([x, y])
     update = conv("conv_lom", size=1, filters=1, dtype="float32")(tf.nn.relu(x))
     return tf.keras.Model(inputs, seed_logits + update, name="convstack_3d")
 

@@ -42,6 +42,8 @@ def test_bfloat16_convolutions_keep_float32_weights_gradients_and_logits():
     convs = [layer for layer in mixed.net.layers if isinstance(layer, tf.keras.layers.Conv3D)]
     assert {layer.compute_dtype for layer in convs[:-1]} == {"bfloat16"}
     assert convs[-1].name == "conv_lom" and convs[-1].compute_dtype == "float32"
+    residuals = [layer for layer in mixed.net.layers if layer.name.startswith("residual")]
+    assert residuals and {layer.compute_dtype for layer in residuals} == {"float32"}
     assert {v.dtype for v in mixed.variables} == {tf.float32}
     rng = np.random.default_rng(0)
     shape = (2, 7, 7, 7, 1)
