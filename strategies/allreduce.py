@@ -1,8 +1,9 @@
-"""Sync data parallelism with Horovod's ring all-reduce, in-graph; optionally elastic.
+"""Sync data parallelism with Horovod's ring all-reduce, in-graph or eager; optionally elastic.
 
-The gradient and the all-reduce are two tf.functions rather than one, so comm_s is measured
+The gradient and the all-reduce are two calls rather than one tf.function, so comm_s is measured
 rather than guessed; with TF2's tape Horovod reduces after the whole backward pass either way,
-so nothing overlaps that the split loses.
+so nothing overlaps that the split loses. `exchange: flat_eager` hands Horovod the flat gradient
+without a tf.function at all: commbench finds a tf.function call costs more than the ops in it.
 
 Elastic (`elastic: true`): horovodrun starts the workers over Gloo, and the training state (weights,
 optimizer slots, step) is committed to memory every `commit_every` steps. When a worker dies, the
@@ -16,7 +17,7 @@ import numpy as np
 
 from ffnbench.strategies.base import SyncDataParallel, check_at_least, check_choice, register
 
-EXCHANGES = ("per_variable", "grouped", "flat")
+EXCHANGES = ("per_variable", "grouped", "flat", "flat_eager")
 
 
 @register
@@ -27,7 +28,8 @@ class HorovodAllreduce(SyncDataParallel):
     options = {"exchange": "flat", "fusion_threshold_mb": 128.0, "cycle_time_ms": 1.0, "fp16": False,
                "timeline": False, "elastic": False, "commit_every": 10}
     option_docs = {"exchange": "how the gradient is handed to Horovod: flat (one concatenated buffer; fastest in commbench), "
-                               "per_variable (hvd.allreduce each, fused by Horovod) or grouped (hvd.grouped_allreduce)",
+                               "per_variable (hvd.allreduce each, fused by Horovod), grouped (hvd.grouped_allreduce) or "
+                               "flat_eager (flat, as eager ops rather than a tf.function)",
                    "fusion_threshold_mb": "Horovod fusion buffer (HOROVOD_FUSION_THRESHOLD)",
                    "cycle_time_ms": "Horovod cycle time (HOROVOD_CYCLE_TIME)",
                    "fp16": "hvd.Compression.fp16 on the wire",
@@ -74,7 +76,8 @@ class HorovodAllreduce(SyncDataParallel):
         def flat(grads):  # the model applies a flat gradient as it is
             return hvd.allreduce(tf.concat([tf.reshape(g, [-1]) for g in grads], 0), op=hvd.Average,
                                  compression=compression)
-        self.allreduce = tf.function({"per_variable": per_variable, "grouped": grouped, "flat": flat}[o["exchange"]])
+        self.allreduce = flat if o["exchange"] == "flat_eager" else tf.function(
+            {"per_variable": per_variable, "grouped": grouped, "flat": flat}[o["exchange"]])
         self.hvd = hvd
 
     def gradients(self, batch):

@@ -103,6 +103,11 @@ def sum_allreduce(comm, send, recv, timeout_s, what):
 GRADIENT_WIRES = ("float32", "bfloat16")
 
 
+def wire_dtype(wire):
+    """The numpy dtype a gradient has on the wire (bfloat16 travels as its uint16 bits)."""
+    return np.float32 if wire == "float32" else np.uint16
+
+
 def to_wire(array, wire):
     """A float32 array as it is sent: itself, or rounded to bfloat16 (to nearest even) as uint16."""
     if wire == "float32":
@@ -209,6 +214,27 @@ def release(comm, absent, timeout_s, what):
                  timeout_s, what)
     else:
         wait(comm, comm.Irecv(token, source=0, tag=FINISHED_TAG), timeout_s, what)
+
+
+def isend_parts(comm, arrays, dest, tag):
+    """Send contiguous arrays as one message without copying them into one buffer (an MPI datatype
+    over their addresses): one message costs one latency and one probe. Keep the arrays alive and
+    unchanged until the request completes."""
+    return _parts(comm.Isend, arrays, dest, tag)
+
+
+def irecv_parts(comm, arrays, source, tag):
+    """Receive one message into contiguous arrays, in order (as isend_parts sends them)."""
+    return _parts(comm.Irecv, arrays, source, tag)
+
+
+def _parts(post, arrays, peer, tag):
+    from mpi4py import MPI
+    datatype = MPI.BYTE.Create_hindexed([a.nbytes for a in arrays], [MPI.Get_address(a) for a in arrays]).Commit()
+    try:
+        return post([MPI.BOTTOM, 1, datatype], peer, tag)
+    finally:
+        datatype.Free()  # MPI keeps it until the posted request is done
 
 
 def probe_any(comm):

@@ -54,9 +54,10 @@ class ParameterServerStrategy(Strategy):
 
     @classmethod
     def round_trip_seconds(cls, world, settings, params, repeats, skipped):
-        """Median seconds of a worker's pull + push of all `params` through this protocol, on ranks 0
-        (the server, answering at once and dropping gradients: no optimizer step) and 1 (the worker)
-        of `world`; every rank returns rank 1's figure (commbench's yardstick compares it)."""
+        """Median seconds of a worker's step exchange of all `params` through this protocol (the push
+        that also pulls, and the parameters back), on ranks 0 (the server, answering at once and
+        dropping gradients: no optimizer step) and 1 (the worker) of `world`; every rank returns rank
+        1's figure (commbench's yardstick compares it)."""
         ctx = TrainingContext(settings=settings, layout=cls.layout(2, {}), rank=world.rank, comm=world,
                               recorder=_Unrecorded(), run_dir=".", make_stream=None)
         bounds = shard_bounds(params, 1)
@@ -69,11 +70,12 @@ class ParameterServerStrategy(Strategy):
         else:
             worker = PSWorker(ctx, bounds)
             pulled, versions, grad = np.empty(params, np.float32), np.zeros(1, np.int64), np.ones(params, np.float32)
+            comm.wait_all(world, worker.pull(pulled, versions), settings.timeout_s, "the parameters")
             times = []
             for _ in range(repeats):
                 start = time.perf_counter()
-                comm.wait_all(world, worker.pull(pulled, versions), settings.timeout_s, "the parameters")
-                worker.push(grad, versions)
+                receives = worker.push(grad, versions, (pulled, versions))
+                comm.wait_all(world, receives, settings.timeout_s, "the parameters")
                 times.append(time.perf_counter() - start)
             worker.say_done()
             median[0] = np.median(times[skipped:])

@@ -1,14 +1,18 @@
 """What parameter servers and workers say to each other, and how the parameters are sharded.
 
 The first `servers` ranks hold contiguous, balanced slices of the flat float32 parameter vector; the
-other ranks are workers. Everything on the wire is a numpy buffer (Isend/Irecv/Iprobe, no pickle):
+other ranks are workers. Everything on the wire is numpy buffers (Isend/Irecv/Iprobe, no pickle), and
+a step's exchange is two messages per shard: the gradient (which also asks for the next parameters)
+and the parameters.
 
-  worker -> server  PULL   int64[1]               answered with VERSION int64[1] + PARAMS float32[shard]
-  worker -> server  PUSH   int64[1] version read, then GRAD float32[shard]
-  worker -> server  DONE   int64[1]
-  server -> rank 0  FINAL  float32[shard]          the final parameters, for checkpoint and evaluation
-  worker -> server  SNAPSHOT int64[1] step         after its pushes of that step: a checkpoint is due
-  server -> worker  SAVED  int64[1]               once every worker asked: the shard's state is saved
+  worker -> server  PULL     int64[1]                    the first step's (or a prefetch's) request
+  server -> worker  PARAMS   int64 version, float32[shard]   the answer to a pull
+  worker -> server  PUSH     int64 version read, int64 pull (0/1), gradient[shard] in the wire's dtype;
+                             with pull 1 it is also the PULL for the next step
+  worker -> server  DONE     int64[1]
+  server -> rank 0  FINAL    float32[shard]          the final parameters, for checkpoint and evaluation
+  worker -> server  SNAPSHOT int64[1] step           after its pushes of that step: a checkpoint is due
+  server -> worker  SAVED    int64[1]               once every worker asked: the shard's state is saved
 
 A worker's messages reach a server in the order sent, so a server that has a SNAPSHOT from every
 worker has applied every gradient they pushed before it, and from no later step: its saved state and
@@ -16,7 +20,10 @@ the workers' are one consistent snapshot.
 """
 import numpy as np
 
-PULL, VERSION, PARAMS, PUSH, GRAD, DONE, FINAL, SNAPSHOT, SAVED = range(1, 10)
+PULL, PARAMS, PUSH, DONE, FINAL, SNAPSHOT, SAVED = range(1, 8)
+
+#: bytes before the values: PARAMS' version, PUSH's version read and pull flag
+PARAMS_HEADER, PUSH_HEADER = 8, 16
 
 
 def shard_bounds(size, servers):

@@ -2,7 +2,8 @@
 
 The loop receives PULL, PUSH and DONE messages as they come and hands them to the strategy's hooks
 (`on_pull`, `on_push`, `after_message`): the strategy decides when a pull is answered and what a
-gradient does; the server only moves buffers, applies and records.
+gradient does; the server only moves buffers, applies and records. A PUSH that also pulls is handed
+on as a push, then a pull, as if they had come one after the other.
 """
 import time
 
@@ -10,7 +11,8 @@ import numpy as np
 
 from ffnbench.strategies import comm
 from ffnbench.strategies.numpy_optimizers import ShardUpdater
-from ffnbench.strategies.ps_protocol import DONE, FINAL, GRAD, PARAMS, PULL, PUSH, SAVED, SNAPSHOT, VERSION
+from ffnbench.strategies.ps_protocol import (DONE, FINAL, PARAMS, PARAMS_HEADER, PULL, PUSH, PUSH_HEADER, SAVED,
+                                              SNAPSHOT)
 
 
 class ShardServer:
@@ -20,7 +22,8 @@ class ShardServer:
         self.ctx, self.comm, self.bounds = ctx, ctx.comm, bounds
         lo, hi = bounds[ctx.rank]
         self.shard = weights[lo:hi].copy()
-        self.wire = wire
+        self.wire, self.wire_dtype = wire, comm.wire_dtype(wire)
+        self.wire_bytes = np.dtype(self.wire_dtype).itemsize
         self.updater = ShardUpdater(ctx.settings.optimizer, hi - lo, ctx.settings.clip)
         self.version = 0      # updates applied to this shard
         self.dropped = 0      # gradients a strategy chose not to apply
@@ -52,11 +55,15 @@ class ShardServer:
                 self.recv(token, worker, PULL, "a pull request")
                 hooks.on_pull(worker)
             elif tag == PUSH:
-                self.recv(token, worker, PUSH, f"the gradient header from rank {worker}")
-                grad = comm.to_wire(np.empty_like(self.shard), self.wire)
-                if self.recv_or_lose(grad, worker, GRAD, f"the gradient from rank {worker}", hooks):
-                    hooks.on_push(worker, int(token[0]), comm.from_wire(grad, self.wire))
+                message = np.empty(PUSH_HEADER + self.shard.size * self.wire_bytes, np.uint8)
+                if self.recv_or_lose(message, worker, PUSH, f"the gradient from rank {worker}", hooks):
+                    read, pull = message[:PUSH_HEADER].view(np.int64)
+                    hooks.on_push(worker, int(read), comm.from_wire(message[PUSH_HEADER:].view(self.wire_dtype),
+                                                                     self.wire))
                     self.pushes[worker] += 1
+                    if pull:
+                        hooks.after_message()
+                        hooks.on_pull(worker)
             elif tag == DONE:
                 self.recv(token, worker, DONE, "a done message")
                 self.finished.add(worker)
@@ -145,8 +152,11 @@ class ShardServer:
         comm.wait(self.comm, self.comm.Irecv(buf, source=source, tag=tag), self.ctx.settings.timeout_s, what)
 
     def answer_pull(self, worker):
-        self.sends.append((worker, self.comm.Isend(np.array([self.version], np.int64), dest=worker, tag=VERSION)))
-        self.sends.append((worker, self.comm.Isend(self.shard.copy(), dest=worker, tag=PARAMS)))
+        """Send the version and a copy of the shard (which may change before the send is done)."""
+        message = np.empty(PARAMS_HEADER + self.shard.nbytes, np.uint8)
+        message[:PARAMS_HEADER].view(np.int64)[0] = self.version
+        message[PARAMS_HEADER:].view(np.float32)[:] = self.shard
+        self.sends.append((worker, self.comm.Isend(message, dest=worker, tag=PARAMS)))
 
     def record(self, worker, read, lr):
         """Record a gradient from `worker`, computed on version `read`, going onto this version."""

@@ -1,14 +1,15 @@
 """A parameter-server worker: pull the shards, compute a gradient, push it back, until its steps are done.
 
-With prefetch the next pull overlaps this step's compute, so the gradient is computed on older
-parameters; the servers measure that extra staleness.
+A push also asks for the next step's parameters (ps_protocol), so a step exchanges one message each
+way per shard. With prefetch the next pull overlaps this step's compute instead, so the gradient is
+computed on older parameters; the servers measure that extra staleness.
 """
 import time
 
 import numpy as np
 
 from ffnbench.strategies import comm
-from ffnbench.strategies.ps_protocol import DONE, GRAD, PARAMS, PULL, PUSH, SAVED, SNAPSHOT, VERSION
+from ffnbench.strategies.ps_protocol import DONE, PARAMS, PULL, PUSH, SAVED, SNAPSHOT
 
 
 class PSWorker:
@@ -18,20 +19,24 @@ class PSWorker:
 
     def pull(self, params, versions):
         """Post receives for every shard into `params`/`versions`, then ask; returns the requests."""
-        reqs = []
-        for s, (lo, hi) in enumerate(self.bounds):
-            reqs.append(self.comm.Irecv(versions[s:s + 1], source=s, tag=VERSION))
-            reqs.append(self.comm.Irecv(params[lo:hi], source=s, tag=PARAMS))
+        reqs = self.receive(params, versions)
         reqs += [self.comm.Isend(np.zeros(1, np.int64), dest=s, tag=PULL) for s in range(len(self.bounds))]
         return reqs
 
-    def push(self, grad, versions):
+    def receive(self, params, versions):
+        return [comm.irecv_parts(self.comm, [versions[s:s + 1], params[lo:hi]], s, PARAMS)
+                for s, (lo, hi) in enumerate(self.bounds)]
+
+    def push(self, grad, versions, pull_into=None):
+        """Send the gradient computed on `versions`; with pull_into=(params, versions) the same
+        message asks for the next parameters, whose receives are returned."""
         grad = comm.to_wire(grad, self.wire)
-        reqs = []
-        for s, (lo, hi) in enumerate(self.bounds):
-            reqs.append(self.comm.Isend(versions[s:s + 1].copy(), dest=s, tag=PUSH))
-            reqs.append(self.comm.Isend(grad[lo:hi], dest=s, tag=GRAD))
-        comm.wait_all(self.comm, reqs, self.ctx.settings.timeout_s, "a server to take the gradient")
+        headers = [np.array([read, pull_into is not None], np.int64) for read in versions]
+        reqs = self.receive(*pull_into) if pull_into is not None else []
+        sends = [comm.isend_parts(self.comm, [headers[s], grad[lo:hi]], s, PUSH)
+                 for s, (lo, hi) in enumerate(self.bounds)]
+        comm.wait_all(self.comm, sends, self.ctx.settings.timeout_s, "a server to take the gradient")
+        return reqs
 
     def say_done(self):
         reqs = [self.comm.Isend(np.zeros(1, np.int64), dest=s, tag=DONE) for s in range(len(self.bounds))]
@@ -64,9 +69,12 @@ class PSWorker:
                 if self.prefetch:
                     pending = self.pull(*buffers[(step + 1) % 2]) if step + 1 < steps else None
                 grad, loss, logits = model.flat_gradients(batch)
+            read = int(versions[0])  # before the push: its answer lands in the same buffers
             with rec.phase("comm"):
-                self.push(grad, versions)
+                ask_next = not self.prefetch and step + 1 < steps
+                receives = self.push(grad, versions, buffers[0] if ask_next else None)
+                pending = receives if ask_next else pending
             with rec.phase("compute"):
                 ctx.stream.feedback(logits)
-            rec.step(step, len(batch), loss, model_version=int(versions[0]))
+            rec.step(step, len(batch), loss, model_version=read)
         self.say_done()

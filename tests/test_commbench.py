@@ -6,7 +6,7 @@ def results(raw, mpi_allreduce, horovod_seconds, ps_raw, ps_round_trip):
     horovod = {"cycle 1 ms": {**{way: horovod_seconds for way in HOROVOD_WAYS}, "4 bytes": 0.0008,
                               "no Horovod": 0.0001, "4 bytes, eager": 0.0009, "no Horovod, eager": 0.00005}}
     return {"raw": raw, "mpi_allreduce": {"mpi_allreduce": mpi_allreduce}, "horovod": horovod,
-            "ps_raw": ps_raw, "ps": {"PS pull + push (our protocol)": ps_round_trip, "server optimizer step": 0.001}}
+            "ps_raw": ps_raw, "ps": {"PS push + pull (our protocol)": ps_round_trip, "server optimizer step": 0.001}}
 
 
 RAW = {"raw Allreduce, yield on": 0.012, "raw Allreduce, yield off": 0.0004,
@@ -27,5 +27,5 @@ def test_ratios_are_against_the_fastest_raw_way(capsys):
 def test_a_yardstick_that_ours_beats_is_called_wrong(capsys):
     raw = {"raw Allreduce, yield on": 0.012}  # e.g. a blocking call that yields in its progress loop
     assert print_table(results(raw, 0.0006, 0.02, P2P, 0.00005), 49393, 2) == [
-        "mpi_allreduce", "PS pull + push (our protocol)"]
+        "mpi_allreduce", "PS push + pull (our protocol)"]
     assert "does not bound them from below" in capsys.readouterr().out

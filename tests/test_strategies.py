@@ -69,7 +69,7 @@ def test_horovod_allreduce_2_ranks_equals_single_at_double_batch(runs, opt, atol
     assert_same(single, hvd, atol)
 
 
-@pytest.mark.parametrize("exchange", ["grouped", "per_variable"])
+@pytest.mark.parametrize("exchange", ["grouped", "per_variable", "flat_eager"])
 def test_horovod_exchanges_equal_single_at_double_batch(runs, exchange):
     single = runs("single-sgd", "train.batch_size=4", "train.optimizer=sgd", f"train.lr={LR['sgd']}")
     hvd = runs(f"allreduce-{exchange}", "strategy=allreduce", "ranks=2", f"strategy_options.exchange={exchange}",
