@@ -9,7 +9,7 @@ import re
 import yaml
 
 from ffnbench import strategies
-from ffnbench.model.network import BF16_FLAGS, PRECISIONS, bf16_flags
+from ffnbench.model.network import BF16_FLAGS, INITS, PRECISIONS, bf16_flags
 from ffnbench.strategies.base import LR_SCALING_RULES, OPTIMIZERS, OptimizerSettings
 
 _OPTIMIZER = OptimizerSettings()
@@ -33,7 +33,9 @@ SCHEMA = {
     "model.deltas": ([8, 8, 8], _int3, "FOV movement step z,y,x"),
     "model.depth": (12, int, "number of conv modules (1 + depth-1 residual)"),
     "model.features": (32, int, "channels per conv"),
-    "model.init_stddev": (0.01, float, "stddev of the truncated-normal weight init (FFN: 0.01)"),
+    "model.init": ("glorot_uniform", str, "glorot_uniform (google/ffn's code: tf-slim's default, zero biases) | "
+                   "truncated_normal (stddev model.init_stddev)"),
+    "model.init_stddev": (0.01, float, "stddev of init truncated_normal (google/ffn's published models: 0.01)"),
     "data.source": ("synthetic", str, "synthetic | hdf5"),
     "data.seed": (0, int, "seed of the synthetic training volume (held-out volume uses seed+1)"),
     "data.shape": ([64, 128, 128], _int3, "synthetic volume shape z,y,x"),
@@ -57,10 +59,15 @@ SCHEMA = {
     "train.seed": (0, int, "seed of weights init and example streams"),
     "train.clip": (0.7, float, "elementwise gradient clip (max_gradient_entry_mag)"),
     "train.move_threshold": (0.9, float, "training FOV policy: move where seed >= logit(this)"),
-    "train.label_moves": (True, bool, "training FOV policy: also move where the label is the object"),
+    "train.label_moves": (False, bool, "training FOV policy: also move where the label is the object (not FFN: "
+                          "FFN moves only where the predicted seed is >= move_threshold)"),
+    "train.sample_background": (True, bool, "sample FOVs centred on background (label 0) as a partition of its "
+                                "own, as FFN does (their target is empty); false: objects only"),
+    "train.move_order": ("run", str, "run: the 26 moves in one shuffled order per run, as FFN; example: "
+                         "shuffled per example"),
     "train.augment": (True, bool, "permute y/x and reflect z/y/x"),
     "train.precision": ("float32", str, "float32 | mixed_bfloat16: convolutions in bfloat16; weights, optimizer, "
-                        "loss, logit update and exchanged gradients stay float32"),
+                        "loss, residual stream, logit update and exchanged gradients stay float32"),
     "train.force_precision": (False, bool, "run mixed_bfloat16 on a CPU without bfloat16 instructions (emulated "
                               "and slow; recorded in the manifest)"),
     "eval.every": (50, int, "evaluate every this many steps (0 = only at the end)"),
@@ -85,6 +92,8 @@ CHOICES = {
     "train.optimizer": OPTIMIZERS,
     "train.lr_scaling": LR_SCALING_RULES,
     "train.precision": PRECISIONS,
+    "train.move_order": ("run", "example"),
+    "model.init": INITS,
 }
 
 

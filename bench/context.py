@@ -37,7 +37,7 @@ def build_model(cfg):
     from ffnbench.model.api import FFNModel
     m, t = cfg["model"], cfg["train"]
     return FFNModel(m["fov"], m["depth"], m["features"], optimizer_settings(cfg), t["lr"], t["clip"], t["seed"],
-                    m["init_stddev"], t["precision"])
+                    m["init"], m["init_stddev"], t["precision"])
 
 
 class Data:
@@ -49,7 +49,7 @@ class Data:
         m, d = cfg["model"], cfg["data"]
         self.train_volume, heldout_volume = load_volumes(d, os.environ.get(SYNTHETIC_ENV))
         self.heldout = heldout_batch(heldout_volume, m["fov"], m["deltas"], cfg["eval"]["fovs"], d["seed"],
-                                     d["min_object_size"])
+                                     d["min_object_size"], cfg["train"]["sample_background"])
 
     def stream(self, worker_index):
         """The example stream of (logical) worker w: global slots [w*b, (w+1)*b)."""
@@ -57,7 +57,8 @@ class Data:
         m, t, d = self.cfg["model"], self.cfg["train"], self.cfg["data"]
         b = t["batch_size"]
         return ExampleStream(self.train_volume, m["fov"], m["deltas"], range(worker_index * b, (worker_index + 1) * b),
-                             t["seed"], d["min_object_size"], t["augment"], t["move_threshold"], t["label_moves"])
+                             t["seed"], d["min_object_size"], t["augment"], t["move_threshold"], t["label_moves"],
+                             t["sample_background"], t["move_order"])
 
 
 #: the launcher's .npz of the synthetic volumes (model.data.save_synthetic), so ranks need not remake them

@@ -69,7 +69,8 @@ class FFNModel:
     """convstack_3d with the operations strategies need, each traced once as a tf.function."""
 
     def __init__(self, fov: Sequence[int], depth: int, features: int, optimizer=None, lr: float = 1e-3,
-                 clip: float = 0.7, seed: int = 0, init_stddev: float = 0.01, precision: str = "float32"):
+                 clip: float = 0.7, seed: int = 0, init: str = "glorot_uniform", init_stddev: float = 0.01,
+                 precision: str = "float32"):
         """Build the network (and the optimizer, for training).
 
         Args:
@@ -78,14 +79,14 @@ class FFNModel:
             optimizer: OptimizerSettings-like (see make_optimizer), or None for a model that only
                 predicts, moves weights or restores checkpoints.
             lr: initial learning rate; clip: elementwise gradient clip applied before each update.
-            seed: weight init; init_stddev: truncated-normal stddev of the conv kernels.
+            seed: weight init; init: network.INITS; init_stddev: the truncated normal's stddev.
             precision: float32 | mixed_bfloat16 (network.PRECISIONS). Weights, gradients, optimizer
                 and loss are float32 either way, so strategies exchange the same buffers.
         """
         tf.random.set_seed(seed)
         self.fov = tuple(fov)
         self.precision = precision
-        self.net = build_convstack_3d(self.fov, depth, features, seed=seed, init_stddev=init_stddev,
+        self.net = build_convstack_3d(self.fov, depth, features, seed=seed, init=init, init_stddev=init_stddev,
                                       precision=precision)
         self.variables = self.net.trainable_variables
         self.shapes = [tuple(v.shape) for v in self.variables]

@@ -2,7 +2,9 @@
 
 Each batch slot is an independent example with its own RNG seeded by (train.seed, slot). A worker
 owns slots [w*b, (w+1)*b), so N workers at batch b see exactly the examples one worker at batch
-N*b sees: the basis of the sync-equals-single tests, and independent streams per rank.
+N*b sees: the basis of the sync-equals-single tests, and independent streams per rank. The order of
+the 26 moves is drawn once per run from train.seed (google/ffn's train.py shuffles it once per
+process), so every worker of a run walks its examples in the same order.
 """
 import itertools
 import json
@@ -110,6 +112,15 @@ def _compute_partitions(volume, fov, deltas, min_size):
     return compute_partitions(volume.labels, lom_radius=radius, min_size=min_size), radius
 
 
+#: RNG stream ids beside the slots' (0, 1, ...): the held-out FOVs', and the run's move order
+HELDOUT_STREAM, RUN_STREAM = 2 ** 31 - 1, 2 ** 31 - 2
+
+
+def shuffled_shifts(deltas, rng):
+    shifts = fov_shifts(deltas)
+    return [shifts[i] for i in rng.permutation(len(shifts))]
+
+
 def fov_shifts(deltas):
     """The 26 neighbours at +-delta (fixed policy), without the centre."""
     steps = [(-d, 0, d) if d else (0,) for d in deltas]
@@ -123,7 +134,7 @@ def _crop(array, centre, size):
 class _Example:
     """One example: a subvolume of FOV + 2*deltas, its stateful seed, and the fixed-policy walk."""
 
-    def __init__(self, volume, sampler, rng, fov, deltas, augment, move_threshold, label_moves):
+    def __init__(self, volume, sampler, rng, fov, deltas, augment, move_threshold, label_moves, shifts):
         self.fov, self.deltas, self.rng = fov, deltas, rng
         size = tuple(f + 2 * d for f, d in zip(fov, deltas))
         centre = tuple(int(c) for c in sampler.sample())
@@ -132,12 +143,14 @@ class _Example:
             image, labels = self._augment(image, labels)
         self.image = image
         mid = tuple(s // 2 for s in size)
-        self.label = np.where(labels == labels[mid], SOFT_TRUE, SOFT_FALSE).astype(np.float32)
+        # the object under the centre; centred on background (label 0) the target is empty, as in
+        # google/ffn's train.py (labels > 0 and labels == the centre's label)
+        is_object = (labels == labels[mid]) & (labels > 0)
+        self.label = np.where(is_object, SOFT_TRUE, SOFT_FALSE).astype(np.float32)
         self.seed = np.full(size, logit(SOFT_FALSE), np.float32)
         self.seed[mid] = logit(SOFT_TRUE)
         self.mid = mid
-        shifts = fov_shifts(deltas)
-        self.moves = [(0, 0, 0)] + [shifts[i] for i in rng.permutation(len(shifts))]
+        self.moves = [(0, 0, 0)] + list(shifts)
         self.threshold = logit(move_threshold)
         self.label_moves = label_moves
         self.offset = None
@@ -191,13 +204,18 @@ class ExampleStream:
     """Batches of training FOVs for a range of global slots; call feedback() after each step."""
 
     def __init__(self, volume, fov, deltas, slots, seed, min_size, augment=True, move_threshold=0.9,
-                 label_moves=True):
+                 label_moves=False, background=True, move_order="run"):
+        """label_moves: also move where the label is the object (not FFN); background: sample FOVs
+        centred on background too (FFN); move_order: "run" (one shuffled order, FFN) or "example"."""
         self.fov, self.deltas = tuple(fov), tuple(deltas)
         self.rngs = [np.random.default_rng([seed, slot]) for slot in slots]
         partitions, margin = partitions_for(volume, fov, deltas, min_size)
-        self.samplers = [CoordinateSampler(partitions, margin=margin, rng=rng) for rng in self.rngs]
+        self.samplers = [CoordinateSampler(partitions, margin=margin, rng=rng, background=background)
+                         for rng in self.rngs]
         self.volume = volume
         self.options = dict(augment=augment, move_threshold=move_threshold, label_moves=label_moves)
+        run_rng = np.random.default_rng([seed, RUN_STREAM])
+        self.run_shifts = shuffled_shifts(deltas, run_rng) if move_order == "run" else None
         self.examples = [None] * len(self.rngs)
 
     def state(self):
@@ -222,8 +240,10 @@ class ExampleStream:
         for i, ex in enumerate(self.examples):
             fov = ex.next_fov() if ex is not None else None
             while fov is None:
-                ex = self.examples[i] = _Example(self.volume, self.samplers[i], self.rngs[i], self.fov,
-                                                 self.deltas, **self.options)
+                rng = self.rngs[i]
+                shifts = self.run_shifts if self.run_shifts is not None else shuffled_shifts(self.deltas, rng)
+                ex = self.examples[i] = _Example(self.volume, self.samplers[i], rng, self.fov, self.deltas,
+                                                 **self.options, shifts=shifts)
                 fov = ex.next_fov()
             fovs.append(fov)
         return Batch(*(np.stack([f[k] for f in fovs])[..., None] for k in range(3)))
@@ -234,13 +254,14 @@ class ExampleStream:
             ex.write_back(lg[..., 0])
 
 
-def heldout_batch(volume, fov, deltas, n, seed, min_size):
-    """A fixed set of n held-out FOVs at balanced coordinates, each with its initial seed."""
-    rng = np.random.default_rng([seed, 2 ** 31 - 1])
+def heldout_batch(volume, fov, deltas, n, seed, min_size, background=True):
+    """A fixed set of n held-out FOVs at balanced coordinates (background among them, as in training
+    unless `background` is false), each with its initial seed."""
+    rng = np.random.default_rng([seed, HELDOUT_STREAM])
     partitions, margin = partitions_for(volume, fov, deltas, min_size)
-    sampler = CoordinateSampler(partitions, margin=margin, rng=rng)
+    sampler = CoordinateSampler(partitions, margin=margin, rng=rng, background=background)
     fovs = []
     for _ in range(n):
-        ex = _Example(volume, sampler, rng, tuple(fov), (0, 0, 0), False, 0.9, False)
+        ex = _Example(volume, sampler, rng, tuple(fov), (0, 0, 0), False, 0.9, False, shifts=[])
         fovs.append(ex.next_fov())
     return Batch(*(np.stack([f[k] for f in fovs])[..., None] for k in range(3)))

@@ -1,9 +1,15 @@
 """FFN convstack_3d (google/ffn, ffn/training/models/convstack_3d.py) in tf.keras: the one network
 every strategy trains, and its size and cost arithmetic (which needs no TensorFlow)."""
+import zlib
+
 import numpy as np
 
 #: train.precision: float32, or convolutions in bfloat16 with float32 weights, optimizer and loss
 PRECISIONS = ("float32", "mixed_bfloat16")
+
+#: model.init: google/ffn's convstack_3d takes tf-slim's default (Glorot-uniform kernels, zero biases);
+#: a comment there says the published models were trained with a truncated normal of stddev 0.01
+INITS = ("glorot_uniform", "truncated_normal")
 
 #: CPU flags (Linux /proc/cpuinfo) of instructions that compute bfloat16 natively: oneDNN uses them
 BF16_FLAGS = ("avx512_bf16", "amx_bf16")
@@ -24,7 +30,8 @@ def bf16_flags(cpuinfo="/proc/cpuinfo"):
     return [flag for flag in BF16_FLAGS if flag in flags]
 
 
-def build_convstack_3d(fov, depth=12, features=32, seed=0, init_stddev=0.01, precision="float32"):
+def build_convstack_3d(fov, depth=12, features=32, seed=0, init="glorot_uniform", init_stddev=0.01,
+                       precision="float32"):
     """Input (B, z, y, x, 2) = [image, seed logits]; output new seed logits = seed + update.
 
     With precision mixed_bfloat16 the 3x3x3 convolutions compute in bfloat16 (keras' policy keeps
@@ -33,11 +40,17 @@ def build_convstack_3d(fov, depth=12, features=32, seed=0, init_stddev=0.01, pre
     stream summed in bfloat16 over the modules loses each module's small correction to rounding.
     """
     import tensorflow as tf
-    init = tf.keras.initializers.TruncatedNormal(stddev=init_stddev, seed=seed)
+
+    def kernel_init(name):
+        # a seeded keras initializer draws the same values on every call: one seed per layer
+        layer_seed = zlib.crc32(f"{seed}/{name}".encode()) & 0x7FFFFFFF
+        if init == "glorot_uniform":
+            return tf.keras.initializers.GlorotUniform(seed=layer_seed)
+        return tf.keras.initializers.TruncatedNormal(stddev=init_stddev, seed=layer_seed)
 
     def conv(name, activation=None, size=3, filters=features, dtype=precision):
         return tf.keras.layers.Conv3D(filters, size, padding="same", activation=activation, dtype=dtype,
-                                      kernel_initializer=init, bias_initializer="zeros", name=name)
+                                      kernel_initializer=kernel_init(name), bias_initializer="zeros", name=name)
 
     inputs = tf.keras.Input(shape=(*fov, 2), name="image_and_seed")
     seed_logits = inputs[..., 1:2]

@@ -15,7 +15,7 @@ def test_paper_model_has_638433_parameters():
 
 
 def test_output_is_seed_plus_update_with_fov_shape():
-    net = build_convstack_3d((9, 11, 13), depth=2, features=4)
+    net = build_convstack_3d((9, 11, 13), depth=2, features=4, init="truncated_normal")
     x = np.random.default_rng(0).normal(size=(2, 9, 11, 13, 2)).astype(np.float32)
     out = net(x).numpy()
     assert out.shape == (2, 9, 11, 13, 1)
@@ -24,6 +24,24 @@ def test_output_is_seed_plus_update_with_fov_shape():
     x2 = x.copy()
     x2[..., 1] += 1.0
     np.testing.assert_allclose(net(x2).numpy() - out, 1.0, atol=1e-3)
+
+
+@pytest.mark.parametrize("init", ["glorot_uniform", "truncated_normal"])
+def test_every_layer_draws_its_own_initial_weights(init):
+    """google/ffn's default is Glorot-uniform kernels and zero biases; a keras initializer with a seed
+    repeats its draw on every call, so each layer needs a seed of its own."""
+    net = build_convstack_3d((9, 9, 9), depth=4, features=16, seed=3, init=init)
+    convs = [l for l in net.layers if isinstance(l, tf.keras.layers.Conv3D)]
+    kernels = [l.kernel.numpy() for l in convs[1:-1]]  # the 27*16 -> 16 ones
+    assert all(not np.array_equal(a, b) for i, a in enumerate(kernels) for b in kernels[i + 1:])
+    assert all(not l.bias.numpy().any() for l in convs)
+    if init == "glorot_uniform":
+        bound = np.sqrt(6.0 / (27 * 16 + 27 * 16))
+        assert all(np.abs(k).max() <= bound and np.abs(k).max() > 0.9 * bound for k in kernels)
+    else:
+        assert all(np.abs(k).max() <= 0.02 for k in kernels)  # truncated at 2 stddev of 0.01
+    again = build_convstack_3d((9, 9, 9), depth=4, features=16, seed=3, init=init)
+    np.testing.assert_array_equal(again.get_weights()[2], convs[1].kernel.numpy())
 
 
 def test_paper_training_flops_match_reference():
