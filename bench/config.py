@@ -74,11 +74,14 @@ SCHEMA = {
     "eval.fovs": (64, int, "held-out FOVs per evaluation"),
     "inference.init_activation": (0.95, float, "flood fill: seed probability at the seed voxel"),
     "inference.pad_value": (0.05, float, "flood fill: canvas probability before prediction"),
-    "inference.move_threshold": (0.9, float, "flood fill: move to a face's max point if its probability >= this"),
+    "inference.move_threshold": (0.9, float, "flood fill: move to a face's max point if its probability >= "
+                                  "this when the move is taken; a flood whose seed falls below it stops and is rejected"),
     "inference.segment_threshold": (0.6, float, "flood fill: voxels >= this probability join the segment"),
     "inference.min_segment_size": (1000, int, "flood fill: smaller segments are rejected"),
     "inference.min_boundary_dist": ([1, 1, 1], _int3, "flood fill: seeds this close to a segment are skipped"),
-    "inference.batch_size": (8, int, "flood fill: FOVs per predictor call"),
+    "inference.disco_seed_threshold": (0.0, float, "flood fill: once more than this fraction of a FOV is >= "
+                                       "move_threshold, voxels below 0.5 may not rise (FFN; negative: off)"),
+    "inference.batch_size": (1, int, "flood fill: FOVs per predictor call (FFN: 1; more see an older canvas)"),
     "run.threads_per_rank": (0, int, "TF intra-op threads per rank (0 = cores / compute ranks)"),
     "run.out": ("results", str, "results directory; each run gets a subdirectory"),
     "run.timeout_s": (300.0, float, "bound on every blocking MPI wait"),

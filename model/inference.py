@@ -1,13 +1,31 @@
-"""Flood-filling inference of a whole volume (FFN sample-config defaults).
+"""Flood-filling inference of a whole volume, as google/ffn's ffn/inference (inference.py,
+movement.py, seed.py) does it with its sample config.
 
 One object at a time: seed a logit canvas, let the predictor grow the object
 FOV by FOV, moving by the face-max policy, then threshold the canvas into a
-segment. Deviations from google/ffn, chosen for speed or determinism:
+segment. FFN's rules, each an option where FFN has one:
 
-* Batching: up to ``batch_size`` queued FOVs of the same object go to one
-  predictor call. They all see the canvas as it was before the call; results
-  are then written back in queue order (later FOVs win where they overlap).
-  ``batch_size=1`` gives the strictly sequential behaviour.
+* Seeds (PolicyPeaks): Sobel gradient magnitude, thresholded against its own
+  Gaussian blur (sigma 49/6), distance transform, peaks at least 3 apart,
+  visited in coordinate (z, y, x) order.
+* A flood stops when its seed voxel falls below move_threshold, and a flood
+  whose seed ends there is rejected (FFN's weak seed).
+* A move is checked when it is taken, not when it is queued: the canvas at
+  the new centre must still be >= move_threshold, and the centre must not be
+  in an earlier segment (FFN's Canvas.is_valid_pos), so a flood cannot travel
+  through segmented objects.
+* disco_seed_threshold (FFN's default 0; negative turns it off): once more
+  than that fraction of a FOV is predicted >= move_threshold, voxels already
+  below 0.5 may not rise, which keeps a flood from reconnecting through
+  voxels it has given up.
+* The canvas is unvisited (NaN, fed to the network as pad_value) until
+  predicted, and one FOV is predicted at a time (batch_size 1).
+
+Deviations from google/ffn, chosen for speed or coverage:
+
+* ``batch_size > 1`` sends up to that many queued FOVs of the same object to
+  one predictor call; they all see the canvas as it was before the call, and
+  results are written back in queue order (later FOVs win where they overlap).
 * Face-max ties are broken towards the face centre, so a flat probability map
   moves straight along the axis instead of drifting to one corner.
 * A move whose FOV would leave the volume is clamped inside it rather than
@@ -24,7 +42,6 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import ndimage
 from skimage.feature import peak_local_max
-from skimage.filters import sobel, threshold_otsu
 from tqdm import tqdm
 
 from ffnbench.model.network import logit
@@ -42,38 +59,42 @@ class InferenceOptions:
     segment_threshold: float = 0.6
     min_segment_size: int = 1000
     min_boundary_dist: tuple = (1, 1, 1)
-    batch_size: int = 8
+    disco_seed_threshold: float = 0.0
+    batch_size: int = 1
     max_steps_per_segment: int = 2000
     image_mean: float = 128.0
     image_stddev: float = 33.0
 
 
-def seed_peaks(image, margin=(0, 0, 0), min_distance=3):
-    """PolicyPeaks: seeds at the centres of edge-free regions, deepest first.
+#: PolicyPeaks' blur of the edge map, in voxels (google/ffn ffn/inference/seed.py)
+EDGE_SIGMA = 49.0 / 6.0
 
-    Sobel edges are thresholded with Otsu (adapts to the image's contrast with
-    no tuning). Everything closer than ``margin`` to the volume edge also
-    counts as edge, so every object keeps a peak inside the region where a
-    full FOV fits. A fixed-seed jitter far below the distance resolution
-    breaks plateaus (ridges of equal distance), which otherwise make
-    ``peak_local_max`` slow and return clumps. Returns int (n, 3) coordinates
-    sorted by descending (jittered) distance to the nearest edge.
+
+def seed_peaks(image, margin=(0, 0, 0), min_distance=3):
+    """PolicyPeaks: seeds at the centres of edge-free regions, in coordinate order.
+
+    An edge is a voxel whose Sobel gradient magnitude exceeds the Gaussian-blurred
+    magnitude around it (a local threshold, which follows the image's contrast).
+    Everything closer than ``margin`` to the volume edge also counts as edge (not
+    FFN, which drops seeds there), so an object cut by the volume edge keeps a
+    peak where a full FOV fits. Peaks of the distance to the nearest edge, broken
+    from plateaus by a fixed-seed jitter far below the distance resolution, at
+    least ``min_distance`` apart. Returns int (n, 3) coordinates sorted by (z, y, x).
     """
     image = np.asarray(image, dtype=np.float32)
-    edges = sobel(image)
-    edges = edges > threshold_otsu(edges) if np.ptp(edges) > 0 else np.zeros(image.shape, bool)
+    magnitude = ndimage.generic_gradient_magnitude(image, ndimage.sobel)
+    edges = magnitude > ndimage.gaussian_filter(magnitude, EDGE_SIGMA, mode="reflect")
     inside = tuple(slice(m, s - m) for m, s in zip(margin, image.shape))
-    region = np.ones(image.shape, bool)
-    region[inside] = False
-    edges |= region
+    outside = np.ones(image.shape, bool)
+    outside[inside] = False
+    edges |= outside
     if edges.all():
         return np.zeros((0, 3), dtype=np.int64)
     dist = ndimage.distance_transform_edt(~edges)
-    dist += np.random.default_rng(0).uniform(0.0, 1e-4, dist.shape) * (dist > 0)
-    peaks = peak_local_max(dist, min_distance=min_distance, threshold_abs=1.0,
-                           exclude_border=False)
-    order = np.argsort(-dist[tuple(peaks.T)], kind="stable")
-    return peaks[order].astype(np.int64)
+    dist += np.random.default_rng(42).random(dist.shape) * 1e-4
+    # every voxel off an edge is at least 1 away from one: edges themselves are never peaks
+    peaks = peak_local_max(dist, min_distance=min_distance, threshold_abs=0.5, exclude_border=False)
+    return peaks[np.lexsort(peaks.T[::-1])].astype(np.int64).reshape(-1, 3)
 
 
 def _validate(image, options):
@@ -108,11 +129,12 @@ class _Filler:
         self.deltas = np.asarray(options.deltas)
         self.pad_logit = logit(options.pad_value)
         self.move_logit = logit(options.move_threshold)
-        self.canvas = np.full(image.shape, self.pad_logit, dtype=np.float32)
+        self.canvas = np.full(image.shape, np.nan, dtype=np.float32)  # NaN: not predicted in this flood
         self.seg = np.zeros(image.shape, dtype=np.int32)
         self.fov_predictions = 0
         self.predict_calls = 0
         self.truncated = 0
+        self.weak = 0
         self.face_order = [self._face_order(axis) for axis in range(3)]
 
     def _face_order(self, axis):
@@ -152,28 +174,52 @@ class _Filler:
                 point = np.clip(np.asarray(centre) + offset, r, self.shape - 1 - r)
                 yield tuple(int(c) for c in point)
 
+    def valid_move(self, centre):
+        """FFN's Canvas.is_valid_pos when a move is taken: still confident there, and not already
+        part of a segment."""
+        return bool(self.canvas[centre] >= self.move_logit) and self.seg[centre] == 0
+
+    def write(self, sel, logits):
+        """Put a FOV's prediction on the canvas; with disco_seed_threshold >= 0 (FFN's disconnected
+        seed rule), voxels already below 0.5 may not rise once the FOV is confident enough."""
+        disco = self.o.disco_seed_threshold
+        if disco >= 0 and np.mean(logits >= self.move_logit) > disco:
+            old = self.canvas[sel]
+            frozen = (old < 0.0) & (logits > old)  # logit(0.5) = 0; unvisited (NaN) is never frozen
+            logits = np.where(frozen, old, logits)
+        self.canvas[sel] = logits
+
     def flood(self, seed):
         """Grow one object from ``seed``; return the bounding box of the FOVs touched."""
-        seed = np.asarray(seed)
-        self.canvas[tuple(seed)] = logit(self.o.init_activation)
+        seed = tuple(int(c) for c in seed)
+        self.canvas[seed] = logit(self.o.init_activation)
         start = tuple(int(c) for c in np.clip(seed, self.radius, self.shape - 1 - self.radius))
         queue = deque([start])
         visited = {self.lattice_key(start, seed)}
-        lo, hi = seed.copy(), seed + 1
+        lo, hi = np.asarray(seed), np.asarray(seed) + 1
         steps = 0
         while queue and steps < self.o.max_steps_per_segment:
-            n = min(len(queue), self.o.batch_size, self.o.max_steps_per_segment - steps)
-            centres = [queue.popleft() for _ in range(n)]
+            if not self.canvas[seed] >= self.move_logit:
+                break  # the seed got too weak: this flood is over (and will be rejected)
+            n = min(self.o.batch_size, self.o.max_steps_per_segment - steps)
+            centres = []
+            while queue and len(centres) < n:
+                centre = queue.popleft()
+                if centre == start or self.valid_move(centre):
+                    centres.append(centre)
+            if not centres:
+                break
             slices = [self.fov_slices(c) for c in centres]
             images = np.stack([self.image[s] for s in slices])[..., None]
             seeds = np.stack([self.canvas[s] for s in slices])[..., None]
+            seeds[np.isnan(seeds)] = self.pad_logit
             out = np.asarray(self.predict(images, seeds), dtype=np.float32)
             if out.shape != seeds.shape:
                 raise ValueError(f"predictor returned shape {out.shape}, expected {seeds.shape}")
             self.predict_calls += 1
-            steps += n
+            steps += len(centres)
             for centre, sel, logits in zip(centres, slices, out[..., 0]):
-                self.canvas[sel] = logits
+                self.write(sel, logits)
                 lo = np.minimum(lo, [s.start for s in sel])
                 hi = np.maximum(hi, [s.stop for s in sel])
                 for new_centre in self.moves(centre, logits):
@@ -181,7 +227,7 @@ class _Filler:
                     if key not in visited:
                         visited.add(key)
                         queue.append(new_centre)
-        if queue:
+        if queue and steps >= self.o.max_steps_per_segment:
             self.truncated += 1
         self.fov_predictions += steps
         return tuple(slice(a, b) for a, b in zip(lo, hi))
@@ -195,10 +241,10 @@ class _Filler:
 def segment_volume(image, predict, options, progress=True, seeds=None):
     """Flood-fill segmentation of ``image`` (z, y, x) with ``predict``.
 
-    ``seeds`` defaults to ``seed_peaks`` with a fov//2 margin. Each distinct
-    seed is tried at most once, so a rejected (too small) object is not
-    regrown from the same seed. Returns (int32 segmentation with 0 =
-    unassigned, stats dict).
+    ``seeds`` defaults to ``seed_peaks`` with a fov//2 margin, in its
+    coordinate order. Each distinct seed is tried at most once, so a rejected
+    (too small or weak) object is not regrown from the same seed. Returns
+    (int32 segmentation with 0 = unassigned, stats dict).
     """
     _validate(image, options)
     t0 = time.perf_counter()
@@ -213,25 +259,28 @@ def segment_volume(image, predict, options, progress=True, seeds=None):
     _, first = np.unique(seeds, axis=0, return_index=True)
     seeds = seeds[np.sort(first)]
     seg_logit = logit(options.segment_threshold)
-    tried = rejected = segments = 0
+    tried = rejected = weak = segments = 0
     for seed in tqdm(seeds, desc="seeds", unit="seed", disable=not progress):
         if filler.near_segment(seed):
             continue
         tried += 1
         box = filler.flood(seed)
         mask = (filler.canvas[box] >= seg_logit) & (filler.seg[box] == 0)
-        if mask.sum() >= options.min_segment_size:
+        if not filler.canvas[tuple(seed)] >= filler.move_logit:
+            weak += 1  # FFN rejects a flood whose own seed it no longer believes in
+        elif mask.sum() >= options.min_segment_size:
             segments += 1
             filler.seg[box][mask] = segments
         else:
             rejected += 1
-        filler.canvas[box] = filler.pad_logit
+        filler.canvas[box] = np.nan
     stats = {
         "seeds": int(len(seeds)),
         "seeds_tried": tried,
         "seeds_skipped": int(len(seeds)) - tried,
         "segments": segments,
         "rejected": rejected,
+        "weak_seeds": weak,
         "truncated": filler.truncated,
         "fov_predictions": filler.fov_predictions,
         "predict_calls": filler.predict_calls,

@@ -47,7 +47,7 @@ class Oracle:
 
 
 def options(**kw):
-    return InferenceOptions(fov=(9, 9, 9), deltas=(3, 3, 3), min_segment_size=200, **kw)
+    return InferenceOptions(fov=(9, 9, 9), deltas=(3, 3, 3), **{"min_segment_size": 200, **kw})
 
 
 @pytest.fixture(scope="module")
@@ -55,15 +55,14 @@ def volume():
     return make_volume()
 
 
-def test_seed_peaks_are_inside_margin_and_deepest_first(volume):
+def test_seed_peaks_are_inside_margin_in_coordinate_order(volume):
     image, labels = volume
     seeds = seed_peaks(image, margin=(4, 4, 4))
     assert len(seeds) > 0
     assert np.all(seeds >= 4) and np.all(seeds < np.array(SHAPE) - 4)
     assert np.all(labels[tuple(seeds.T)] > 0)  # no seed on a membrane
     assert set(np.unique(labels[tuple(seeds.T)])) == set(np.unique(labels)) - {0}
-    depth = ndimage.distance_transform_edt(labels > 0)[tuple(seeds.T)]
-    assert depth[0] >= depth[-1]
+    assert [tuple(s) for s in seeds] == sorted(tuple(s) for s in seeds)  # google/ffn's PolicyPeaks order
 
 
 @pytest.mark.parametrize("batch_size", [1, 8])
@@ -144,3 +143,62 @@ def test_predictor_with_wrong_output_shape_raises(volume):
     with pytest.raises(ValueError, match="predictor returned shape"):
         segment_volume(image, lambda images, seeds: seeds[..., 0], options(), progress=False,
                        seeds=[(7, 10, 6)])
+
+
+def x_ramp(shape):
+    """An image that tells a predictor where it is: each voxel holds 10 * its x."""
+    return np.broadcast_to(10 * np.arange(shape[2], dtype=np.uint8), shape).copy()
+
+
+def voxel_x(images):
+    return np.rint((images * 33.0 + 128.0) / 10.0)  # undo the default normalisation
+
+
+class Scripted:
+    """A predictor that fills a FOV as `rule(flood, call in flood, x)` says (True: inside). A new
+    flood is a seed FOV with one voxel above the pad value."""
+
+    def __init__(self, rule):
+        self.rule, self.flood, self.call = rule, -1, 0
+
+    def __call__(self, images, seeds):
+        if np.sum(seeds > logit(0.05) + 1e-3) == 1:
+            self.flood, self.call = self.flood + 1, 0
+        self.call += 1
+        inside = self.rule(self.flood, self.call, voxel_x(images))
+        return np.where(inside, INSIDE, OUTSIDE).astype(np.float32)
+
+
+def test_a_flood_whose_seed_turns_weak_stops_and_is_rejected():
+    """google/ffn: a flood stops once its seed voxel is below move_threshold, and is not a segment."""
+    image = x_ramp((9, 9, 21))
+    predictor = Scripted(lambda flood, call, x: np.full(x.shape, call == 1))  # then: nothing is object
+    seg, stats = segment_volume(image, predictor, options(min_segment_size=10), progress=False, seeds=[(4, 4, 10)])
+    assert stats["weak_seeds"] == 1 and stats["segments"] == 0 and not seg.any()
+    assert predictor.call == 2  # the second FOV covered the seed and lost it: no third
+
+
+@pytest.mark.parametrize("disco", [0.0, -1.0])
+def test_disconnected_voxels_stay_out_unless_disco_is_off(disco):
+    """The first FOV gives up x >= 8; a later, confident FOV claims them again. With FFN's
+    disco_seed_threshold those voxels may not rise, so they stay out of the segment."""
+    image = x_ramp((9, 15, 11))
+    predictor = Scripted(lambda flood, call, x: (x < 8) | (call > 1))
+    seg, _ = segment_volume(image, predictor, options(min_segment_size=10, disco_seed_threshold=disco),
+                            progress=False, seeds=[(4, 4, 5)])
+    given_up = seg[:, :9, 8:10]  # what the first FOV (y 0..8, x 1..9) saw and gave up
+    assert seg[:, :, :8].all()
+    assert not given_up.any() if disco >= 0 else given_up.all()
+
+
+def test_a_flood_does_not_travel_through_an_earlier_segment():
+    """google/ffn's is_valid_pos at dequeue: a move into a segmented voxel is refused, so a leaky
+    second flood cannot cross the first object and claim what lies beyond it."""
+    image = x_ramp((9, 9, 30))
+    first_object = lambda x: (x >= 10) & (x <= 17)  # noqa: E731
+    predictor = Scripted(lambda flood, call, x: first_object(x) if flood == 0 else np.ones(x.shape, bool))
+    seg, stats = segment_volume(image, predictor, options(min_segment_size=10), progress=False,
+                                seeds=[(4, 4, 13), (4, 4, 4)])
+    assert stats["segments"] == 2
+    assert np.all(seg[..., 10:18] == 1) and np.all(seg[..., :10] == 2)
+    assert not seg[..., 18:].any()  # beyond the first object: never reached
