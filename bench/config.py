@@ -45,7 +45,8 @@ SCHEMA = {
     "data.holdout_fraction": (0.25, float, "hdf5: last fraction of z held out for evaluation"),
     "data.image_mean": (128.0, float, "image normalisation mean"),
     "data.image_stddev": (33.0, float, "image normalisation stddev"),
-    "data.min_object_size": (1000, int, "objects smaller than this are not sampled (FFN uses 10000 on big volumes)"),
+    "data.min_object_size": (1000, int, "smaller objects are sampled as background (FFN's min_size; it uses "
+                                        "10000 on full-size volumes, too many for a 64x128x128 one)"),
     "train.batch_size": (4, int, "FOVs per worker step"),
     "train.optimizer": (_OPTIMIZER.name, str, " | ".join(OPTIMIZERS)),
     "train.momentum": (_OPTIMIZER.momentum, float, "momentum optimizer: momentum (keras SGD's)"),
