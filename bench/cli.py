@@ -200,8 +200,10 @@ def cmd_commbench(args):
     if args.ranks_part:
         commbench.ranks_main(args.ranks_part, cfg)
         return 0
+    if args.rounds < 1:
+        raise config.ConfigError(f"--rounds must be >= 1 (got {args.rounds})")
     from ffnbench.bench.launcher import cli_command
-    results, params = commbench.measure(args.config, cfg, args.ranks, cli_command)
+    results, params = commbench.measure(args.config, cfg, args.ranks, cli_command, args.rounds)
     return 1 if commbench.print_table(results, params, args.ranks) else 0
 
 
@@ -312,6 +314,8 @@ def parser():
     b = sub.add_parser("commbench", help="one gradient's exchange: the best plain MPI vs mpi_allreduce, Horovod and the PS round trip")
     b.add_argument("config", help="sizes the gradient to this config's model")
     b.add_argument("--ranks", type=int, default=2)
+    b.add_argument("--rounds", type=int, default=3, help="times every mpirun is made, interleaved; each figure is "
+                   "the median over them (default 3)")
     b.add_argument("--ranks-part", help=argparse.SUPPRESS)
     b.set_defaults(fn=cmd_commbench)
     return p

@@ -19,12 +19,15 @@ against the fastest raw point-to-point exchange of the same bytes both ways (`Se
 is timed apart: it is compute, not communication.
 
 Each all-reduce repetition starts after a barrier, so the times are transfer + reduction, not
-waiting for a slow peer (which a step's comm_s also holds).
+waiting for a slow peer (which a step's comm_s also holds). Separate mpiruns on a shared machine
+drift apart by tens of per cent, so the whole set runs ROUNDS times, interleaved, and each way's
+figure is its median over the rounds.
 """
 import json
 import time
 
 import numpy as np
+from tqdm import tqdm
 
 from ffnbench.strategies import comm
 
@@ -48,6 +51,8 @@ HOROVOD_WAYS = ("per variable", "grouped_allreduce", "one flat buffer", "one fla
 RESULT = "commbench-result "
 #: a ratio below this is not noise: the yardstick does not bound ours from below
 BELOW_RAW = 0.9
+#: whole sets of mpiruns, interleaved; each way's figure is its median over them
+ROUNDS = 3
 REPEATS = 50
 #: repetitions dropped at the start of each median (first calls set up buffers)
 SKIPPED = 3
@@ -203,22 +208,34 @@ def _yields():
                                                                      "mpi_yield_when_idle": yield_when_idle}
 
 
-def measure(config_path, cfg, ranks, cli_command):
-    """Every mpirun commbench makes; {section: {name: median seconds}} and the parameter count."""
+def measure(config_path, cfg, ranks, cli_command, rounds=ROUNDS):
+    """Every mpirun commbench makes, `rounds` times over, interleaved (the machine's drift between
+    mpiruns falls on every way alike); {section: {name: median over rounds}} and the parameter count."""
     def part(name, **kw):
         return _run_ranks(ranks if name != "ps" and not name.startswith("raw_p2p") else 2,
                           cli_command("commbench", config_path, "--ranks-part", name), **kw)
-    raw, horovod, ps_raw = {}, {}, {}
-    for way in RAW_WAYS:
-        for label, mca in _yields():
-            raw[f"raw {way}, {label}"] = part(f"raw:{way}", mca=mca)[way]
-    for way in RAW_P2P_WAYS:
-        for label, mca in _yields():
-            ps_raw[f"raw {way}, {label}"] = part(f"raw_p2p:{way}", mca=mca)[way]
-    for setting, env in HOROVOD_SETTINGS.items():
-        horovod[setting] = part("horovod", env=env)
-    return {"raw": raw, "mpi_allreduce": part("mpi_allreduce"), "horovod": horovod, "ps_raw": ps_raw,
-            "ps": part("ps")}, _params(cfg)
+
+    def one_round():
+        raw, horovod, ps_raw = {}, {}, {}
+        for way in RAW_WAYS:
+            for label, mca in _yields():
+                raw[f"raw {way}, {label}"] = part(f"raw:{way}", mca=mca)[way]
+        for way in RAW_P2P_WAYS:
+            for label, mca in _yields():
+                ps_raw[f"raw {way}, {label}"] = part(f"raw_p2p:{way}", mca=mca)[way]
+        for setting, env in HOROVOD_SETTINGS.items():
+            horovod[setting] = part("horovod", env=env)
+        return {"raw": raw, "mpi_allreduce": part("mpi_allreduce"), "horovod": horovod, "ps_raw": ps_raw,
+                "ps": part("ps")}
+    return median_of([one_round() for _ in tqdm(range(rounds), desc="commbench rounds", unit="round")]), _params(cfg)
+
+
+def median_of(results):
+    """Nested {name: seconds} dicts of several rounds -> one, each leaf the median over the rounds."""
+    first = results[0]
+    if isinstance(first, dict):
+        return {k: median_of([r[k] for r in results]) for k in first}
+    return float(np.median(results))
 
 
 def _row(name, seconds, best):
@@ -231,7 +248,8 @@ def print_table(results, params, ranks):
     best_name = min(raw, key=raw.get)
     best = raw[best_name]
     print(f"all-reduce of {params} float32 ({4 * params / 1e6:.2f} MB) over {ranks} ranks, median of "
-          f"{REPEATS - SKIPPED} after a barrier; the yardstick is the fastest raw way ({best_name}):")
+          f"{REPEATS - SKIPPED} after a barrier in each mpirun, then over the rounds; the yardstick is the "
+          f"fastest raw way ({best_name}):")
     ours = dict(results["mpi_allreduce"])
     for setting, times in horovod.items():
         ours.update({f"Horovod {way}, {setting}": times[way] for way in HOROVOD_WAYS})

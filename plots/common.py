@@ -113,17 +113,21 @@ def series_styles(runs, keys):
 def styles_for(ordered):
     """[(strategy, label)] -> {label: (colour, line style, marker)}.
 
-    Few series per strategy: the strategy's colour, told apart by line style. Many (a learning-rate
-    sweep of one strategy, say): a colour per series from a colour map, line style per strategy.
+    Several strategies, few series each: the strategy's colour, told apart by line style. One
+    strategy (a precision or learning-rate sweep, say), or many series: a colour per series, line
+    style per strategy.
     """
     per_strategy = {s: [label for s2, label in ordered if s2 == s] for s, _ in ordered}
-    if max(len(v) for v in per_strategy.values()) <= len(LINESTYLES):
+    if len(per_strategy) > 1 and max(len(v) for v in per_strategy.values()) <= len(LINESTYLES):
         return {label: (strategies.color(s), LINESTYLES[per_strategy[s].index(label)],
                         MARKERS[per_strategy[s].index(label)]) for s, label in ordered}
-    cmap = plt.get_cmap("tab20" if len(ordered) <= 20 else "viridis")
     names = list(per_strategy)
-    return {label: (cmap(i / max(1, len(ordered) - 1)) if len(ordered) > 20 else cmap(i),
-                    LINESTYLES[names.index(s) % len(LINESTYLES)], MARKERS[i % len(MARKERS)])
+    if len(ordered) <= 20:
+        cmap = plt.get_cmap("tab10" if len(ordered) <= 10 else "tab20")
+        colours = [cmap(i) for i in range(len(ordered))]
+    else:
+        colours = [plt.get_cmap("viridis")(i / (len(ordered) - 1)) for i in range(len(ordered))]
+    return {label: (colours[i], LINESTYLES[names.index(s) % len(LINESTYLES)], MARKERS[i % len(MARKERS)])
             for i, (s, label) in enumerate(ordered)}
 
 

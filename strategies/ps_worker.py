@@ -71,9 +71,10 @@ class PSWorker:
                 grad, loss, logits = model.flat_gradients(batch)
             read = int(versions[0])  # before the push: its answer lands in the same buffers
             with rec.phase("comm"):
-                ask_next = not self.prefetch and step + 1 < steps
-                receives = self.push(grad, versions, buffers[0] if ask_next else None)
-                pending = receives if ask_next else pending
+                if self.prefetch or step + 1 == steps:
+                    self.push(grad, versions)
+                else:
+                    pending = self.push(grad, versions, pull_into=buffers[0])
             with rec.phase("compute"):
                 ctx.stream.feedback(logits)
             rec.step(step, len(batch), loss, model_version=read)

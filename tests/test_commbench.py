@@ -1,5 +1,5 @@
 """commbench's yardsticks: the fastest raw way, and a loud warning when ours beats it beyond noise."""
-from ffnbench.bench.commbench import HOROVOD_WAYS, print_table
+from ffnbench.bench.commbench import HOROVOD_WAYS, median_of, print_table
 
 
 def results(raw, mpi_allreduce, horovod_seconds, ps_raw, ps_round_trip):
@@ -29,3 +29,9 @@ def test_a_yardstick_that_ours_beats_is_called_wrong(capsys):
     assert print_table(results(raw, 0.0006, 0.02, P2P, 0.00005), 49393, 2) == [
         "mpi_allreduce", "PS push + pull (our protocol)"]
     assert "does not bound them from below" in capsys.readouterr().out
+
+
+def test_each_figure_is_its_median_over_the_rounds():
+    rounds = [{"raw": {"a": 3.0, "b": 1.0}, "ps": {"c": 5.0}}, {"raw": {"a": 1.0, "b": 2.0}, "ps": {"c": 4.0}},
+              {"raw": {"a": 2.0, "b": 9.0}, "ps": {"c": 6.0}}]
+    assert median_of(rounds) == {"raw": {"a": 2.0, "b": 2.0}, "ps": {"c": 5.0}}

@@ -204,10 +204,11 @@ def test_emulated_async_staleness_matches_ps_async_with_equal_workers(runs):
     emulated = np.array([u["staleness"] for u in records(emu, "update")])
     assert len(real) == len(emulated) == 40
     assert list(emulated[1:]) == [1] * 39  # round robin: tau = N - 1 by construction, after the first
-    # Two equal real workers are stale by 0 or 1: in phase (pulling the same version) they alternate
-    # 0 and 1, mean 0.5; staggered by half a step, as round robin assumes, 1 every time. Which phase
-    # they settle in depends on start-up, so the real mean lies between, with the emulation's at the top.
-    assert set(real.tolist()) <= {0, 1} and np.bincount(real).argmax() == 1
+    # Two equal real workers: staggered by half a step, as round robin assumes, each push is stale by
+    # 1. In phase (reading the same version) they alternate 0 and 1, mean 0.5; nearly in phase, one
+    # can push twice during the other's step (a 2, and a 0 beside it). So 1 is the mode, nothing
+    # exceeds 2, and the mean lies between in-phase 0.5 and the emulation's at the top.
+    assert real.max() <= 2 and np.bincount(real).argmax() == 1
     assert 0.45 <= real.mean() <= emulated.mean() + 0.05
 
 
