@@ -269,7 +269,8 @@ def print_table(results, params, ranks):
     ps_raw, ps = results["ps_raw"], results["ps"]
     p2p_name = min(ps_raw, key=ps_raw.get)
     p2p = ps_raw[p2p_name]
-    print(f"parameter server, 1 server + 1 worker, the whole vector pushed and pulled, median of {REPEATS - SKIPPED}; "
+    print(f"parameter server, 1 server + 1 worker, the whole vector pushed and pulled, median of {REPEATS - SKIPPED} "
+          f"in each mpirun, then over the rounds; "
           f"the yardstick is the fastest raw round trip ({p2p_name}):")
     for name in ps_raw:
         _row(name, ps_raw[name], p2p)
