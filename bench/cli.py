@@ -174,7 +174,10 @@ def cmd_simulate(args):
         inp = replace(inp, servers=args.servers)
     print(f"simulated {strategy} as {simulate.simulator_model(strategy)} (discrete-event/Monte Carlo; network "
           f"{args.network}); compute per step: {'run ' + args.run if args.run else f'mean {args.mean_s}s cv {args.cv}'}")
-    print(simulate.format_scaling(simulate.scaling_table(strategy, simulate.parse_workers(args.workers), inp)))
+    table = simulate.scaling_table(strategy, simulate.parse_workers(args.workers), inp)
+    print(simulate.format_scaling(table))
+    if args.histogram:
+        print(simulate.format_histograms(table))
     return 0
 
 
@@ -292,6 +295,8 @@ def parser():
     m.add_argument("--params", type=int, default=PAPER_PARAMS, help="gradient size in float32 (default: the "
                    "paper's model)")
     m.add_argument("--servers", type=int, default=0, help="parameter servers (ps strategies)")
+    m.add_argument("--histogram", action="store_true",
+                   help="also print each staleness distribution as emulated_async options (a sweep's runs)")
     m.add_argument("--validate", nargs="+", metavar="DIR", help="predicted vs measured for the runs below DIR")
     m.add_argument("--failures", metavar="NODES", help="goodput under node failures at these node counts "
                    "(e.g. 1024,2048) for restart, elastic and async recovery")

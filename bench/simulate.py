@@ -105,6 +105,16 @@ def format_scaling(results):
     return "\n".join(lines)
 
 
+def format_histograms(results):
+    """The predicted staleness distributions as emulated_async runs of a sweep file (YAML flow mappings)."""
+    lines = ["# staleness_histogram: predicted counts of tau = 0, 1, ... (after warm-up)"]
+    for r in results:
+        if r.get("staleness"):
+            lines.append(f"- {{strategy_options.workers: {r['n_workers']}, strategy_options.delay: histogram, "
+                         f"strategy_options.staleness_histogram: {r['staleness']['counts_by_tau']}}}")
+    return "\n".join(lines)
+
+
 def parse_workers(text):
     try:
         values = [int(v) for v in text.split(",")]

@@ -201,6 +201,7 @@ def _run_async(n: int, inp: SimInputs, steps: int, rng, max_events: int) -> dict
             "p99": float(np.percentile(tau, 99)),
             "max": int(tau.max()),
             "hist": {"edges": edges.tolist(), "counts": counts.tolist()},
+            "counts_by_tau": np.bincount(tau).tolist(),  # for emulated_async's staleness_histogram
         },
     }
 

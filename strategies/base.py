@@ -74,6 +74,16 @@ def lr_scale(rule: str, workers: int) -> float:
     return {"none": 1.0, "linear": float(workers), "sqrt": math.sqrt(workers)}[rule]
 
 
+def staleness_lr(lr: float, staleness: int, rule: str) -> float:
+    """The learning rate for a gradient `staleness` updates old.
+
+    Args:
+        rule: none, or divide: lr / tau for tau > 0 (Zhang, Gupta, Lian, Liu, "Staleness-aware
+            Async-SGD for Distributed Deep Learning", IJCAI 2016).
+    """
+    return lr / staleness if rule == "divide" and staleness > 0 else lr
+
+
 @dataclass(frozen=True)
 class OptimizerSettings:
     """One optimizer and its hyperparameters: the single source for the TF model and the numpy copy

@@ -4,9 +4,11 @@ These answer "what do N workers do to convergence" (large batches, staleness, lr
 machine. They are emulations and say so: every record carries `emulated: true`, and their FOVs/s is
 one process's, not N machines'.
 """
+import heapq
+
 import numpy as np
 
-from ffnbench.strategies.base import Final, LayoutError, Strategy, register
+from ffnbench.strategies.base import Final, LayoutError, Strategy, check_choice, register, staleness_lr
 from ffnbench.strategies.numpy_optimizers import ShardUpdater
 
 
@@ -60,24 +62,36 @@ class EmulatedSync(_Emulated):
 
 @register
 class EmulatedAsync(_Emulated):
-    """Emulated async PS: each gradient is computed on parameters tau updates old.
+    """Emulated async PS: each gradient is applied to parameters that moved on since it was read.
 
-    delay: round_robin (equal-speed workers, tau = N-1 in steady state) or histogram
-    (tau drawn from `staleness_histogram`, e.g. one measured by a real PS run: counts for tau=0,1,...).
+    delay: round_robin (equal-speed workers: tau = N-1 in steady state), speeds (workers take
+    1/speed time units per step and push in the order they finish, so slow ones are staler), or
+    histogram (tau drawn from `staleness_histogram`, e.g. a real PS run's or the simulator's).
+    `max_staleness` and `lr_staleness` are ps_async's SSP bound and 1/tau rule, applied the same way.
     """
     name = "emulated_async"
     order, color, simulator_model = 70, "#e377c2", None
-    options = {"workers": 2, "delay": "round_robin", "staleness_histogram": []}
-    option_docs = {**_Emulated.option_docs, "delay": "round_robin (tau = N-1) or histogram",
-                   "staleness_histogram": "counts for tau = 0, 1, ... (e.g. a real PS run's summary staleness.histogram)"}
+    options = {"workers": 2, "delay": "round_robin", "worker_speeds": [], "staleness_histogram": [],
+               "max_staleness": None, "lr_staleness": "none"}
+    option_docs = {**_Emulated.option_docs, "delay": "round_robin (tau = N-1), speeds or histogram",
+                   "worker_speeds": "delay speeds: relative step rates, repeated over the workers (e.g. [1, 1, 1, 0.25])",
+                   "staleness_histogram": "delay histogram: counts for tau = 0, 1, ... (e.g. a real PS run's summary staleness.histogram)",
+                   "max_staleness": "SSP bound s, as ps_async: a worker more than s pushes ahead of the slowest waits",
+                   "lr_staleness": "`divide`: lr / tau, as ps_async"}
 
     @classmethod
     def roles(cls, ranks, options):
-        if options["delay"] not in ("round_robin", "histogram"):
-            raise LayoutError(f"strategy_options.delay must be round_robin or histogram (got {options['delay']!r})")
-        hist = options["staleness_histogram"]
+        check_choice(options, "delay", ("round_robin", "speeds", "histogram"))
+        check_choice(options, "lr_staleness", ("none", "divide"))
+        hist, speeds, bound = options["staleness_histogram"], options["worker_speeds"], options["max_staleness"]
         if options["delay"] == "histogram" and (not hist or min(hist) < 0 or sum(hist) <= 0):
             raise LayoutError("strategy_options.staleness_histogram must be non-negative counts for tau=0,1,...")
+        if options["delay"] == "speeds" and (not speeds or min(speeds) <= 0):
+            raise LayoutError("strategy_options.worker_speeds must be positive step rates, e.g. [1, 0.5]")
+        if bound is not None and (not isinstance(bound, int) or isinstance(bound, bool) or bound < 0):
+            raise LayoutError(f"strategy_options.max_staleness must be an integer >= 0 or null (got {bound!r})")
+        if bound is not None and options["delay"] == "histogram":
+            raise LayoutError("strategy_options.max_staleness needs delay round_robin or speeds (a histogram has no clocks)")
         return super().roles(ranks, options)
 
     @classmethod
@@ -86,51 +100,83 @@ class EmulatedAsync(_Emulated):
 
     def setup(self):
         super().setup()
-        s = self.ctx.settings
+        s, n = self.ctx.settings, self.ctx.layout.workers
         self.params = self.model.get_flat()
         self.updater = ShardUpdater(s.optimizer, self.model.num_params, s.clip)
         self.version = 0
+        speeds = self.opts["worker_speeds"] if self.opts["delay"] == "speeds" else [1.0]
+        self.step_time = [1.0 / speeds[w % len(speeds)] for w in range(n)]
         if self.opts["delay"] == "histogram":
             hist = np.asarray(self.opts["staleness_histogram"], float)
             self.tau_probs = hist / hist.sum()
             self.rng = np.random.default_rng([s.seed, 7])
 
-    def read_version(self, worker, reads):
-        """The version this worker's gradient is computed on."""
-        if self.opts["delay"] == "round_robin":
-            return reads[worker]
-        return max(0, self.version - int(self.rng.choice(len(self.tau_probs), p=self.tau_probs)))
-
     def train(self):
         ctx, rec, model, n = self.ctx, self.ctx.recorder, self.model, self.ctx.layout.workers
-        reads = [0] * n                       # round robin: the version each worker last pulled
+        order = PushOrder(self.step_time, self.opts["max_staleness"])
+        histogram = self.opts["delay"] == "histogram"
         snapshots = {0: self.params.copy()}   # versions some worker may still read
-        keep = len(self.tau_probs) if self.opts["delay"] == "histogram" else 0
         round_loss, round_fovs = 0.0, 0
         for t in range(ctx.settings.steps * n):
-            worker = t % n
-            read = self.read_version(worker, reads)
+            worker, read = order.next_push()
+            if histogram:
+                read = max(0, self.version - int(self.rng.choice(len(self.tau_probs), p=self.tau_probs)))
             with rec.phase("data"):
                 batch = self.streams[worker].next_batch()
             with rec.phase("compute"):
                 model.set_flat(snapshots[read])
                 grad, loss, logits = model.flat_gradients(batch)
                 self.streams[worker].feedback(logits)
-                lr = ctx.lr(self.version // n)
+                lr = staleness_lr(ctx.lr(self.version // n), self.version - read, self.opts["lr_staleness"])
                 rec.update(worker, read, self.version, lr=lr, emulated=True)
                 self.updater.apply(self.params, grad, lr)
                 self.version += 1
-                reads[worker] = self.version
                 snapshots[self.version] = self.params.copy()
-                oldest = min(min(reads), self.version - keep)
+                order.pushed(worker, self.version)
+                oldest = self.version - len(self.tau_probs) if histogram else order.oldest_read()
                 for v in [v for v in snapshots if v < oldest]:
                     del snapshots[v]
             round_loss += loss / n
             round_fovs += len(batch)
-            if worker == n - 1:  # one step record per round of N updates, as N real workers would give
+            if (t + 1) % n == 0:  # one step record per N updates, as N real workers would give
                 model.set_flat(self.params)  # an evaluation after the record sees the current parameters
                 rec.step(t // n, round_fovs, round_loss, model_version=self.version, emulated=True)
                 round_loss, round_fovs = 0.0, 0
 
     def finish(self):
         return Final(self.params.copy(), self.version)
+
+
+class PushOrder:
+    """The order in which emulated workers' pushes reach the server, and the version each read.
+
+    A worker reads the current version when it starts a step and pushes `step_time` later; ties go to
+    the lower worker, so equal speeds are round robin (tau = N-1). Under SSP a worker more than
+    `bound` pushes ahead of the slowest is held, and starts (reading) when the slowest pushes.
+    """
+
+    def __init__(self, step_time, bound):
+        self.step_time, self.bound = step_time, bound
+        self.pushes = [0] * len(step_time)
+        self.running = [(t, w, 0) for w, t in enumerate(step_time)]  # (finish time, worker, version read)
+        heapq.heapify(self.running)
+        self.held, self.now = [], 0.0
+
+    def next_push(self):
+        """(worker, version read) of the next push to arrive."""
+        self.now, worker, read = heapq.heappop(self.running)
+        return worker, read
+
+    def pushed(self, worker, version):
+        """`worker`'s push made `version`; it and any held worker the bound now allows start a step."""
+        self.pushes[worker] += 1
+        self.held.append(worker)
+        slowest = min(self.pushes)
+        for w in sorted(self.held):
+            if self.bound is None or self.pushes[w] - slowest <= self.bound:
+                self.held.remove(w)
+                heapq.heappush(self.running, (self.now + self.step_time[w], w, version))
+
+    def oldest_read(self):
+        """The oldest version a running worker computes on (held workers will read a newer one)."""
+        return min(read for _, _, read in self.running)

@@ -6,7 +6,7 @@ stale-synchronous parallel (Ho et al., "More Effective Distributed ML via a Stal
 Parameter Server", NIPS 2013): a worker more than s pushes ahead of the slowest unfinished worker has
 its pull held until the slowest catches up.
 """
-from ffnbench.strategies.base import LayoutError, register
+from ffnbench.strategies.base import LayoutError, register, staleness_lr
 from ffnbench.strategies.parameter_server import ParameterServerStrategy
 
 
@@ -59,9 +59,7 @@ class PSAsync(ParameterServerStrategy):
     def on_push(self, worker, read, grad):
         server = self.server
         staleness = server.version - read
-        lr = self.ctx.lr(server.version // self.ctx.layout.workers)
-        if self.opts["lr_staleness"] == "divide" and staleness > 0:
-            lr /= staleness
+        lr = staleness_lr(self.ctx.lr(server.version // self.ctx.layout.workers), staleness, self.opts["lr_staleness"])
         server.record(worker, read, lr)
         server.apply(grad, lr)
 

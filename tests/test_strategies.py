@@ -220,6 +220,18 @@ def test_emulated_async_one_worker_is_plain_sgd(runs):
     assert all(u["staleness"] == 0 for u in records(emu, "update"))
 
 
+def test_emulated_async_speeds_bound_and_lr_rule_as_ps_async(runs):
+    run = runs("emu-async-speeds", "strategy=emulated_async", "strategy_options.workers=3",
+               "strategy_options.delay=speeds", "strategy_options.worker_speeds=[1,1,0.25]",
+               "strategy_options.max_staleness=1", "strategy_options.lr_staleness=divide",
+               "train.optimizer=sgd", "train.lr=0.01")
+    updates = records(run, "update")
+    assert len(updates) == 3 * STEPS
+    assert max(u["staleness"] for u in updates) == 4  # (s+1)(N-1): the slow worker waits on by the bound
+    for u in updates:
+        assert u["lr"] == pytest.approx(0.01 / max(1, u["staleness"]))
+
+
 def summary_of(run_dir):
     return json.load(open(os.path.join(run_dir, "summary.json")))
 
