@@ -1,5 +1,5 @@
 # The README's two commands. Each sets up whatever is missing (apt MPI, the cached pinned venv).
-.PHONY: setup test demo clean
+.PHONY: setup test demo study clean
 DEMO := results/sweeps/demo
 
 setup:
@@ -15,6 +15,11 @@ demo: setup
 	.venv/bin/ffnbench plot $(DEMO) > /dev/null
 	@echo "report:  $(DEMO)/report.md  $(DEMO)/report.csv"
 	@echo "figures: $$(ls $(DEMO)/plots/*.png | tr '\n' ' ')"
+
+# one study of the paper's findings, e.g. `make study STUDY=lr_scaling` (hours; re-running resumes)
+study: setup
+	@test -n "$(STUDY)" || { echo "make study STUDY=NAME: one of $$(ls configs/studies | sed 's/.yaml//' | tr '\n' ' ')"; exit 2; }
+	.venv/bin/ffnbench study $(STUDY)
 
 clean:
 	rm -rf results .pytest_cache

@@ -85,6 +85,24 @@ def cmd_sweep(args):
     return _die(f"{failed} run(s) of the sweep failed; see {sweep_dir}/index.json", 1) if failed else 0
 
 
+def cmd_study(args):
+    from ffnbench.bench import studies
+    from ffnbench.bench.sweep import load_sweep, run_sweep
+    path = studies.study_file(args.name)
+    name = load_sweep(path)["name"]
+    if name not in studies.ANALYSES:
+        raise ValueError(f"study {args.name}: its sweep is named {name!r}; studies: {', '.join(studies.ANALYSES)}")
+    if args.analyse_only:
+        sweep_dir, failed = os.path.abspath(args.out or os.path.join(load_sweep(path)["out"], name)), 0
+    else:
+        sweep_dir, failed = run_sweep(path, args.out, args.set)
+    written, lines = studies.analyse(name, sweep_dir)
+    print("\n".join(lines))
+    print(f"wrote {' '.join(written)}")
+    return _die(f"{failed} run(s) of the study failed; the analysis leaves them out; see {sweep_dir}/index.json",
+                1) if failed else 0
+
+
 def cmd_report(args):
     from ffnbench.bench.report import build_report
     text, _, seg = build_report(args.dir, args.target_loss)
@@ -250,6 +268,14 @@ def parser():
     w.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="add to the sweep's shared overrides, e.g. train.seed=100 for another seed base")
     w.set_defaults(fn=cmd_sweep)
+    y = sub.add_parser("study", help="run a study of the paper's findings (configs/studies/NAME.yaml) and "
+                       "write its conclusions and figure; re-running resumes")
+    y.add_argument("name", help="lr_scaling, batch_size, sync_async or segmentation (or a study file)")
+    y.add_argument("--out", help="results directory (default: results/studies/NAME)")
+    y.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="as for sweep")
+    y.add_argument("--analyse-only", action="store_true",
+                   help="analyse the runs complete so far without running any (e.g. while a study runs)")
+    y.set_defaults(fn=cmd_study)
     e = sub.add_parser("report", help="table of a sweep's (or any directory's) runs; writes report.md/.csv")
     e.add_argument("dir")
     e.add_argument("--target-loss", type=float, help="held-out loss for time to target (default: the sweep's "

@@ -71,6 +71,17 @@ def ratio_ci(a: Sequence[float], b: Sequence[float],
     return ratio, math.exp(interval.low), math.exp(interval.high)
 
 
+def difference_ci(a: Sequence[float], b: Sequence[float],
+                  confidence: float = CONFIDENCE) -> Tuple[float, float, float]:
+    """mean(a) - mean(b) with its Welch confidence interval (unequal variances); needs 2+ values each."""
+    x, y = np.asarray(a, float), np.asarray(b, float)
+    d = float(x.mean() - y.mean())
+    if np.ptp(x) == 0 and np.ptp(y) == 0:
+        return d, d, d
+    interval = stats.ttest_ind(x, y, equal_var=False).confidence_interval(confidence)
+    return d, float(interval.low), float(interval.high)
+
+
 def verdict(ratio: float, low: Optional[float], high: Optional[float]) -> str:
     """'faster', 'slower' or 'no difference' for a time ratio a/b and its interval."""
     if low is None:

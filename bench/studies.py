@@ -1,0 +1,291 @@
+"""`ffnbench study NAME`: run one of the studies of the paper's findings, then state what the data say.
+
+A study is a sweep file in configs/studies/ (run and resumed as any sweep) plus an analysis that
+reduces its runs to cells (one experiment's repeats: mean and 95 % t interval), compares the cells
+the paper's claim is about (Welch intervals on differences; "no difference" when one includes 0),
+and writes OUT/NAME.md (tables and conclusions) and OUT/NAME.png.
+"""
+import os
+from collections import defaultdict
+from dataclasses import dataclass, field
+from typing import Dict, List, Optional
+
+import numpy as np
+
+from ffnbench.bench.config import ConfigError
+from ffnbench.bench.results import collect_runs
+from ffnbench.bench.stats import difference_ci, final_value, first_crossing, mean_ci
+
+STUDY_DIR = os.path.join("configs", "studies")
+#: the segmentation study's test volume: another generator seed and density than any training volume
+TEST_VOLUME = {"seed": 1000, "density": 2.5}
+
+
+@dataclass
+class Cell:
+    """One experiment's repeats: a value per seed (None: the seed never got there)."""
+    values: List[Optional[float]] = field(default_factory=list)
+
+    @property
+    def known(self) -> List[float]:
+        return [v for v in self.values if v is not None]
+
+    @property
+    def interval(self):
+        return mean_ci(self.known) if self.known else (None, None, None)
+
+    def text(self, fmt=".3f") -> str:
+        mean, lo, hi = self.interval
+        if mean is None:
+            return f"not reached (0 of {len(self.values)})"
+        missing = f", {len(self.known)} of {len(self.values)} reached" if len(self.known) < len(self.values) else ""
+        spread = f" [{lo:{fmt}}, {hi:{fmt}}]" if lo is not None else ""
+        return f"{mean:{fmt}}{spread}{missing}"
+
+
+def final_loss(run) -> Optional[float]:
+    return final_value([e.loss for e in run.evals])
+
+
+def steps_to(run, target) -> Optional[float]:
+    """Optimizer steps until the trailing mean of the held-out loss reaches `target`."""
+    return first_crossing([e.step for e in run.evals], [e.loss for e in run.evals], target)
+
+
+def compare(a: Cell, b: Cell, a_name: str, b_name: str, what: str = "final loss") -> str:
+    """'a lower than b by d [lo, hi]', or 'no difference', from the seeds of two cells."""
+    if len(a.known) < 2 or len(b.known) < 2:
+        return f"{a_name} vs {b_name}: too few seeds for an interval"
+    d, lo, hi = difference_ci(a.known, b.known)
+    if hi < 0:
+        verdict = f"{a_name} lower by {-d:.3f} [{-hi:.3f}, {-lo:.3f}]"
+    elif lo > 0:
+        verdict = f"{b_name} lower by {d:.3f} [{lo:.3f}, {hi:.3f}]"
+    else:
+        verdict = f"no difference ({a_name} - {b_name} = {d:+.3f} [{lo:+.3f}, {hi:+.3f}])"
+    return f"{what}, {a_name} vs {b_name}: {verdict}"
+
+
+def winner(a: Cell, b: Cell) -> Optional[int]:
+    """0 if a is lower with an interval excluding 0, 1 if b is, None if no difference is shown."""
+    if len(a.known) < 2 or len(b.known) < 2:
+        return None
+    _, lo, hi = difference_ci(a.known, b.known)
+    return 0 if hi < 0 else 1 if lo > 0 else None
+
+
+def cells_by(runs, key, value) -> Dict:
+    """{key(run): Cell of value(run)} over the complete runs."""
+    cells = defaultdict(Cell)
+    for r in runs:
+        if r.complete:
+            cells[key(r)].values.append(value(r))
+    return dict(cells)
+
+
+def markdown(header, rows):
+    return "\n".join(["| " + " | ".join(header) + " |", "|" + "---|" * len(header)] +
+                     ["| " + " | ".join(map(str, row)) + " |" for row in rows])
+
+
+def seeds_line(runs):
+    complete = [r for r in runs if r.complete]
+    seeds = sorted({r.fields.get("train.seed") for r in complete})
+    missing = len(runs) - len(complete)
+    return (f"{len(complete)} complete runs, seeds {', '.join(map(str, seeds))}; cells give the mean and 95 % t interval "
+            f"over seeds" + (f"; {missing} runs not complete (left out)" if missing else ""))
+
+
+# ------------------------------------------------------------------ the four studies
+
+def lr_scaling(runs, index):
+    """Final held-out loss and steps to the target per (rule, workers); sqrt vs linear at each N."""
+    target = index["report"]["target_loss"]
+    rule = lambda r: r.fields["train.lr_scaling"] if r.workers > 1 else "none"
+    loss = cells_by(runs, lambda r: (rule(r), r.workers), final_loss)
+    steps = cells_by(runs, lambda r: (rule(r), r.workers), lambda r: steps_to(r, target))
+    workers = sorted({w for _, w in loss})
+    rows = [[w] + [loss[(k, w)].text() if (k, w) in loss else "" for k in ("none", "linear", "sqrt")] +
+            [steps[(k, w)].text(".0f") if (k, w) in steps else "" for k in ("none", "linear", "sqrt")] for w in workers]
+    lines = [markdown(["workers", "final loss: none", "linear", "sqrt", f"steps to {target}: none", "linear", "sqrt"], rows),
+             "", seeds_line(runs), ""]
+    for w in workers:
+        if ("linear", w) in loss and ("sqrt", w) in loss:
+            lines.append(f"- {w} workers: " + compare(loss[("sqrt", w)], loss[("linear", w)], "sqrt", "linear"))
+    big = [w for w in workers if w > 16 and ("sqrt", w) in loss and ("linear", w) in loss]
+    small = [w for w in workers if 1 < w < 16 and ("sqrt", w) in loss and ("linear", w) in loss]
+    beyond = [winner(loss[("sqrt", w)], loss[("linear", w)]) for w in big]
+    below = [winner(loss[("sqrt", w)], loss[("linear", w)]) for w in small]
+    lines += ["", "The paper's claim, sqrt beats linear beyond 16 nodes and linear (with warmup) is best below: "
+              + agreement(beyond, below, big, small)]
+    return {"loss": loss, "steps": steps, "target": target}, lines
+
+
+def agreement(beyond, below, big, small):
+    """Whether per-N winners (0 = sqrt, 1 = linear, None = no difference) agree with the paper's claim."""
+    said = [f"beyond 16 ({', '.join(map(str, big))} workers): " + describe(beyond),
+            f"below 16 ({', '.join(map(str, small))} workers): " + describe(below)]
+    agree_beyond = bool(beyond) and all(w == 0 for w in beyond)
+    agree_below = bool(below) and all(w == 1 for w in below)
+    verdict = ("the data agree" if agree_beyond and agree_below else
+               "the data agree beyond 16 only" if agree_beyond else
+               "the data agree below 16 only" if agree_below else "the data do not show it")
+    return f"{verdict} ({'; '.join(said)})."
+
+
+def describe(winners):
+    if not winners:
+        return "no runs"
+    names = {0: "sqrt lower", 1: "linear lower", None: "no difference"}
+    return ", ".join(names[w] for w in winners)
+
+
+def batch_size(runs, index):
+    """Final held-out loss per batch size at the fixed FOV budget and at the fixed step budget."""
+    complete = [r for r in runs if r.complete]
+    fovs = lambda r: r.fields["train.steps"] * r.fields["train.batch_size"]
+    fov_budget = max({fovs(r) for r in complete}, key=lambda v: sum(fovs(r) == v for r in complete))
+    step_budget = max({r.fields["train.steps"] for r in complete},
+                      key=lambda v: sum(r.fields["train.steps"] == v for r in complete))
+    budget = lambda r: "fixed FOVs" if fovs(r) == fov_budget else "fixed steps"
+    loss = cells_by(runs, lambda r: (budget(r), r.fields["train.batch_size"]), final_loss)
+    seconds = cells_by(runs, lambda r: (budget(r), r.fields["train.batch_size"]), lambda r: r.summary["train_s"])
+    batches = sorted({b for _, b in loss})
+    rows = [[b] + [loss[(k, b)].text() if (k, b) in loss else "" for k in ("fixed FOVs", "fixed steps")] +
+            [seconds[(k, b)].text(".0f") if (k, b) in seconds else "" for k in ("fixed FOVs", "fixed steps")]
+            for b in batches]
+    lines = [markdown(["batch", f"final loss, {fov_budget} FOVs", f"final loss, {step_budget} steps",
+                       "train s, fixed FOVs", "train s, fixed steps"], rows), "", seeds_line(runs), ""]
+    lo_b, hi_b = batches[0], batches[-1]
+    per_fov = per_step = None
+    if ("fixed FOVs", lo_b) in loss and ("fixed FOVs", hi_b) in loss:
+        a, b = loss[("fixed FOVs", lo_b)], loss[("fixed FOVs", hi_b)]
+        lines.append(f"- {fov_budget} FOVs: " + compare(a, b, f"batch {lo_b}", f"batch {hi_b}"))
+        per_fov = winner(a, b)
+    if ("fixed steps", lo_b) in loss and ("fixed steps", hi_b) in loss:
+        a, b = loss[("fixed steps", lo_b)], loss[("fixed steps", hi_b)]
+        lines.append(f"- {step_budget} steps: " + compare(a, b, f"batch {lo_b}", f"batch {hi_b}"))
+        per_step = winner(a, b)
+    best = {k: min((b for kk, b in loss if kk == k), key=lambda b: loss[(k, b)].interval[0], default=None)
+            for k in ("fixed FOVs", "fixed steps")}
+    lines.append(f"- lowest mean final loss: batch {best['fixed FOVs']} at fixed FOVs, batch {best['fixed steps']} "
+                 f"at fixed steps")
+    names = {0: "small batches win", 1: "large batches win", None: "no difference"}
+    lines += ["", f"The paper's claim, small batches win per FOV and large batches in wall time (in steps on a "
+                  f"cluster, where a node's step takes the same time whatever the global batch): per FOV "
+                  f"{names[per_fov]}, per step {names[per_step]}; "
+                  + ("the data agree." if per_fov == 0 and per_step == 1 else "the data do not show both.")
+              + " On this one machine a step's time grows with its batch, so wall time follows FOVs, not steps."]
+    return {"loss": loss, "fov_budget": fov_budget, "step_budget": step_budget, "budget": budget}, lines
+
+
+def async_variant(run):
+    """The sync_async study's series a run belongs to."""
+    if run.strategy == "emulated_sync":
+        return f"sync, lr x {run.fields.get('train.lr_scaling')}"
+    options = {k.split(".", 1)[1]: v for k, v in run.fields.items() if k.startswith("strategy_options.")}
+    delay = options.get("delay", "round_robin")
+    if delay == "histogram":
+        name = "async, simulated tau"
+    elif delay == "speeds":
+        bound = options.get("max_staleness")
+        name = "async, 1 in 4 slow" + (f", SSP {bound}" if bound is not None else "")
+    else:
+        name = "async, tau = N-1"
+    return name + (", lr / tau" if options.get("lr_staleness") == "divide" else "")
+
+
+def sync_async(runs, index):
+    """Final held-out loss per (series, workers); async against sync at each N."""
+    loss = cells_by(runs, lambda r: (async_variant(r), r.workers), final_loss)
+    series = sorted({s for s, _ in loss}, key=lambda s: (not s.startswith("sync"), s))
+    workers = sorted({w for _, w in loss})
+    rows = [[s] + [loss[(s, w)].text() if (s, w) in loss else "" for w in workers] for s in series]
+    lines = [markdown(["final held-out loss"] + [f"N={w}" for w in workers], rows), "", seeds_line(runs), ""]
+    sync = next((s for s in series if s.startswith("sync")), None)
+    worse = []
+    for s in (s for s in series if not s.startswith("sync")):
+        for w in workers:
+            if (s, w) in loss and (sync, w) in loss:
+                lines.append(f"- {w} workers: " + compare(loss[(s, w)], loss[(sync, w)], s, sync))
+                if winner(loss[(s, w)], loss[(sync, w)]) == 1 and s == "async, tau = N-1":
+                    worse.append(w)
+    plain = [w for w in workers if ("async, tau = N-1", w) in loss]
+    breaks = min(worse) if worse else None
+    lines += ["", "google/ffn's manual, async convergence suffers beyond about 32 replicas: " +
+              (f"here async (tau = N-1) is first worse than sync at {breaks} workers"
+               + (" and at every larger N tested" if all(w in worse for w in plain if w > breaks) else "") + "."
+               if breaks else f"async (tau = N-1) was not shown worse than sync at any N tested ({plain})."
+               if plain else "no async runs yet.")]
+    return {"loss": loss, "series": series}, lines
+
+
+def segmentation(runs, index):
+    """ARE and VOI per strategy on the test volume (the paper's table), with the trivial baselines."""
+    evaluated = [r for r in runs if r.complete and r.seg]
+    label = lambda r: f"{r.strategy} x{r.workers}"
+    are = cells_by(evaluated, label, lambda r: r.seg["are"])
+    voi = cells_by(evaluated, label, lambda r: r.seg["voi"])
+    rows = [[m, are[m].text(), voi[m].text()] for m in are]
+    volume = evaluated[0].seg["volume"] if evaluated else "?"
+    if evaluated:
+        for name, b in evaluated[0].seg["baselines"].items():
+            rows.append([f"{name.replace('_', ' ')} (baseline)", f"{b['are']:.3f}", f"{b['voi']:.3f}"])
+    lines = [markdown(["method", "ARE", "VOI"], rows), "", f"test volume: {volume}", seeds_line(evaluated), ""]
+    methods = list(are)
+    for i, a in enumerate(methods):
+        for b in methods[i + 1:]:
+            lines.append("- " + compare(are[a], are[b], a, b, "ARE"))
+            lines.append("- " + compare(voi[a], voi[b], a, b, "VOI"))
+    if evaluated:
+        base = min(b["are"] for b in evaluated[0].seg["baselines"].values())
+        beats = [m for m in methods if are[m].interval[2] is not None and are[m].interval[2] < base]
+        lines += ["", f"Beats the better trivial segmentation (ARE {base:.3f}) with its whole interval: "
+                  + (", ".join(beats) if beats else "none") + "."]
+    return {"are": are, "voi": voi, "baselines": evaluated[0].seg["baselines"] if evaluated else {}}, lines
+
+
+ANALYSES = {"lr_scaling": lr_scaling, "batch_size": batch_size, "sync_async": sync_async, "segmentation": segmentation}
+
+
+def study_file(name):
+    """configs/studies/NAME.yaml (or NAME itself, a path); one ConfigError line if there is none."""
+    path = name if name.endswith((".yaml", ".yml")) else os.path.join(STUDY_DIR, f"{name}.yaml")
+    if not os.path.isfile(path):
+        raise ConfigError(f"study {name}: no {path} (studies: {', '.join(sorted(ANALYSES))}; run from the "
+                          f"ffnbench checkout)")
+    return path
+
+
+def evaluate_on_test_volume(sweep_dir, runs):
+    """Flood-fill the test volume with every complete run's model not yet scored on it (eval.json)."""
+    from ffnbench.bench.segmentation_eval import evaluate
+    from ffnbench.model.synthetic import make_volume, write_h5
+    path = os.path.join(sweep_dir, "test_volume.h5")
+    if not os.path.exists(path):
+        shape = tuple(next(r for r in runs if r.complete).config["data"]["shape"])
+        image, labels = make_volume(shape, **TEST_VOLUME)
+        write_h5(path + ".tmp", image, labels)
+        os.replace(path + ".tmp", path)
+    spec = f"{path}:image,{path}:labels"
+    for r in runs:
+        if r.complete and not (r.seg and r.seg.get("volume") == spec):
+            r.seg, _ = evaluate(r.run_dir, spec, progress=False)
+            print(f"{r.run_id}: ARE {r.seg['are']:.3f} VOI {r.seg['voi']:.3f}", flush=True)
+
+
+def analyse(name, sweep_dir):
+    """Write SWEEP_DIR/NAME.md and NAME.png from the runs complete so far; returns (paths, lines)."""
+    from ffnbench.plots.studies import FIGURES
+    from ffnbench.plots.common import save
+    runs, index = collect_runs(sweep_dir)
+    if name == "segmentation":
+        evaluate_on_test_volume(sweep_dir, runs)
+    if not any(r.complete for r in runs):
+        raise ValueError(f"{sweep_dir}: no complete runs to analyse yet")
+    data, lines = ANALYSES[name](runs, index)
+    text = os.path.join(sweep_dir, f"{name}.md")
+    with open(text + ".tmp", "w") as f:
+        f.write("\n".join(lines) + "\n")
+    os.replace(text + ".tmp", text)
+    return [text] + save(FIGURES[name](runs, data), sweep_dir, name), lines

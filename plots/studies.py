@@ -1,0 +1,178 @@
+"""The figures of `ffnbench study NAME`: each draws the cells its analysis (bench/studies.py) computed,
+every seed as a dot beside the mean and its 95 % interval, so the spread is seen, not just told."""
+from collections import defaultdict
+
+import matplotlib.pyplot as plt
+import numpy as np
+from matplotlib.lines import Line2D
+
+from ffnbench.bench.studies import async_variant, final_loss
+from ffnbench.plots.common import log2_workers_axis, plain_log_yaxis, side_legend, style, title
+
+RULE_COLORS = {"none": "0.45", "linear": "#1f77b4", "sqrt": "#ff7f0e"}
+
+
+def draw_cells(ax, xs, cells, color, label, offset=1.0, marker="o", ls="-"):
+    """Mean line with 95 % interval bars, and each seed as a faint dot, at x * offset (log axes)."""
+    shown = [(x, c) for x, c in zip(xs, cells) if c is not None and c.known]
+    if not shown:
+        return None
+    x = np.array([x for x, _ in shown], float) * offset
+    means = np.array([c.interval[0] for _, c in shown])
+    low = np.array([c.interval[1] if c.interval[1] is not None else m for (_, c), m in zip(shown, means)])
+    high = np.array([c.interval[2] if c.interval[2] is not None else m for (_, c), m in zip(shown, means)])
+    line = ax.errorbar(x, means, yerr=[means - low, high - means], color=color, marker=marker, ls=ls, lw=1.8,
+                       capsize=3, label=label)
+    for xi, (_, c) in zip(x, shown):
+        ax.plot([xi] * len(c.known), c.known, ls="none", marker=marker, ms=3.5, color=color, alpha=0.35)
+    return line
+
+
+def paper_regions(ax, split=16):
+    """Shade where the paper found each rule best."""
+    lo, hi = ax.get_xlim()
+    ax.axvspan(split, hi, color="#ff7f0e", alpha=0.07, lw=0)
+    ax.axvspan(lo, split, color="#1f77b4", alpha=0.05, lw=0)
+    ax.set_xlim(lo, hi)
+    ax.text(0.99, 0.98, "paper: sqrt best", transform=ax.transAxes, ha="right", va="top", fontsize=8, color="#b35806")
+    ax.text(0.01, 0.98, "paper: linear + warmup best", transform=ax.transAxes, ha="left", va="top", fontsize=8,
+            color="#1f4e79")
+
+
+def lr_scaling(runs, data):
+    style()
+    loss, steps, target = data["loss"], data["steps"], data["target"]
+    workers = sorted({w for _, w in loss})
+    fig, (ax_loss, ax_steps) = plt.subplots(1, 2, figsize=(13, 5), layout="constrained")
+    legend = []
+    for i, rule in enumerate(("none", "linear", "sqrt")):
+        offset = (0.93, 1.0, 1.07)[i]
+        cells = [loss.get((rule, w)) if w > 1 else loss.get(("none", 1)) for w in workers]
+        line = draw_cells(ax_loss, workers, cells, RULE_COLORS[rule], f"lr × {'1' if rule == 'none' else 'N' if rule == 'linear' else '√N'}", offset)
+        if line:
+            legend.append((line, line.get_label()))
+        cells = [steps.get((rule, w)) if w > 1 else steps.get(("none", 1)) for w in workers]
+        draw_cells(ax_steps, workers, cells, RULE_COLORS[rule], None, offset)
+        for w, c in zip(workers, cells):  # seeds that never reached the target, on the top edge
+            if c is not None and len(c.known) < len(c.values):
+                ax_steps.annotate(f"{len(c.values) - len(c.known)}✗", (w * offset, 1.0), xycoords=("data", "axes fraction"),
+                                  color=RULE_COLORS[rule], ha="center", va="top", fontsize=8)
+    for ax in (ax_loss, ax_steps):
+        log2_workers_axis(ax, workers, "workers N (emulated, synchronous; 4 FOVs per worker step)")
+        paper_regions(ax)
+    ax_loss.set_ylabel("final held-out loss (mean of last 3 evaluations)")
+    ax_loss.set_title("Held-out loss after the same FOV budget (lower is better)")
+    plain_log_yaxis(ax_steps)
+    ax_steps.set_ylabel(f"optimizer steps until held-out loss ≤ {target:g}")
+    ax_steps.set_title("Steps to the target loss (✗: seeds that never reached it)")
+    legend.append((Line2D([], [], ls="none", marker="o", color="0.4", alpha=0.35, ms=3.5), "one seed"))
+    side_legend(fig, legend)
+    title(fig, "Learning-rate scaling rules as workers grow (bars: 95 % interval over seeds)", runs)
+    return fig
+
+
+def mean_curve(runs, x_of):
+    """Mean held-out loss over seeds at each evaluation (seeds share their evaluation steps)."""
+    by_x = defaultdict(list)
+    for r in runs:
+        for e in r.evals:
+            by_x[x_of(e)].append(e.loss)
+    xs = sorted(by_x)
+    return xs, [np.mean(by_x[x]) for x in xs]
+
+
+def batch_size(runs, data):
+    style()
+    loss, budget = data["loss"], data["budget"]
+    complete = [r for r in runs if r.complete]
+    batches = sorted({b for _, b in loss})
+    colors = {b: plt.get_cmap("viridis")(0.9 * i / max(1, len(batches) - 1)) for i, b in enumerate(batches)}
+    fig, (ax_final, ax_fovs, ax_steps) = plt.subplots(1, 3, figsize=(16, 5), layout="constrained")
+    legend = []
+    for name, color, offset in (("fixed FOVs", "#2ca02c", 0.95), ("fixed steps", "#d62728", 1.05)):
+        label = f"{data['fov_budget']} FOVs each" if name == "fixed FOVs" else f"{data['step_budget']} steps each"
+        line = draw_cells(ax_final, batches, [loss.get((name, b)) for b in batches], color, label, offset)
+        if line:
+            legend.append((line, label))
+    log2_workers_axis(ax_final, batches, "FOVs per step (batch size)")
+    ax_final.set_ylabel("final held-out loss (mean of last 3 evaluations)")
+    ax_final.set_title("Final loss at each budget")
+    for ax, name, x_of, xlabel in ((ax_fovs, "fixed FOVs", lambda e: e.fovs_total, "FOVs processed"),
+                                   (ax_steps, "fixed steps", lambda e: e.step, "optimizer steps")):
+        for b in batches:
+            members = [r for r in complete if budget(r) == name and r.fields["train.batch_size"] == b]
+            if members:
+                ax.plot(*mean_curve(members, x_of), color=colors[b], marker="o", ms=3, lw=1.6)
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel("held-out loss (mean over seeds)")
+        ax.set_title(f"{'Per FOV' if name == 'fixed FOVs' else 'Per step'}: {name}")
+    for b in batches:
+        legend.append((Line2D([], [], color=colors[b], lw=1.6), f"batch {b}"))
+    legend.append((Line2D([], [], ls="none", marker="o", color="0.4", alpha=0.35, ms=3.5), "one seed"))
+    side_legend(fig, legend)
+    title(fig, "Batch size at a fixed FOV budget and at a fixed step budget (bars: 95 % interval over seeds)", runs)
+    return fig
+
+
+def sync_async(runs, data):
+    style()
+    loss, series = data["loss"], data["series"]
+    workers = sorted({w for _, w in loss})
+    fig, (ax_loss, ax_tau) = plt.subplots(1, 2, figsize=(14, 5), layout="constrained")
+    cmap = plt.get_cmap("tab10")
+    colors = {s: ("black" if s.startswith("sync") else cmap(i)) for i, s in enumerate(series)}
+    legend = []
+    for i, s in enumerate(series):
+        offset = 1 + 0.03 * (i - len(series) / 2)
+        line = draw_cells(ax_loss, workers, [loss.get((s, w)) for w in workers], colors[s], s, offset,
+                          marker="s" if s.startswith("sync") else "o")
+        if line:
+            legend.append((line, s))
+        taus = defaultdict(list)
+        for r in runs:
+            if r.complete and async_variant(r) == s and r.summary.get("staleness"):
+                taus[r.workers].append(r.summary["staleness"]["mean"])
+        if taus and not s.startswith("sync"):
+            ws = sorted(taus)
+            ax_tau.plot(np.array(ws) * offset, [np.mean(taus[w]) for w in ws], color=colors[s], marker="o", lw=1.6)
+    for ax in (ax_loss, ax_tau):
+        log2_workers_axis(ax, workers, "workers N (emulated; 4 FOVs per worker step, one FOV budget)")
+        ax.axvline(32, color="0.3", ls=":", lw=1)
+    ax_loss.text(32, 0.98, " google/ffn: async suffers beyond ~32", transform=ax_loss.get_xaxis_transform(),
+                 fontsize=8, va="top", color="0.3")
+    ax_loss.set_ylabel("final held-out loss (mean of last 3 evaluations)")
+    ax_loss.set_title("Held-out loss after the same FOVs (lower is better)")
+    plain_log_yaxis(ax_tau)
+    ax_tau.set_ylabel("mean staleness τ of applied gradients (updates)")
+    ax_tau.set_title("Measured staleness (sync: 0)")
+    legend.append((Line2D([], [], ls="none", marker="o", color="0.4", alpha=0.35, ms=3.5), "one seed"))
+    side_legend(fig, legend)
+    title(fig, "Synchronous vs asynchronous SGD as workers grow (bars: 95 % interval over seeds)", runs)
+    return fig
+
+
+def segmentation(runs, data):
+    style()
+    methods = list(data["are"])
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.8), layout="constrained")
+    for ax, metric, cells in ((axes[0], "ARE", data["are"]), (axes[1], "VOI", data["voi"])):
+        x = np.arange(len(methods))
+        means = [cells[m].interval[0] for m in methods]
+        errs = np.array([[m - (lo if lo is not None else m), (hi if hi is not None else m) - m]
+                         for m, (_, lo, hi) in zip(means, (cells[k].interval for k in methods))]).T
+        ax.bar(x, means, yerr=errs, capsize=4, color="#9ecae1", edgecolor="#3182bd", label="trained FFN (mean)")
+        for xi, m in zip(x, methods):
+            ax.plot([xi] * len(cells[m].known), cells[m].known, "o", color="#08519c", ms=4, alpha=0.6)
+        for (name, b), ls in zip(data["baselines"].items(), ("--", ":")):
+            ax.axhline(b[metric.lower()], color="#e6550d", ls=ls, lw=1.4, label=f"{name.replace('_', ' ')}")
+        ax.set_xticks(x, methods)
+        ax.set_ylabel(f"{metric} (lower is better)")
+        ax.set_title(metric)
+    side_legend(fig, [*zip(*axes[0].get_legend_handles_labels()),
+                      (Line2D([], [], ls="none", marker="o", color="#08519c", alpha=0.6), "one seed")])
+    title(fig, "Segmentation of a test volume by models of each strategy (bars: 95 % interval over seeds)",
+          [r for r in runs if r.complete])
+    return fig
+
+
+FIGURES = {"lr_scaling": lr_scaling, "batch_size": batch_size, "sync_async": sync_async, "segmentation": segmentation}

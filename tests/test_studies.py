@@ -1,0 +1,94 @@
+"""The studies' conclusions follow from the seeds: intervals decide, and "no difference" is said when
+they include it. Runs are made up here; the studies themselves never run in the test suite."""
+import numpy as np
+
+from conftest import ffnbench
+from ffnbench.bench import studies
+from ffnbench.bench.results import RunData
+from ffnbench.strategies.base import EvalRecord
+
+
+def run(strategy, workers, fields, losses, seed, **summary):
+    """A complete run whose held-out loss ends at the given values (evaluations 10 steps apart)."""
+    r = RunData(run_dir=f"/nowhere/{strategy}{workers}{seed}", run_id="x", status="complete",
+                summary={"status": "complete", "strategy": strategy, "workers": workers, "train_s": 1.0, **summary},
+                fields={"strategy": strategy, "train.seed": seed, **fields})
+    r.__dict__["evals"] = [EvalRecord(step=10 * (i + 1), time=i, fovs_total=i, loss=v, loss_sem=0.01, accuracy=0,
+                                      precision=0, recall=0, f1=0, eval_s=0) for i, v in enumerate(losses)]
+    return r
+
+
+def lr_runs(losses):
+    """{(rule, N): final loss of seed 0}; seeds 1 and 2 are +-0.005 around it."""
+    return [run("emulated_sync", n, {"train.lr_scaling": rule}, [0.7, 0.6, v + d, v + d, v + d], seed)
+            for (rule, n), v in losses.items() for seed, d in enumerate((0.0, 0.005, -0.005))]
+
+
+INDEX = {"report": {"target_loss": 0.5}}
+
+
+def test_compare_says_no_difference_when_the_interval_includes_zero():
+    a, b = studies.Cell([0.40, 0.50, 0.45]), studies.Cell([0.41, 0.49, 0.46])
+    assert "no difference" in studies.compare(a, b, "a", "b")
+    assert studies.winner(a, b) is None
+    c = studies.Cell([0.30, 0.31, 0.29])
+    assert studies.compare(c, b, "c", "b").startswith("final loss, c vs b: c lower by 0.153")
+    assert studies.winner(c, b) == 0 and studies.winner(b, c) == 1
+    assert "too few seeds" in studies.compare(studies.Cell([0.3]), b, "c", "b")
+
+
+def test_lr_scaling_agrees_only_when_every_n_does():
+    agree = {("linear", 4): 0.40, ("sqrt", 4): 0.45, ("linear", 32): 0.60, ("sqrt", 32): 0.45}
+    data, lines = studies.lr_scaling(lr_runs(agree), INDEX)
+    assert lines[-1].startswith("The paper's claim") and "the data agree (" in lines[-1]
+    # trailing means of 3: (0.6 + 2 x 0.45) / 3 = 0.5 reaches 0.5 at step 40; 0.455 needs step 50
+    assert data["steps"][("sqrt", 32)].known == [40.0, 50.0, 40.0]
+    assert data["steps"][("linear", 32)].known == []         # never reached
+    mixed = {**agree, ("linear", 32): 0.45 + 0.004}           # within the seeds' spread
+    _, lines = studies.lr_scaling(lr_runs(mixed), INDEX)
+    assert "agree below 16 only" in lines[-1] and "no difference" in lines[-1]
+
+
+def test_batch_size_tells_the_two_budgets_apart():
+    runs = []
+    for b in (1, 32):
+        for seed, d in enumerate((0.0, 0.005, -0.005)):
+            runs.append(run("single", 1, {"train.batch_size": b, "train.steps": 8192 // b},
+                            [0.40 + d if b == 1 else 0.50 + d], seed))
+            runs.append(run("single", 1, {"train.batch_size": b, "train.steps": 400},
+                            [0.60 + d if b == 1 else 0.45 + d], seed))
+    data, lines = studies.batch_size(runs, INDEX)
+    assert data["fov_budget"] == 8192 and data["step_budget"] == 400
+    assert "per FOV small batches win, per step large batches win; the data agree." in lines[-1]
+
+
+def test_sync_async_finds_where_async_breaks():
+    runs = []
+    for n in (2, 8, 32, 64):
+        for seed, d in enumerate((0.0, 0.005, -0.005)):
+            runs.append(run("emulated_sync", n, {"train.lr_scaling": "sqrt"}, [0.45 + d], seed))
+            runs.append(run("emulated_async", n, {}, [(0.45 if n < 32 else 0.55) + d], seed,
+                            staleness={"mean": n - 1}))
+    _, lines = studies.sync_async(runs, INDEX)
+    assert "first worse than sync at 32 workers and at every larger N tested" in lines[-1]
+    assert any(line.startswith("- 8 workers:") and "no difference" in line for line in lines)
+
+
+def test_segmentation_table_and_baselines():
+    base = {"one_segment": {"are": 0.7, "voi": 3.0}, "threshold_components": {"are": 0.5, "voi": 2.0}}
+    runs = []
+    for s, w, are in (("single", 1, 0.30), ("allreduce", 2, 0.60)):
+        for seed, d in enumerate((0.0, 0.01, -0.01)):
+            r = run(s, w, {}, [0.4], seed)
+            r.seg = {"are": are + d, "voi": 1.0 + d, "volume": "test", "baselines": base}
+            runs.append(r)
+    data, lines = studies.segmentation(runs, {})
+    assert "| single x1 | 0.300 [" in lines[0] and "| threshold components (baseline) | 0.500 | 2.000 |" in lines[0]
+    assert lines[-1].endswith("single x1.")
+    assert np.isclose(data["are"]["allreduce x2"].interval[0], 0.60)
+
+
+def test_an_unknown_study_is_one_line():
+    r = ffnbench("study", "no_such_study")
+    assert r.returncode != 0
+    assert r.stderr.strip().count("\n") == 0 and "no_such_study" in r.stderr and "lr_scaling" in r.stderr
