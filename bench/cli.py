@@ -122,13 +122,32 @@ def cmd_plot(args):
 
 
 def cmd_evaluate(args):
-    from ffnbench.bench.segmentation_eval import evaluate, table
+    from ffnbench.bench.segmentation_eval import evaluate, evaluate_checkpoint, table
     from ffnbench.plots.segmentation import plot_segmentation
-    result, drawn = evaluate(args.run_dir, args.volume, args.set)
-    figure = plot_segmentation(drawn.image, drawn.gt, drawn.seg, os.path.join(args.run_dir, "segmentation.png"),
+    if args.checkpoint:
+        if args.run_dir or not args.config:
+            raise ValueError("evaluate: give RUN_DIR, or --checkpoint PREFIX with --config CONFIG")
+        result, drawn, out_dir = evaluate_checkpoint(args.checkpoint, args.config, args.out, args.volume, args.set)
+    elif args.run_dir and not (args.config or args.out):
+        result, drawn = evaluate(args.run_dir, args.volume, args.set)
+        out_dir = args.run_dir
+    else:
+        raise ValueError("evaluate: give RUN_DIR (no --config/--out), or --checkpoint PREFIX with --config CONFIG")
+    figure = plot_segmentation(drawn.image, drawn.gt, drawn.seg, os.path.join(out_dir, "segmentation.png"),
                                title=drawn.title)
     print(table(result))
-    print(f"evaluated {result['volume']} in {result['seconds']:.1f}s; wrote {args.run_dir}/eval.json and {figure}")
+    print(f"evaluated {result['volume']} in {result['seconds']:.1f}s; wrote {figure}")
+    print(os.path.join(out_dir, "eval.json"))
+    return 0
+
+
+def cmd_export(args):
+    from ffnbench.model import ffn_checkpoint as fc
+    weights, _, prefix = fc.read_weights(args.run_dir)
+    step = int(prefix.rsplit("-", 1)[1]) if prefix.rsplit("-", 1)[-1].isdigit() else 0
+    out = args.out or os.path.join(args.run_dir, "export", f"model.ckpt-{step}")
+    print(f"wrote {fc.write_ffn_checkpoint(weights, out, step)} (.index, .data-00000-of-00001): google/ffn's "
+          f"variable names ({fc.FFN_SCOPE}/<layer>/weights, biases) and global_step {step}")
     return 0
 
 
@@ -285,12 +304,20 @@ def parser():
     o = sub.add_parser("plot", help="figures of a sweep's (or any directory's) runs, in DIR/plots/")
     o.add_argument("dir")
     o.set_defaults(fn=cmd_plot)
-    v = sub.add_parser("evaluate", help="flood-fill a held-out volume with a run's model; ARE and VOI")
-    v.add_argument("run_dir")
+    v = sub.add_parser("evaluate", help="flood-fill a held-out volume with a run's model (or a checkpoint's); ARE and VOI")
+    v.add_argument("run_dir", nargs="?", help="a training run's directory")
+    v.add_argument("--checkpoint", help="instead of a run: a checkpoint prefix (google/ffn's TF1 or ffnbench's)")
+    v.add_argument("--config", help="with --checkpoint: the network and inference settings (e.g. configs/ffn_fib25.yaml)")
+    v.add_argument("--out", help="with --checkpoint: where eval.json goes (default: a new directory under run.out)")
     v.add_argument("--volume", help="file.h5:image,file.h5:labels (default: the run's held-out volume)")
     v.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config field, e.g. inference.min_segment_size=200")
     v.set_defaults(fn=cmd_evaluate)
+    x = sub.add_parser("export", help="write a run's final weights as a google/ffn TF1 checkpoint")
+    x.add_argument("run_dir")
+    x.add_argument("--format", choices=["ffn"], required=True, help="ffn: google/ffn's variable names")
+    x.add_argument("--out", help="checkpoint prefix (default: RUN_DIR/export/model.ckpt-STEP)")
+    x.set_defaults(fn=cmd_export)
     j = sub.add_parser("job", help="write a cluster job script (slurm, pbs, cobalt) that runs `ffnbench train`")
     j.add_argument("config")
     j.add_argument("--scheduler", required=True, choices=["slurm", "pbs", "cobalt"])

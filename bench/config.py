@@ -35,6 +35,8 @@ SCHEMA = {
     "model.features": (32, int, "channels per conv"),
     "model.init": ("glorot_uniform", str, "glorot_uniform (google/ffn's code: tf-slim's default, zero biases) | "
                    "truncated_normal (stddev model.init_stddev)"),
+    "model.init_from": ("", str, "start from these weights (fresh optimizer, step 0): a google/ffn TF1 checkpoint "
+                        "prefix, or an ffnbench run directory or checkpoint"),
     "model.init_stddev": (0.01, float, "stddev of init truncated_normal (google/ffn's published models: 0.01)"),
     "data.source": ("synthetic", str, "synthetic | hdf5"),
     "data.seed": (0, int, "seed of the synthetic training volume (held-out volume uses seed+1)"),
@@ -245,6 +247,13 @@ def validate(cfg):
                               f"= {2 * m['deltas'][i] + 1}")
         if m["fov"][i] % 2 == 0:
             raise ConfigError(f"config field model.fov: must be odd so the FOV has a centre voxel (got {m['fov']})")
+    if d["source"] == "synthetic":
+        need = [f + 2 * delta for f, delta in zip(m["fov"], m["deltas"])]
+        if any(n < k for n, k in zip(d["shape"], need)):
+            raise ConfigError(f"config field data.shape: {d['shape']} is smaller than a FOV moved by its deltas "
+                              f"({need} for model.fov {m['fov']}, model.deltas {m['deltas']})")
+    if m["init_from"]:
+        m["init_from"] = os.path.abspath(m["init_from"])  # the ranks and the manifest see one file
     for key in ("init_activation", "pad_value", "move_threshold", "segment_threshold"):
         if not 0 < cfg["inference"][key] < 1:
             raise ConfigError(f"config field inference.{key}: must be a probability in (0, 1) "

@@ -40,6 +40,47 @@ def build_model(cfg):
                     m["init"], m["init_stddev"], t["precision"])
 
 
+def initial_weights(cfg):
+    """The weights of model.init_from, checked against the config's network.
+
+    Returns:
+        ({layer: (kernel, bias)}, the manifest's record of their source).
+    Raises:
+        ConfigError: a missing checkpoint, or the first tensor that does not fit (one line).
+    """
+    from ffnbench.bench.config import ConfigError
+    from ffnbench.model import ffn_checkpoint as fc
+    m, path = cfg["model"], cfg["model"]["init_from"]
+    field = "config field model.init_from"
+    try:
+        weights, fmt, prefix = fc.read_weights(path)
+        fc.check_fits(weights, m["depth"], m["features"], f"{field}: {path}")
+    except fc.CheckpointMismatch as e:
+        raise ConfigError(str(e))
+    except FileNotFoundError as e:
+        raise ConfigError(f"{field}: {e}")
+    source_config = os.path.join(path, "config.yaml")  # an ffnbench run directory says its FOV
+    if os.path.isfile(source_config):
+        import yaml
+        with open(source_config) as f:
+            fov = yaml.safe_load(f)["model"]["fov"]
+        if list(fov) != list(m["fov"]):
+            raise ConfigError(f"{field}: {path} was trained with model.fov {fov}, the config has {m['fov']}")
+    return weights, {"path": path, "checkpoint": prefix, "format": fmt}
+
+
+def load_initial_weights(cfg, model):
+    """Overwrite the model's fresh weights with model.init_from's; returns the manifest's record
+    (with the sha256 of the weights as loaded), or None without init_from."""
+    if not cfg["model"]["init_from"]:
+        return None
+    from ffnbench.model import ffn_checkpoint as fc
+    weights, record = initial_weights(cfg)
+    flat = fc.flat(weights, [v.name for v in model.variables])
+    model.set_flat(flat)
+    return {**record, "sha256": fc.digest(flat)}
+
+
 class Data:
     """The training volume, the example streams of (logical) workers, and the fixed held-out FOVs."""
 

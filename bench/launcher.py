@@ -44,6 +44,8 @@ def check_inputs(cfg):
             check_hdf5(cfg["data"], cfg["model"]["fov"], cfg["model"]["deltas"])
         except ValueError as e:
             raise ConfigError(str(e))
+    if cfg["model"]["init_from"]:
+        context.initial_weights(cfg)  # ConfigError naming the first tensor that does not fit
     if context.layout_of(cfg).launch == "horovodrun_elastic":
         names = comm.local_host_names()
         if cfg["ranks"] > len(names):

@@ -216,6 +216,7 @@ def train(cfg, run_dir):
     strategy = cls(ctx)
     with strategy.model_scope():
         ctx.model = context.build_model(cfg)
+        init_from = context.load_initial_weights(cfg, ctx.model)
     if role == "worker":
         ctx.stream = data.stream(layout.worker_ranks.index(rank))
         ctx.model.trace()
@@ -232,6 +233,7 @@ def train(cfg, run_dir):
                     "host": socket.gethostname(), "cpu": cpu_model(), "cores": os.cpu_count(), "nodes": nodes,
                     "precision": {"train": cfg["train"]["precision"], "forced": cfg["train"]["force_precision"],
                                   "cpu_bf16_flags": bf16_flags()},
+                    "init_from": init_from,
                     "start_time": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "git_commit": git_commit()}
     strategy.setup()
     if saved:

@@ -67,17 +67,44 @@ def evaluate(run_dir, volume_spec=None, overrides=(), progress=True):
     Returns:
         (result as written to eval.json, Segmentation to draw).
     """
-    from ffnbench.model.api import FFNModel
-    from ffnbench.model.inference import InferenceOptions, segment_volume
-    from ffnbench.model.seg_metrics import segmentation_scores
     config_path = os.path.join(run_dir, "config.yaml")
     if not os.path.isfile(config_path):
         raise ConfigError(f"{run_dir}: not a run directory (no config.yaml)")
     with open(config_path) as f:
         cfg = load(base=yaml.safe_load(f), overrides=overrides)
+    return evaluate_weights(cfg, os.path.join(run_dir, "checkpoints"), run_dir, volume_spec, progress)
+
+
+def evaluate_checkpoint(checkpoint, config_path, out=None, volume_spec=None, overrides=(), progress=True):
+    """As evaluate, for a checkpoint without a training run (e.g. google/ffn's): the network and the
+    inference settings come from `config_path`; eval.json goes to `out`, else a new directory under
+    run.out. Returns (result, Segmentation, the directory written)."""
+    cfg = load(config_path, overrides)
+    out_dir = out or os.path.join(cfg["run"]["out"], f"{cfg['name']}-evaluate-{time.strftime('%Y%m%d-%H%M%S')}")
+    try:
+        os.makedirs(out_dir, exist_ok=True)
+    except OSError as e:
+        raise ConfigError(f"--out {out_dir}: cannot create the directory ({e.strerror})")
+    with open(os.path.join(out_dir, "config.yaml"), "w") as f:  # what was evaluated, with which settings
+        yaml.safe_dump({**cfg, "model": {**cfg["model"], "init_from": os.path.abspath(checkpoint)}}, f, sort_keys=False)
+    result, drawn = evaluate_weights(cfg, checkpoint, out_dir, volume_spec, progress)
+    return result, drawn, out_dir
+
+
+def evaluate_weights(cfg, checkpoint, out_dir, volume_spec, progress):
+    """Flood-fill and score with the weights of `checkpoint` (any form ffn_checkpoint reads)."""
+    from ffnbench.model import ffn_checkpoint as fc
+    from ffnbench.model.api import FFNModel
+    from ffnbench.model.inference import InferenceOptions, segment_volume
+    from ffnbench.model.seg_metrics import segmentation_scores
     m, d = cfg["model"], cfg["data"]
     model = FFNModel(m["fov"], m["depth"], m["features"], precision=cfg["train"]["precision"])
-    model.restore(os.path.join(run_dir, "checkpoints"))
+    try:
+        weights, fmt, prefix = fc.read_weights(checkpoint)
+        fc.check_fits(weights, m["depth"], m["features"], checkpoint)
+    except fc.CheckpointMismatch as e:
+        raise ConfigError(str(e))
+    model.set_flat(fc.flat(weights, [v.name for v in model.variables]))
     image, gt, source = load_eval_volume(cfg, volume_spec)
     opts = InferenceOptions(fov=tuple(m["fov"]), deltas=tuple(m["deltas"]), image_mean=d["image_mean"],
                             image_stddev=d["image_stddev"],
@@ -88,11 +115,12 @@ def evaluate(run_dir, volume_spec=None, overrides=(), progress=True):
     margin = [f // 2 for f in m["fov"]]
     gt_in = inner(gt, margin)
     result = {**segmentation_scores(inner(seg, margin), gt_in), "seconds": seconds, "volume": source,
+              "checkpoint": {"path": prefix, "format": fmt},
               "scored_region": "voxels at least fov//2 from every edge", "inference": stats,
               "baselines": {name: segmentation_scores(inner(s, margin), gt_in)
                             for name, s in trivial_segmentations(image, gt).items()}}
-    write_json_atomic(os.path.join(run_dir, "eval.json"), result)
-    return result, Segmentation(image, gt, seg, f"{cfg['name']} ({cfg['strategy']}): FFN flood fill on {source}")
+    write_json_atomic(os.path.join(out_dir, "eval.json"), result)
+    return result, Segmentation(image, gt, seg, f"{cfg['name']} ({fmt} weights): FFN flood fill on {source}")
 
 
 def table(result):
