@@ -172,11 +172,20 @@ def plan(sweep):
     return planned
 
 
+def with_defaults(stored):
+    """A finished run's config as this version resolves it: fields added since it ran take their
+    defaults, so a study can resume across versions; None if it no longer validates."""
+    try:
+        return config.load(base=stored)
+    except ConfigError:
+        return None
+
+
 def check_resumable(planned, sweep_dir):
     """A finished run whose config differs from the sweep's must not be mistaken for its result."""
     for run in planned:
         run_dir = os.path.join(sweep_dir, run["id"])
-        if is_complete(run_dir) and stored_config(run_dir) != run["config"]:
+        if is_complete(run_dir) and with_defaults(stored_config(run_dir)) != run["config"]:
             raise ConfigError(f"sweep run {run['id']}: {run_dir} holds a completed run with a different config; "
                               f"move it away or use another --out")
 

@@ -60,6 +60,21 @@ def test_rerunning_a_sweep_skips_completed_runs(tiny_sweep):
     assert [os.path.getmtime(s) for s in summaries] == before
 
 
+def test_a_run_from_before_a_new_config_field_still_counts_as_done(tmp_path):
+    planned = sweep.plan(sweep.load_sweep(write_sweep(str(tmp_path), TINY)))
+    run_dir = tmp_path / "out" / planned[0]["id"]
+    run_dir.mkdir(parents=True)
+    (run_dir / "summary.json").write_text(json.dumps({"status": "complete"}))
+    older = json.loads(json.dumps(planned[0]["config"]))
+    del older["model"]["init_from"]  # a field added after the run: its default is what the run had
+    (run_dir / "config.yaml").write_text(yaml.safe_dump(older))
+    sweep.check_resumable(planned, str(tmp_path / "out"))
+    older["train"]["lr"] *= 2  # a different experiment is still refused
+    (run_dir / "config.yaml").write_text(yaml.safe_dump(older))
+    with pytest.raises(sweep.ConfigError, match="holds a completed run with a different config"):
+        sweep.check_resumable(planned, str(tmp_path / "out"))
+
+
 def test_report_of_the_sweep(tiny_sweep):
     _, out, _ = tiny_sweep
     result = ffnbench("report", out)
