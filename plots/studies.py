@@ -12,6 +12,10 @@ from ffnbench.plots.common import log2_workers_axis, plain_log_yaxis, side_legen
 RULE_COLORS = {"none": "0.45", "linear": "#1f77b4", "sqrt": "#ff7f0e"}
 
 
+def complete(runs):
+    return [r for r in runs if r.complete]
+
+
 def draw_cells(ax, xs, cells, color, label, offset=1.0, marker="o", ls="-"):
     """Mean line with 95 % interval bars, and each seed as a faint dot, at x * offset (log axes)."""
     shown = [(x, c) for x, c in zip(xs, cells) if c is not None and c.known]
@@ -29,14 +33,16 @@ def draw_cells(ax, xs, cells, color, label, offset=1.0, marker="o", ls="-"):
 
 
 def paper_regions(ax, split=16):
-    """Shade where the paper found each rule best."""
+    """Shade where the paper found each rule best (beyond `split` nodes: sqrt; below: linear)."""
     lo, hi = ax.get_xlim()
-    ax.axvspan(split, hi, color="#ff7f0e", alpha=0.07, lw=0)
-    ax.axvspan(lo, split, color="#1f77b4", alpha=0.05, lw=0)
+    ax.axvspan(lo, min(split, hi), color="#1f77b4", alpha=0.05, lw=0)
+    ax.text(lo * 1.05, 0.98, "paper: linear + warmup best", transform=ax.get_xaxis_transform(), ha="left",
+            va="top", fontsize=8, color="#1f4e79")
+    if hi > split:
+        ax.axvspan(split, hi, color="#ff7f0e", alpha=0.07, lw=0)
+        ax.text(split * 1.05, 0.98, "paper: sqrt best", transform=ax.get_xaxis_transform(), ha="left", va="top",
+                fontsize=8, color="#b35806")
     ax.set_xlim(lo, hi)
-    ax.text(0.99, 0.98, "paper: sqrt best", transform=ax.transAxes, ha="right", va="top", fontsize=8, color="#b35806")
-    ax.text(0.01, 0.98, "paper: linear + warmup best", transform=ax.transAxes, ha="left", va="top", fontsize=8,
-            color="#1f4e79")
 
 
 def lr_scaling(runs, data):
@@ -67,7 +73,7 @@ def lr_scaling(runs, data):
     ax_steps.set_title("Steps to the target loss (✗: seeds that never reached it)")
     legend.append((Line2D([], [], ls="none", marker="o", color="0.4", alpha=0.35, ms=3.5), "one seed"))
     side_legend(fig, legend)
-    title(fig, "Learning-rate scaling rules as workers grow (bars: 95 % interval over seeds)", runs)
+    title(fig, "Learning-rate scaling rules as workers grow (bars: 95 % interval over seeds)", complete(runs))
     return fig
 
 
@@ -84,7 +90,6 @@ def mean_curve(runs, x_of):
 def batch_size(runs, data):
     style()
     loss, budget = data["loss"], data["budget"]
-    complete = [r for r in runs if r.complete]
     batches = sorted({b for _, b in loss})
     colors = {b: plt.get_cmap("viridis")(0.9 * i / max(1, len(batches) - 1)) for i, b in enumerate(batches)}
     fig, (ax_final, ax_fovs, ax_steps) = plt.subplots(1, 3, figsize=(16, 5), layout="constrained")
@@ -100,7 +105,7 @@ def batch_size(runs, data):
     for ax, name, x_of, xlabel in ((ax_fovs, "fixed FOVs", lambda e: e.fovs_total, "FOVs processed"),
                                    (ax_steps, "fixed steps", lambda e: e.step, "optimizer steps")):
         for b in batches:
-            members = [r for r in complete if budget(r) == name and r.fields["train.batch_size"] == b]
+            members = [r for r in complete(runs) if budget(r) == name and r.fields["train.batch_size"] == b]
             if members:
                 ax.plot(*mean_curve(members, x_of), color=colors[b], marker="o", ms=3, lw=1.6)
         ax.set_xlabel(xlabel)
@@ -110,7 +115,8 @@ def batch_size(runs, data):
         legend.append((Line2D([], [], color=colors[b], lw=1.6), f"batch {b}"))
     legend.append((Line2D([], [], ls="none", marker="o", color="0.4", alpha=0.35, ms=3.5), "one seed"))
     side_legend(fig, legend)
-    title(fig, "Batch size at a fixed FOV budget and at a fixed step budget (bars: 95 % interval over seeds)", runs)
+    title(fig, "Batch size at a fixed FOV budget and at a fixed step budget (bars: 95 % interval over seeds)",
+          complete(runs))
     return fig
 
 
@@ -147,7 +153,7 @@ def sync_async(runs, data):
     ax_tau.set_title("Measured staleness (sync: 0)")
     legend.append((Line2D([], [], ls="none", marker="o", color="0.4", alpha=0.35, ms=3.5), "one seed"))
     side_legend(fig, legend)
-    title(fig, "Synchronous vs asynchronous SGD as workers grow (bars: 95 % interval over seeds)", runs)
+    title(fig, "Synchronous vs asynchronous SGD as workers grow (bars: 95 % interval over seeds)", complete(runs))
     return fig
 
 
@@ -171,7 +177,7 @@ def segmentation(runs, data):
     side_legend(fig, [*zip(*axes[0].get_legend_handles_labels()),
                       (Line2D([], [], ls="none", marker="o", color="#08519c", alpha=0.6), "one seed")])
     title(fig, "Segmentation of a test volume by models of each strategy (bars: 95 % interval over seeds)",
-          [r for r in runs if r.complete])
+          complete(runs))
     return fig
 
 
