@@ -6,6 +6,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 from matplotlib.lines import Line2D
 
+from ffnbench import strategies
 from ffnbench.bench.studies import async_variant, final_loss
 from ffnbench.plots.common import log2_workers_axis, plain_log_yaxis, side_legend, style, title
 
@@ -14,6 +15,14 @@ RULE_COLORS = {"none": "0.45", "linear": "#1f77b4", "sqrt": "#ff7f0e"}
 
 def complete(runs):
     return [r for r in runs if r.complete]
+
+
+def finish(fig, legend, what, runs):
+    """The legend (with the seeds' dots) right of the panels, and the title naming model and machine."""
+    legend.append((Line2D([], [], ls="none", marker="o", color="0.4", alpha=0.35, ms=3.5), "one seed"))
+    side_legend(fig, legend)
+    title(fig, f"{what} (bars: 95 % interval over seeds)", complete(runs))
+    return fig
 
 
 def draw_cells(ax, xs, cells, color, label, offset=1.0, marker="o", ls="-"):
@@ -71,10 +80,7 @@ def lr_scaling(runs, data):
     plain_log_yaxis(ax_steps)
     ax_steps.set_ylabel(f"optimizer steps until held-out loss ≤ {target:g}")
     ax_steps.set_title("Steps to the target loss (✗: seeds that never reached it)")
-    legend.append((Line2D([], [], ls="none", marker="o", color="0.4", alpha=0.35, ms=3.5), "one seed"))
-    side_legend(fig, legend)
-    title(fig, "Learning-rate scaling rules as workers grow (bars: 95 % interval over seeds)", complete(runs))
-    return fig
+    return finish(fig, legend, "Learning-rate scaling rules as workers grow", runs)
 
 
 def mean_curve(runs, x_of):
@@ -113,11 +119,7 @@ def batch_size(runs, data):
         ax.set_title(f"{'Per FOV' if name == 'fixed FOVs' else 'Per step'}: {name}")
     for b in batches:
         legend.append((Line2D([], [], color=colors[b], lw=1.6), f"batch {b}"))
-    legend.append((Line2D([], [], ls="none", marker="o", color="0.4", alpha=0.35, ms=3.5), "one seed"))
-    side_legend(fig, legend)
-    title(fig, "Batch size at a fixed FOV budget and at a fixed step budget (bars: 95 % interval over seeds)",
-          complete(runs))
-    return fig
+    return finish(fig, legend, "Batch size at a fixed FOV budget and at a fixed step budget", runs)
 
 
 def sync_async(runs, data):
@@ -151,10 +153,7 @@ def sync_async(runs, data):
     plain_log_yaxis(ax_tau)
     ax_tau.set_ylabel("mean staleness τ of applied gradients (updates)")
     ax_tau.set_title("Measured staleness (sync: 0)")
-    legend.append((Line2D([], [], ls="none", marker="o", color="0.4", alpha=0.35, ms=3.5), "one seed"))
-    side_legend(fig, legend)
-    title(fig, "Synchronous vs asynchronous SGD as workers grow (bars: 95 % interval over seeds)", complete(runs))
-    return fig
+    return finish(fig, legend, "Synchronous vs asynchronous SGD as workers grow", runs)
 
 
 def segmentation(runs, data):
@@ -166,16 +165,17 @@ def segmentation(runs, data):
         means = [cells[m].interval[0] for m in methods]
         errs = np.array([[m - (lo if lo is not None else m), (hi if hi is not None else m) - m]
                          for m, (_, lo, hi) in zip(means, (cells[k].interval for k in methods))]).T
-        ax.bar(x, means, yerr=errs, capsize=4, color="#9ecae1", edgecolor="#3182bd", label="trained FFN (mean)")
-        for xi, m in zip(x, methods):
-            ax.plot([xi] * len(cells[m].known), cells[m].known, "o", color="#08519c", ms=4, alpha=0.6)
+        colors = [strategies.color(m.split(" x")[0]) for m in methods]  # labels are "STRATEGY xWORKERS"
+        ax.bar(x, means, yerr=errs, capsize=4, color=colors, alpha=0.45, edgecolor=colors, label="trained FFN (mean)")
+        for xi, m, c in zip(x, methods, colors):
+            ax.plot([xi] * len(cells[m].known), cells[m].known, "o", color=c, ms=4)
         for (name, b), ls in zip(data["baselines"].items(), ("--", ":")):
             ax.axhline(b[metric.lower()], color="#e6550d", ls=ls, lw=1.4, label=f"{name.replace('_', ' ')}")
         ax.set_xticks(x, methods)
         ax.set_ylabel(f"{metric} (lower is better)")
         ax.set_title(metric)
     side_legend(fig, [*zip(*axes[0].get_legend_handles_labels()),
-                      (Line2D([], [], ls="none", marker="o", color="#08519c", alpha=0.6), "one seed")])
+                      (Line2D([], [], ls="none", marker="o", color="0.3"), "one seed")])
     title(fig, "Segmentation of a test volume by models of each strategy (bars: 95 % interval over seeds)",
           complete(runs))
     return fig

@@ -1,6 +1,7 @@
 """The studies' conclusions follow from the seeds: intervals decide, and "no difference" is said when
 they include it. Runs are made up here; the studies themselves never run in the test suite."""
 import numpy as np
+import pytest
 
 from conftest import ffnbench
 from ffnbench.bench import studies
@@ -49,7 +50,7 @@ def test_lr_scaling_agrees_only_when_every_n_does():
     assert "agree below 16 only" in lines[-1] and "no difference" in lines[-1]
 
 
-def test_batch_size_tells_the_two_budgets_apart():
+def batch_runs():
     runs = []
     for b in (1, 32):
         for seed, d in enumerate((0.0, 0.005, -0.005)):
@@ -57,24 +58,32 @@ def test_batch_size_tells_the_two_budgets_apart():
                             [0.40 + d if b == 1 else 0.50 + d], seed))
             runs.append(run("single", 1, {"train.batch_size": b, "train.steps": 400},
                             [0.60 + d if b == 1 else 0.45 + d], seed))
-    data, lines = studies.batch_size(runs, INDEX)
+    return runs
+
+
+def test_batch_size_tells_the_two_budgets_apart():
+    data, lines = studies.batch_size(batch_runs(), INDEX)
     assert data["fov_budget"] == 8192 and data["step_budget"] == 400
     assert "per FOV small batches win, per step large batches win; the data agree." in lines[-1]
 
 
-def test_sync_async_finds_where_async_breaks():
+def sync_runs():
     runs = []
     for n in (2, 8, 32, 64):
         for seed, d in enumerate((0.0, 0.005, -0.005)):
             runs.append(run("emulated_sync", n, {"train.lr_scaling": "sqrt"}, [0.45 + d], seed))
             runs.append(run("emulated_async", n, {}, [(0.45 if n < 32 else 0.55) + d], seed,
                             staleness={"mean": n - 1}))
-    _, lines = studies.sync_async(runs, INDEX)
+    return runs
+
+
+def test_sync_async_finds_where_async_breaks():
+    _, lines = studies.sync_async(sync_runs(), INDEX)
     assert "first worse than sync at 32 workers and at every larger N tested" in lines[-1]
     assert any(line.startswith("- 8 workers:") and "no difference" in line for line in lines)
 
 
-def test_segmentation_table_and_baselines():
+def seg_runs():
     base = {"one_segment": {"are": 0.7, "voi": 3.0}, "threshold_components": {"are": 0.5, "voi": 2.0}}
     runs = []
     for s, w, are in (("single", 1, 0.30), ("allreduce", 2, 0.60)):
@@ -82,10 +91,27 @@ def test_segmentation_table_and_baselines():
             r = run(s, w, {}, [0.4], seed)
             r.seg = {"are": are + d, "voi": 1.0 + d, "volume": "test", "baselines": base}
             runs.append(r)
-    data, lines = studies.segmentation(runs, {})
+    return runs
+
+
+def test_segmentation_table_and_baselines():
+    data, lines = studies.segmentation(seg_runs(), {})
     assert "| single x1 | 0.300 [" in lines[0] and "| threshold components (baseline) | 0.500 | 2.000 |" in lines[0]
     assert lines[-1].endswith("single x1.")
     assert np.isclose(data["are"]["allreduce x2"].interval[0], 0.60)
+
+
+@pytest.mark.parametrize("name, runs", [
+    ("lr_scaling", lambda: lr_runs({("none", 1): 0.4, ("linear", 4): 0.40, ("sqrt", 4): 0.45, ("none", 4): 0.5,
+                                    ("linear", 32): 0.60, ("sqrt", 32): 0.45})),
+    ("batch_size", batch_runs), ("sync_async", sync_runs), ("segmentation", seg_runs)])
+def test_each_study_draws_its_figure(tmp_path, name, runs):
+    from ffnbench.plots.common import save
+    from ffnbench.plots.studies import FIGURES
+    made = runs()
+    data, _ = studies.ANALYSES[name](made, INDEX)
+    png, _ = save(FIGURES[name](made, data), str(tmp_path), name)
+    assert open(png, "rb").read(8) == b"\x89PNG\r\n\x1a\n"
 
 
 def test_an_unknown_study_is_one_line():
