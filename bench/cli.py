@@ -142,9 +142,14 @@ def cmd_evaluate(args):
 
 
 def cmd_export(args):
+    from ffnbench.bench.results import is_complete
     from ffnbench.model import ffn_checkpoint as fc
+    if not os.path.isfile(os.path.join(args.run_dir, "config.yaml")):
+        raise ValueError(f"export {args.run_dir}: not a run directory (no config.yaml)")
+    if not is_complete(args.run_dir):
+        raise ValueError(f"export {args.run_dir}: the run is not complete, so it has no final weights")
     weights, _, prefix = fc.read_weights(args.run_dir)
-    step = int(prefix.rsplit("-", 1)[1]) if prefix.rsplit("-", 1)[-1].isdigit() else 0
+    step = int(prefix.rsplit("-", 1)[1])
     out = args.out or os.path.join(args.run_dir, "export", f"model.ckpt-{step}")
     print(f"wrote {fc.write_ffn_checkpoint(weights, out, step)} (.index, .data-00000-of-00001): google/ffn's "
           f"variable names ({fc.FFN_SCOPE}/<layer>/weights, biases) and global_step {step}")

@@ -54,26 +54,23 @@ def initial_weights(cfg):
     field = "config field model.init_from"
     try:
         weights, fmt, prefix = fc.read_weights(path)
-        fc.check_fits(weights, m["depth"], m["features"], f"{field}: {path}")
-    except fc.CheckpointMismatch as e:
-        raise ConfigError(str(e))
-    except FileNotFoundError as e:
+        fc.check_fits(weights, m["depth"], m["features"], path)
+        fov = fc.trained_fov(prefix)
+    except (fc.CheckpointMismatch, FileNotFoundError) as e:
         raise ConfigError(f"{field}: {e}")
-    source_config = os.path.join(path, "config.yaml")  # an ffnbench run directory says its FOV
-    if os.path.isfile(source_config):
-        import yaml
-        with open(source_config) as f:
-            fov = yaml.safe_load(f)["model"]["fov"]
-        if list(fov) != list(m["fov"]):
-            raise ConfigError(f"{field}: {path} was trained with model.fov {fov}, the config has {m['fov']}")
+    if fov is not None and fov != list(m["fov"]):
+        raise ConfigError(f"{field}: {path} was trained with model.fov {fov}, the config has {m['fov']}")
     return weights, {"path": path, "checkpoint": prefix, "format": fmt}
 
 
-def load_initial_weights(cfg, model):
+def load_initial_weights(cfg, model, resuming):
     """Overwrite the model's fresh weights with model.init_from's; returns the manifest's record
-    (with the sha256 of the weights as loaded), or None without init_from."""
+    (with the sha256 of the weights as loaded), or None without init_from. A resumed run takes its
+    own checkpoint instead, so its source need not exist any more."""
     if not cfg["model"]["init_from"]:
         return None
+    if resuming:
+        return {"path": cfg["model"]["init_from"], "loaded": "at the start of the run (this attempt resumed)"}
     from ffnbench.model import ffn_checkpoint as fc
     weights, record = initial_weights(cfg)
     flat = fc.flat(weights, [v.name for v in model.variables])

@@ -30,10 +30,11 @@ def cli_command(*args):
     return [sys.executable, "-m", "ffnbench.bench.cli", *args]
 
 
-def check_inputs(cfg):
+def check_inputs(cfg, resuming=False):
     """Fail before launching anything (ConfigError, one line) when an input cannot work: a missing or
     malformed HDF5 volume, or more ranks than this machine's memory holds (the layout is checked with
-    the config). Prints a warning when the ranks oversubscribe the cores."""
+    the config), or model.init_from's weights do not fit (unless `resuming`: then the run's own
+    checkpoint is loaded). Prints a warning when the ranks oversubscribe the cores."""
     if cfg["data"]["source"] == "hdf5":
         from ffnbench.model.data import check_hdf5
         for key in ("image", "labels"):
@@ -44,7 +45,7 @@ def check_inputs(cfg):
             check_hdf5(cfg["data"], cfg["model"]["fov"], cfg["model"]["deltas"])
         except ValueError as e:
             raise ConfigError(str(e))
-    if cfg["model"]["init_from"]:
+    if cfg["model"]["init_from"] and not resuming:  # a resumed run starts from its own checkpoint
         context.initial_weights(cfg)  # ConfigError naming the first tensor that does not fit
     if context.layout_of(cfg).launch == "horovodrun_elastic":
         names = comm.local_host_names()
@@ -358,7 +359,7 @@ def resume_experiment(run_dir, node_peak=None, volumes_dir=None):
                           f"{able}; elastic allreduce recovers in memory instead)")
     if is_complete(run_dir):
         raise ConfigError(f"{run_dir}: the run is already complete")
-    check_inputs(cfg)
+    check_inputs(cfg, resuming=True)
     node_peak = node_peak or peak.node_peak(during="before any rank started")
     lock = claim(run_dir)
     checkpoint = checkpoints.latest(run_dir)

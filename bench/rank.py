@@ -216,7 +216,7 @@ def train(cfg, run_dir):
     strategy = cls(ctx)
     with strategy.model_scope():
         ctx.model = context.build_model(cfg)
-        init_from = context.load_initial_weights(cfg, ctx.model)
+        init_from = context.load_initial_weights(cfg, ctx.model, bool(os.environ.get(checkpoints.RESUME_ENV)))
     if role == "worker":
         ctx.stream = data.stream(layout.worker_ranks.index(rank))
         ctx.model.trace()

@@ -72,38 +72,56 @@ def evaluate(run_dir, volume_spec=None, overrides=(), progress=True):
         raise ConfigError(f"{run_dir}: not a run directory (no config.yaml)")
     with open(config_path) as f:
         cfg = load(base=yaml.safe_load(f), overrides=overrides)
-    return evaluate_weights(cfg, os.path.join(run_dir, "checkpoints"), run_dir, volume_spec, progress)
+    return evaluate_weights(cfg, checked_weights(cfg, os.path.join(run_dir, "checkpoints")), run_dir, volume_spec,
+                            progress)
 
 
 def evaluate_checkpoint(checkpoint, config_path, out=None, volume_spec=None, overrides=(), progress=True):
     """As evaluate, for a checkpoint without a training run (e.g. google/ffn's): the network and the
-    inference settings come from `config_path`; eval.json goes to `out`, else a new directory under
-    run.out. Returns (result, Segmentation, the directory written)."""
+    inference settings come from `config_path`; eval.json goes to `out` (new or empty), else to a new
+    directory under run.out. Returns (result, Segmentation, the directory written)."""
     cfg = load(config_path, overrides)
-    out_dir = out or os.path.join(cfg["run"]["out"], f"{cfg['name']}-evaluate-{time.strftime('%Y%m%d-%H%M%S')}")
+    weights = checked_weights(cfg, checkpoint)  # before anything is written
+    if out is None:
+        base = os.path.join(cfg["run"]["out"], f"{cfg['name']}-evaluate-{time.strftime('%Y%m%d-%H%M%S')}")
+        out = next(f"{base}-{k}" if k else base for k in range(1000) if not os.path.exists(f"{base}-{k}" if k else base))
+    if os.path.isdir(out) and os.listdir(out):
+        raise ConfigError(f"--out {out}: not empty; evaluating a checkpoint writes into a new or empty directory")
     try:
-        os.makedirs(out_dir, exist_ok=True)
+        os.makedirs(out, exist_ok=True)
     except OSError as e:
-        raise ConfigError(f"--out {out_dir}: cannot create the directory ({e.strerror})")
-    with open(os.path.join(out_dir, "config.yaml"), "w") as f:  # what was evaluated, with which settings
+        raise ConfigError(f"--out {out}: cannot create the directory ({e.strerror})")
+    # what was evaluated, with which settings (not config.yaml: this is no training run)
+    with open(os.path.join(out, "evaluated.yaml"), "w") as f:
         yaml.safe_dump({**cfg, "model": {**cfg["model"], "init_from": os.path.abspath(checkpoint)}}, f, sort_keys=False)
-    result, drawn = evaluate_weights(cfg, checkpoint, out_dir, volume_spec, progress)
-    return result, drawn, out_dir
+    result, drawn = evaluate_weights(cfg, weights, out, volume_spec, progress)
+    return result, drawn, out
 
 
-def evaluate_weights(cfg, checkpoint, out_dir, volume_spec, progress):
-    """Flood-fill and score with the weights of `checkpoint` (any form ffn_checkpoint reads)."""
+def checked_weights(cfg, checkpoint):
+    """(weights, format, prefix) of `checkpoint`, or one ConfigError line naming what does not fit."""
+    from ffnbench.model import ffn_checkpoint as fc
+    m = cfg["model"]
+    try:
+        weights, fmt, prefix = fc.read_weights(checkpoint)
+        fc.check_fits(weights, m["depth"], m["features"], checkpoint)
+        fov = fc.trained_fov(prefix)
+    except fc.CheckpointMismatch as e:
+        raise ConfigError(str(e))
+    if fov is not None and fov != list(m["fov"]):
+        raise ConfigError(f"{checkpoint}: was trained with model.fov {fov}, the config has {m['fov']}")
+    return weights, fmt, prefix
+
+
+def evaluate_weights(cfg, checked, out_dir, volume_spec, progress):
+    """Flood-fill and score with `checked` weights (checked_weights' result)."""
     from ffnbench.model import ffn_checkpoint as fc
     from ffnbench.model.api import FFNModel
     from ffnbench.model.inference import InferenceOptions, segment_volume
     from ffnbench.model.seg_metrics import segmentation_scores
+    weights, fmt, prefix = checked
     m, d = cfg["model"], cfg["data"]
     model = FFNModel(m["fov"], m["depth"], m["features"], precision=cfg["train"]["precision"])
-    try:
-        weights, fmt, prefix = fc.read_weights(checkpoint)
-        fc.check_fits(weights, m["depth"], m["features"], checkpoint)
-    except fc.CheckpointMismatch as e:
-        raise ConfigError(str(e))
     model.set_flat(fc.flat(weights, [v.name for v in model.variables]))
     image, gt, source = load_eval_volume(cfg, volume_spec)
     opts = InferenceOptions(fov=tuple(m["fov"]), deltas=tuple(m["deltas"]), image_mean=d["image_mean"],

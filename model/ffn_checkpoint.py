@@ -14,7 +14,6 @@ from typing import Dict, List, Tuple
 import numpy as np
 
 FFN_SCOPE = "seed_update"
-FORMATS = ("google/ffn", "ffnbench")
 
 
 class CheckpointMismatch(ValueError):
@@ -51,24 +50,46 @@ def read_weights(path: str) -> Tuple[Dict[str, Tuple[np.ndarray, np.ndarray]], s
     """The convstack_3d weights of a checkpoint.
 
     Returns:
-        ({layer: (kernel, bias)}, format (one of FORMATS), the checkpoint prefix read).
+        ({layer: (kernel, bias)}, "google/ffn" or "ffnbench", the checkpoint prefix read).
+    Raises:
+        FileNotFoundError: no checkpoint at `path`; CheckpointMismatch: unreadable or not convstack_3d.
     """
     import tensorflow as tf
     prefix = checkpoint_prefix(path)
-    reader = tf.train.load_checkpoint(prefix)
-    names = reader.get_variable_to_shape_map()
-    if any(n.startswith(FFN_SCOPE + "/") for n in names):
-        layers = sorted({n.split("/")[1] for n in names if n.startswith(FFN_SCOPE + "/")})
-        return ({layer: (reader.get_tensor(f"{FFN_SCOPE}/{layer}/weights"), reader.get_tensor(f"{FFN_SCOPE}/{layer}/biases"))
-                 for layer in layers}, "google/ffn", prefix)
-    numbered = sorted({int(n.split("/")[1].rsplit("-", 1)[1]) for n in names
-                       if n.startswith("model/layer_with_weights-")})
-    if not numbered:
-        raise CheckpointMismatch(f"{prefix}: neither google/ffn's ({FFN_SCOPE}/...) nor an ffnbench checkpoint")
-    depth = (len(numbered) - 1) // 2
-    attr = "model/layer_with_weights-{}/{}/.ATTRIBUTES/VARIABLE_VALUE"
-    return ({layer: (reader.get_tensor(attr.format(i, "kernel")), reader.get_tensor(attr.format(i, "bias")))
-             for i, layer in enumerate(layer_names(depth))}, "ffnbench", prefix)
+    try:
+        reader = tf.train.load_checkpoint(prefix)
+        names = reader.get_variable_to_shape_map()
+        if any(n.startswith(FFN_SCOPE + "/") for n in names):
+            layers = sorted({n.split("/")[1] for n in names if n.startswith(FFN_SCOPE + "/")})
+            tensor = "{}/{}/{}".format
+            return ({layer: (reader.get_tensor(tensor(FFN_SCOPE, layer, "weights")),
+                             reader.get_tensor(tensor(FFN_SCOPE, layer, "biases"))) for layer in layers},
+                    "google/ffn", prefix)
+        numbered = sorted({int(n.split("/")[1].rsplit("-", 1)[1]) for n in names
+                           if n.startswith("model/layer_with_weights-")})
+        if not numbered:
+            raise CheckpointMismatch(f"{prefix}: neither google/ffn's ({FFN_SCOPE}/...) nor an ffnbench checkpoint")
+        attr = "model/layer_with_weights-{}/{}/.ATTRIBUTES/VARIABLE_VALUE"
+        return ({layer: (reader.get_tensor(attr.format(i, "kernel")), reader.get_tensor(attr.format(i, "bias")))
+                 for i, layer in enumerate(layer_names((len(numbered) - 1) // 2))}, "ffnbench", prefix)
+    except (tf.errors.OpError, IndexError) as e:  # a missing shard or tensor; a truncated shard (IndexError)
+        message = getattr(e, "message", None) or str(e)
+        raise CheckpointMismatch(f"{prefix}: cannot read the checkpoint ({message.splitlines()[0]})")
+
+
+def trained_fov(prefix: str):
+    """The FOV an ffnbench run trained this checkpoint with (its config.yaml), or None (google/ffn's
+    checkpoints do not record it: the convolutions fit any FOV)."""
+    import yaml
+    directory = os.path.dirname(os.path.abspath(prefix))
+    run_config = os.path.join(os.path.dirname(directory), "config.yaml")
+    if os.path.basename(directory) != "checkpoints" or not os.path.isfile(run_config):
+        return None
+    try:
+        with open(run_config) as f:
+            return list(yaml.safe_load(f)["model"]["fov"])
+    except (OSError, yaml.YAMLError, KeyError, TypeError) as e:
+        raise CheckpointMismatch(f"{run_config}: cannot read the run's model.fov ({e})")
 
 
 def check_fits(weights, depth: int, features: int, source: str) -> None:
@@ -116,16 +137,9 @@ def write_ffn_checkpoint(weights, prefix: str, global_step: int) -> str:
         kernel, bias = weights[layer]
         names += [f"{FFN_SCOPE}/{layer}/biases", f"{FFN_SCOPE}/{layer}/weights"]
         tensors += [tf.constant(bias, tf.float32), tf.constant(kernel, tf.float32)]
-    os.makedirs(os.path.dirname(os.path.abspath(prefix)), exist_ok=True)
-    tf.raw_ops.SaveV2(prefix=prefix, tensor_names=names, shape_and_slices=[""] * len(names), tensors=tensors)
+    try:
+        os.makedirs(os.path.dirname(os.path.abspath(prefix)), exist_ok=True)
+        tf.raw_ops.SaveV2(prefix=prefix, tensor_names=names, shape_and_slices=[""] * len(names), tensors=tensors)
+    except (OSError, tf.errors.OpError) as e:
+        raise CheckpointMismatch(f"cannot write {prefix} ({getattr(e, 'message', None) or e})")
     return prefix
-
-
-def weights_of(variables) -> Dict[str, Tuple[np.ndarray, np.ndarray]]:
-    """{layer: (kernel, bias)} of a built network's variables."""
-    out = {}
-    for v in variables:
-        layer, kind = v.name.split(":")[0].split("/")[-2:]
-        kernel, bias = out.get(layer, (None, None))
-        out[layer] = (v.numpy(), bias) if kind == "kernel" else (kernel, v.numpy())
-    return out

@@ -64,8 +64,10 @@ def test_export_then_import_is_exact(smoke_run, tmp_path):
 
 def test_exporting_fib25_reproduces_the_original_checkpoint(tmp_path):
     import tensorflow as tf
-    prefix = fc.write_ffn_checkpoint(fc.weights_of(fib25_model().variables), str(tmp_path / "model.ckpt-1"), 1)
+    imported, _, _ = fc.read_weights(FIB25)
+    prefix = fc.write_ffn_checkpoint(imported, str(tmp_path / "model.ckpt-27465036"), 27465036)
     original, copy = tf.train.load_checkpoint(FIB25), tf.train.load_checkpoint(prefix)
+    assert copy.get_tensor("global_step") == original.get_tensor("global_step") == 27465036
     names = {n for n in original.get_variable_to_shape_map() if n.startswith("seed_update/")}
     assert len(names) == 50 and names == {n for n in copy.get_variable_to_shape_map() if n != "global_step"}
     for name in names:
@@ -76,8 +78,9 @@ def test_exporting_fib25_reproduces_the_original_checkpoint(tmp_path):
         "filter_out_bounds_coordinates_1/fraction"}
 
 
-def test_allreduce_fine_tunes_from_imported_weights(smoke_run, tmp_path):
-    r = ffnbench("run", "configs/smoke.yaml", "--set", "strategy=allreduce", "--set", "ranks=2",
+@pytest.mark.parametrize("strategy", ["allreduce", "tf_multiworker"])
+def test_data_parallel_strategies_fine_tune_from_imported_weights(smoke_run, tmp_path, strategy):
+    r = ffnbench("run", "configs/smoke.yaml", "--set", f"strategy={strategy}", "--set", "ranks=2",
                  "--set", f"model.init_from={smoke_run}", *QUICK, "--out", str(tmp_path / "tuned"))
     assert r.returncode == 0, r.stderr
     source, _, _ = fc.read_weights(str(smoke_run))
@@ -88,6 +91,17 @@ def test_allreduce_fine_tunes_from_imported_weights(smoke_run, tmp_path):
     assert record["sha256"] == fc.digest(fc.flat(source, names))
     tuned, _, _ = fc.read_weights(str(tmp_path / "tuned"))
     assert not np.array_equal(tuned["conv0_a"][0], source["conv0_a"][0])  # and then it trained
+
+
+def test_an_unreadable_checkpoint_is_one_line(tmp_path):
+    for suffix in (".index", ".data-00000-of-00001"):
+        with open(FIB25 + suffix, "rb") as src, open(tmp_path / f"model.ckpt-1{suffix}", "wb") as dst:
+            dst.write(src.read() if suffix == ".index" else src.read()[:1000])  # a truncated data shard
+    r = ffnbench("evaluate", "--checkpoint", str(tmp_path / "model.ckpt-1"), "--config", "configs/ffn_fib25.yaml",
+                 "--out", str(tmp_path / "eval"))
+    assert r.returncode == 2 and r.stderr.strip().count("\n") == 0, r.stderr
+    assert "cannot read the checkpoint" in r.stderr
+    assert not (tmp_path / "eval").exists()  # nothing written for a checkpoint that cannot be used
 
 
 def test_a_run_with_another_fov_is_refused(smoke_run, tmp_path):
