@@ -1,6 +1,7 @@
 """The `ffnbench` command."""
 import argparse
 import os
+import signal
 import sys
 
 
@@ -23,23 +24,35 @@ def cmd_resume(args):
 
 
 def cmd_train(args):
-    from ffnbench.bench import config
+    from ffnbench.bench import config, context, control
+    from ffnbench.bench.jobs import scheduler_job_id, scheduler_run_dir
     from ffnbench.bench.rank import train
     cfg = config.load(args.config, args.set)
-    run_dir = args.run_dir or os.path.dirname(os.path.abspath(args.config))
+    run_dir = args.run_dir or scheduler_run_dir(cfg)
     os.makedirs(run_dir, exist_ok=True)
+    ctl = lambda: control.for_launch(context.layout_of(cfg).launch, cfg["run"]["timeout_s"])
+    if scheduler_job_id():  # a scheduler stops a job with SIGTERM to every rank: the summary must say so
+        signal.signal(signal.SIGTERM, _interrupt)
     try:
         train(cfg, run_dir)
+    except KeyboardInterrupt as e:
+        if ctl().rank == 0:
+            from ffnbench.bench.summary import write_failure
+            write_failure(run_dir, "interrupted", f"interrupted by {e or 'SIGINT'}; the job was stopped")
+        raise
     except Exception as e:  # any rank's error aborts the whole job at once, with its own line
         import traceback
-        from ffnbench.bench import context, control
-        ctl = control.for_launch(context.layout_of(cfg).launch, cfg["run"]["timeout_s"])
-        path = os.path.join(run_dir, f"rank{ctl.rank}.traceback.txt")
+        path = os.path.join(run_dir, f"rank{ctl().rank}.traceback.txt")
         with open(path, "w") as f:
             traceback.print_exc(file=f)
         plain = isinstance(e, (ValueError, FileNotFoundError, KeyError))
-        ctl.fail((str(e).strip("'\"") if plain else f"{type(e).__name__}: {e}") + f" (traceback: {path})")
+        ctl().fail((str(e).strip("'\"") if plain else f"{type(e).__name__}: {e}") + f" (traceback: {path})")
     return 0
+
+
+def _interrupt(signum, frame):
+    from ffnbench.bench.launcher import Interrupted
+    raise Interrupted(signum)
 
 
 def cmd_peak(args):
@@ -80,8 +93,14 @@ def cmd_config(args):
 
 
 def cmd_sweep(args):
-    from ffnbench.bench.sweep import run_sweep
-    sweep_dir, failed = run_sweep(args.sweep, args.out, args.set)
+    if args.scheduler == "slurm":
+        from ffnbench.bench.sweep_jobs import run_sweep_on_slurm
+        options = {"ranks_per_node": args.ranks_per_node, "threads": args.threads, "walltime": args.walltime,
+                   "account": args.account, "queue": args.queue, "mpi": args.mpi, "cpu_bind": not args.no_cpu_bind}
+        sweep_dir, failed = run_sweep_on_slurm(args.sweep, args.out, args.set, options)
+    else:
+        from ffnbench.bench.sweep import run_sweep
+        sweep_dir, failed = run_sweep(args.sweep, args.out, args.set)
     return _die(f"{failed} run(s) of the sweep failed; see {sweep_dir}/index.json", 1) if failed else 0
 
 
@@ -157,12 +176,10 @@ def cmd_export(args):
 
 
 def cmd_job(args):
-    from ffnbench.bench.jobs import render_job
-    from ffnbench.bench import config
-    config.load(args.config)  # refuse to write a job for a config that would fail on the cluster
-    script = render_job(args.config, args.scheduler, args.nodes, ranks_per_node=args.ranks_per_node,
-                        threads_per_rank=args.threads, walltime=args.walltime, account=args.account,
-                        queue=args.queue)
+    from ffnbench.bench.jobs import job_script
+    script = job_script(args.config, args.scheduler, args.nodes, args.ranks_per_node, args.threads, args.set,
+                        walltime=args.walltime, account=args.account, queue=args.queue, mpi=args.mpi,
+                        cpu_bind=not args.no_cpu_bind)
     if args.out:
         with open(args.out, "w") as f:
             f.write(script)
@@ -252,6 +269,17 @@ def cmd_commbench(args):
     return 1 if commbench.print_table(results, params, args.ranks) else 0
 
 
+def add_job_options(p):
+    """How a batch job places its ranks: shared by `job` and `sweep --scheduler`."""
+    p.add_argument("--ranks-per-node", type=int, default=1)
+    p.add_argument("--threads", type=int, default=None, help="threads per rank (default: the node's cores)")
+    p.add_argument("--walltime", default="01:00:00")
+    p.add_argument("--account")
+    p.add_argument("--queue")
+    p.add_argument("--mpi", default="pmix", choices=["pmix", "pmi2", "none"], help="slurm: srun's --mpi plugin")
+    p.add_argument("--no-cpu-bind", action="store_true", help="slurm: no --cpu-bind=cores (for nodes without binding)")
+
+
 def parser():
     from ffnbench.bench.simulator import PAPER_PARAMS
     p = argparse.ArgumentParser(prog="ffnbench", description="Distributed FFN training benchmarks")
@@ -291,6 +319,8 @@ def parser():
     w.add_argument("--out", help="sweep results directory (default: the file's out/name)")
     w.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="add to the sweep's shared overrides, e.g. train.seed=100 for another seed base")
+    w.add_argument("--scheduler", choices=["slurm"], help="submit each run as a Slurm job (default: run here)")
+    add_job_options(w)
     w.set_defaults(fn=cmd_sweep)
     y = sub.add_parser("study", help="run a study of the paper's findings (configs/studies/NAME.yaml) and "
                        "write its conclusions and figure; re-running resumes")
@@ -327,11 +357,9 @@ def parser():
     j.add_argument("config")
     j.add_argument("--scheduler", required=True, choices=["slurm", "pbs", "cobalt"])
     j.add_argument("--nodes", type=int, required=True)
-    j.add_argument("--ranks-per-node", type=int, default=1)
-    j.add_argument("--threads", type=int, default=None, help="threads per rank (default: the node's cores)")
-    j.add_argument("--walltime", default="01:00:00")
-    j.add_argument("--account")
-    j.add_argument("--queue")
+    j.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config field (ranks is always nodes x ranks-per-node)")
+    add_job_options(j)
     j.add_argument("--out", help="write the script here instead of printing it")
     j.set_defaults(fn=cmd_job)
     c = sub.add_parser("calibrate", help="measure MPI alpha/beta between two ranks and the server apply cost")

@@ -14,12 +14,22 @@ thread affinity are decided and each site spells it differently:
 OMP/KMP variables follow Intel's advice for TensorFlow on Xeon Phi: one OpenMP
 thread per slot, threads released at once after a parallel region
 (KMP_BLOCKTIME=0) and packed onto neighbouring cores (KMP_AFFINITY).
+
+Every script runs as written: the `ffnbench` found when it was generated is put on PATH, the
+config path is absolute, the rank count is the job's (`--set ranks=N`), and each job trains into
+its own run directory, named after the scheduler's job id unless one is given.
 """
+import os
 import re
 import shlex
+import sys
 from typing import Optional
 
 SCHEDULERS = ("slurm", "pbs", "cobalt")
+#: the variable each scheduler sets to the job's id, which names the job's run directory
+JOB_ID_VARS = {"slurm": "SLURM_JOB_ID", "pbs": "PBS_JOBID", "cobalt": "COBALT_JOBID"}
+#: srun's --mpi plugin: Debian's Open MPI under Slurm initialises through PMIx
+SRUN_MPI = ("pmix", "pmi2", "none")
 THETA_CPUS_PER_NODE = 128  # 64 KNL cores x 2 hyper-threads with `aprun -j 2`
 KMP_AFFINITY = "granularity=fine,compact,1,0"
 
@@ -30,7 +40,7 @@ def _env_lines(threads: str) -> list:
             f"export KMP_AFFINITY={KMP_AFFINITY}"]
 
 
-def _slurm(cmd, nodes, rpn, threads, walltime, account, queue, name):
+def _slurm(cmd, nodes, rpn, threads, walltime, account, queue, name, mpi="pmix", cpu_bind=True):
     head = [f"#SBATCH --job-name={name}", f"#SBATCH --nodes={nodes}",
             f"#SBATCH --ntasks-per-node={rpn}", f"#SBATCH --time={walltime}",
             f"#SBATCH --output={name}-%j.out"]
@@ -45,12 +55,12 @@ def _slurm(cmd, nodes, rpn, threads, walltime, account, queue, name):
         body.append(f"THREADS=$(( SLURM_CPUS_ON_NODE / {rpn} ))")
         threads = "$THREADS"
     body += _env_lines(threads)
-    body.append(f"srun -n {nodes * rpn} --ntasks-per-node={rpn} --cpus-per-task={threads} "
-                f"--cpu-bind=cores {cmd}")
+    bind = " --cpu-bind=cores" if cpu_bind else ""
+    body.append(f"srun --mpi={mpi} -n {nodes * rpn} --ntasks-per-node={rpn} --cpus-per-task={threads}{bind} {cmd}")
     return head, body
 
 
-def _pbs(cmd, nodes, rpn, threads, walltime, account, queue, name):
+def _pbs(cmd, nodes, rpn, threads, walltime, account, queue, name, **_):
     ncpus = "" if threads is None else f":ncpus={rpn * threads}"
     head = [f"#PBS -N {name}", f"#PBS -l select={nodes}:mpiprocs={rpn}{ncpus}",
             f"#PBS -l walltime={walltime}", "#PBS -j oe"]
@@ -66,14 +76,14 @@ def _pbs(cmd, nodes, rpn, threads, walltime, account, queue, name):
     n = nodes * rpn
     body += ['if mpiexec --version 2>&1 | grep -qiE "open ?mpi|openrte"; then',
              f"  mpiexec -n {n} --map-by ppr:{rpn}:node:PE={threads} --use-hwthread-cpus "
-             f"-x OMP_NUM_THREADS -x KMP_BLOCKTIME -x KMP_AFFINITY {cmd}",
+             f"-x PATH -x OMP_NUM_THREADS -x KMP_BLOCKTIME -x KMP_AFFINITY {cmd}",
              "else",
              f"  mpiexec -n {n} -ppn {rpn} {cmd}",
              "fi"]
     return head, body
 
 
-def _cobalt(cmd, nodes, rpn, threads, walltime, account, queue, name):
+def _cobalt(cmd, nodes, rpn, threads, walltime, account, queue, name, **_):
     threads = THETA_CPUS_PER_NODE // rpn if threads is None else threads
     if rpn * threads > THETA_CPUS_PER_NODE:
         raise ValueError(f"ranks_per_node x threads_per_rank = {rpn * threads} exceeds "
@@ -96,11 +106,16 @@ _RENDERERS = {"slurm": _slurm, "pbs": _pbs, "cobalt": _cobalt}
 def render_job(config_path: str, scheduler: str, nodes: int, ranks_per_node: int = 1,
                threads_per_rank: Optional[int] = None, walltime: str = "01:00:00",
                account: Optional[str] = None, queue: Optional[str] = None,
-               name: str = "ffnbench") -> str:
+               name: str = "ffnbench", run_dir: str = "results/ffnbench-{job_id}", overrides=(),
+               bin_dir: Optional[str] = None, mpi: str = "pmix", cpu_bind: bool = True) -> str:
     """A submit-ready bash script running `ffnbench train CONFIG` on nodes x ranks_per_node ranks.
 
     threads_per_rank=None means: all CPUs of a node shared among its ranks
     (128 on Theta; read from the node at run time for slurm and pbs).
+    run_dir: the job's run directory; `{job_id}` in it becomes the scheduler's job id.
+    overrides: KEY=VALUE for `ffnbench train --set` (`ranks` is always the job's).
+    bin_dir: put first on PATH (the directory of the `ffnbench` to run).
+    mpi, cpu_bind: slurm only: srun's --mpi plugin (SRUN_MPI) and --cpu-bind=cores.
     """
     if scheduler not in _RENDERERS:
         raise ValueError(f"unknown scheduler {scheduler!r}; choose from {', '.join(SCHEDULERS)}")
@@ -115,7 +130,49 @@ def render_job(config_path: str, scheduler: str, nodes: int, ranks_per_node: int
     for label, value in (("account", account), ("queue", queue)):
         if value is not None and not re.fullmatch(r"[\w.@-]+", value):
             raise ValueError(f"{label} must be one word of letters, digits, '_.@-': {value!r}")
-    cmd = f"ffnbench train {shlex.quote(str(config_path))}"
-    head, body = _RENDERERS[scheduler](cmd, nodes, ranks_per_node, threads_per_rank,
-                                       walltime, account, queue, name)
-    return "\n".join(["#!/bin/bash", *head, "set -euo pipefail", *body]) + "\n"
+    if mpi not in SRUN_MPI:
+        raise ValueError(f"mpi must be one of {', '.join(SRUN_MPI)}, got {mpi!r}")
+    sets = [*overrides, f"ranks={nodes * ranks_per_node}"]
+    cmd = " ".join(["ffnbench train", shlex.quote(str(config_path)), '--run-dir "$RUN_DIR"',
+                    *(f"--set {shlex.quote(o)}" for o in sets)])
+    head, body = _RENDERERS[scheduler](cmd, nodes, ranks_per_node, threads_per_rank, walltime, account, queue,
+                                       name, mpi=mpi, cpu_bind=cpu_bind)
+    literal = [_double_quoted(part) for part in run_dir.split("{job_id}")]
+    setup = [f'RUN_DIR="{("${" + JOB_ID_VARS[scheduler] + "}").join(literal)}"']
+    if bin_dir:
+        setup.insert(0, f'export PATH={shlex.quote(bin_dir)}:"$PATH"')
+    return "\n".join(["#!/bin/bash", *head, "set -euo pipefail", *setup, *body]) + "\n"
+
+
+def _double_quoted(text: str) -> str:
+    """`text` safe inside a double-quoted bash string (no expansion of $, ` or \\)."""
+    return re.sub(r'([\\"$`])', r"\\\1", text)
+
+
+def job_script(config_path, scheduler, nodes, ranks_per_node=1, threads_per_rank=None, overrides=(), **options):
+    """render_job for a config as it will run: checked with its overrides and the job's rank count
+    (one ConfigError/LayoutError line otherwise), its path absolute, its run directory under run.out
+    named after the job, and this installation's `ffnbench` on PATH."""
+    from ffnbench.bench import config
+    from ffnbench.bench.context import layout_of
+    ranks = nodes * ranks_per_node
+    cfg = config.load(config_path, [*overrides, f"ranks={ranks}"])
+    layout_of(cfg)  # e.g. strategy single cannot run in 2 ranks
+    run_dir = os.path.join(os.path.abspath(cfg["run"]["out"]), f"{cfg['name']}-{cfg['strategy']}-r{ranks}-{{job_id}}")
+    return render_job(os.path.abspath(config_path), scheduler, nodes, ranks_per_node, threads_per_rank,
+                      run_dir=run_dir, overrides=overrides, bin_dir=os.path.dirname(sys.executable), **options)
+
+
+def scheduler_job_id():
+    """The id of the batch job this process runs in, or None outside one."""
+    return next((os.environ[v] for v in JOB_ID_VARS.values() if os.environ.get(v)), None)
+
+
+def scheduler_run_dir(cfg):
+    """`ffnbench train` without --run-dir: run.out/NAME-STRATEGY-rRANKS-JOBID, from the scheduler's job
+    id (the same on every rank); ValueError where no scheduler set one."""
+    job_id = scheduler_job_id()
+    if job_id:
+        return os.path.join(cfg["run"]["out"], f"{cfg['name']}-{cfg['strategy']}-r{cfg['ranks']}-{job_id}")
+    raise ValueError("ffnbench train: give --run-dir (no scheduler job id in the environment to name one: "
+                     f"{', '.join(JOB_ID_VARS.values())})")

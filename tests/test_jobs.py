@@ -1,8 +1,11 @@
+import os
 import shutil
 import subprocess
+import sys
 
 import pytest
 
+from conftest import ROOT
 from ffnbench.bench.jobs import SCHEDULERS, render_job
 
 
@@ -19,7 +22,8 @@ def test_cobalt_matches_the_papers_theta_launch():
     launch = [ln for ln in lines(s) if ln.startswith("aprun")]
     assert len(launch) == 1
     assert launch[0].startswith("aprun -n 1024 -N 1 -d 128 -j 2 -cc depth -e OMP_NUM_THREADS=128")
-    assert launch[0].endswith("ffnbench train cfg.yaml")
+    assert launch[0].endswith('ffnbench train cfg.yaml --run-dir "$RUN_DIR" --set ranks=1024')
+    assert 'RUN_DIR="results/ffnbench-${COBALT_JOBID}"' in lines(s)
 
 
 def test_cobalt_splits_a_node_among_ranks_and_refuses_oversubscription():
@@ -36,7 +40,19 @@ def test_slurm_header_and_srun():
                  "#SBATCH --account=acct", "#SBATCH --partition=batch", "#SBATCH --job-name=scal8",
                  "export OMP_NUM_THREADS=16"):
         assert want in lines(s)
-    assert "srun -n 16 --ntasks-per-node=2 --cpus-per-task=16 --cpu-bind=cores ffnbench train cfg.yaml" in s
+    assert ("srun --mpi=pmix -n 16 --ntasks-per-node=2 --cpus-per-task=16 --cpu-bind=cores ffnbench train cfg.yaml "
+            '--run-dir "$RUN_DIR" --set ranks=16') in s
+    assert 'RUN_DIR="results/ffnbench-${SLURM_JOB_ID}"' in lines(s)
+
+
+def test_slurm_options_pmi_binding_path_and_overrides():
+    s = render_job("/abs/cfg.yaml", "slurm", 1, ranks_per_node=2, mpi="pmi2", cpu_bind=False, bin_dir="/opt/v env/bin",
+                   run_dir='/r/a"$b-{job_id}', overrides=["strategy=allreduce", "train.lr=1e-3"])
+    assert "export PATH='/opt/v env/bin':\"$PATH\"" in lines(s)
+    assert 'RUN_DIR="/r/a\\"\\$b-${SLURM_JOB_ID}"' in lines(s)  # quotes and $ of the path stay literal
+    launch = next(ln for ln in lines(s) if ln.startswith("srun"))
+    assert launch.startswith("srun --mpi=pmi2 -n 2 ") and "--cpu-bind" not in launch
+    assert launch.endswith("--set strategy=allreduce --set train.lr=1e-3 --set ranks=2")
 
 
 def test_slurm_without_threads_uses_the_nodes_cpus():
@@ -51,8 +67,8 @@ def test_pbs_has_both_launchers():
     assert "#PBS -l select=4:mpiprocs=2:ncpus=16" in lines(s)
     assert "#PBS -l walltime=01:00:00" in lines(s)
     assert 'cd "$PBS_O_WORKDIR"' in lines(s)
-    assert "mpiexec -n 8 --map-by ppr:2:node:PE=8 --use-hwthread-cpus -x OMP_NUM_THREADS" in s
-    assert "  mpiexec -n 8 -ppn 2 ffnbench train cfg.yaml" in lines(s)
+    assert "mpiexec -n 8 --map-by ppr:2:node:PE=8 --use-hwthread-cpus -x PATH -x OMP_NUM_THREADS" in s
+    assert '  mpiexec -n 8 -ppn 2 ffnbench train cfg.yaml --run-dir "$RUN_DIR" --set ranks=8' in lines(s)
 
 
 def test_optional_lines_only_when_given():
@@ -65,6 +81,21 @@ def test_optional_lines_only_when_given():
 def test_config_path_is_shell_quoted():
     s = render_job("my runs/cfg; rm -rf x.yaml", "slurm", 1)
     assert "ffnbench train 'my runs/cfg; rm -rf x.yaml'" in s
+
+
+def test_job_sets_the_ranks_and_refuses_a_layout_the_strategy_cannot_take(tmp_path):
+    from conftest import ffnbench
+    r = ffnbench("job", "configs/smoke.yaml", "--scheduler", "slurm", "--nodes", "1", "--ranks-per-node", "2")
+    assert r.returncode == 2 and r.stderr.strip() == ("ffnbench: error: config field strategy: strategy single runs "
+                                                      "on 1 rank (got ranks=2)")
+    r = ffnbench("job", "configs/smoke.yaml", "--set", "strategy=allreduce", "--scheduler", "slurm", "--nodes", "1",
+                 "--ranks-per-node", "2", "--set", f"run.out={tmp_path}")
+    assert r.returncode == 0, r.stderr
+    launch = next(ln for ln in lines(r.stdout) if ln.startswith("srun"))
+    assert f"ffnbench train {os.path.join(ROOT, 'configs', 'smoke.yaml')} " in launch  # absolute
+    assert f'RUN_DIR="{tmp_path}/smoke-allreduce-r2-${{SLURM_JOB_ID}}"' in lines(r.stdout)
+    assert lines(r.stdout)[lines(r.stdout).index("set -euo pipefail") + 1].startswith(
+        f"export PATH={os.path.dirname(sys.executable)}:")
 
 
 @pytest.mark.skipif(shutil.which("bash") is None, reason="no bash")
