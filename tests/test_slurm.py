@@ -1,0 +1,103 @@
+"""The cluster path under a real Slurm: job scripts from `ffnbench job` and `ffnbench sweep
+--scheduler slurm`, submitted to a private single-node cluster (tests/slurm_cluster.py). Skipped,
+with the reason, where the daemons cannot start."""
+import json
+import os
+import subprocess
+import time
+
+import pytest
+import yaml
+
+from conftest import ffnbench
+import slurm_cluster
+
+QUICK = ["--set", "train.steps=4", "--set", "eval.every=2", "--set", "run.progress=false"]
+ON_THE_NODE = ["--scheduler", "slurm", "--ranks-per-node", "2", "--threads", "1", "--no-cpu-bind"]
+PLACE = [*ON_THE_NODE, "--nodes", "1"]
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory):
+    root = str(tmp_path_factory.mktemp("slurm"))
+    try:
+        env, stop = slurm_cluster.start(root)
+    except slurm_cluster.Unavailable as why:
+        pytest.skip(f"no Slurm cluster: {why}")
+    yield env
+    stop()
+
+
+def submit(env, script, cwd):
+    out = subprocess.run(["sbatch", "--parsable", f"--chdir={cwd}", f"--output={cwd}/job-%j.out", script],
+                         capture_output=True, text=True, env=env, timeout=60)
+    assert out.returncode == 0, out.stderr
+    return out.stdout.strip().split(";")[0]
+
+
+def wait_gone(env, jobs, timeout_s):
+    """Wait (bounded) until Slurm no longer lists the jobs."""
+    deadline = time.time() + timeout_s
+    while time.time() < deadline:
+        out = subprocess.run(["squeue", "-h", "-o", "%i", "-j", ",".join(jobs)], capture_output=True, text=True,
+                             env=env, timeout=60)
+        if not set(out.stdout.split()) & set(jobs):
+            return
+        time.sleep(2)
+    subprocess.run(["scancel", *jobs], env=env, timeout=60)
+    pytest.fail(f"Slurm jobs {jobs} still queued or running after {timeout_s} s")
+
+
+def job_script(tmp_path, strategy, *overrides):
+    path = tmp_path / f"{strategy}.sh"
+    r = ffnbench("job", "configs/smoke.yaml", "--set", f"strategy={strategy}", "--set", f"run.out={tmp_path}",
+                 *QUICK, *overrides, *PLACE, "--out", str(path))
+    assert r.returncode == 0, r.stderr
+    return str(path)
+
+
+def test_generated_jobs_train_under_slurm(cluster, tmp_path):
+    jobs = {strategy: submit(cluster, job_script(tmp_path, strategy), tmp_path) for strategy in ("allreduce", "ps_async")}
+    wait_gone(cluster, list(jobs.values()), 600)
+    for strategy, job in jobs.items():
+        run_dir = tmp_path / f"smoke-{strategy}-r2-{job}"  # a directory of its own per job
+        summary = json.loads((run_dir / "summary.json").read_text())
+        assert summary["status"] == "complete", (tmp_path / f"job-{job}.out").read_text()
+        assert summary["strategy"] == strategy and summary["ranks"] == 2
+    manifest = json.loads((tmp_path / f"smoke-ps_async-r2-{jobs['ps_async']}" / "manifest.json").read_text())
+    assert manifest["roles"] == ["server", "worker"]
+
+
+def test_a_cancelled_job_is_marked_interrupted(cluster, tmp_path):
+    script = job_script(tmp_path, "allreduce", "--set", "train.steps=100000", "--set", "eval.every=0")
+    job = submit(cluster, script, tmp_path)
+    metrics = tmp_path / f"smoke-allreduce-r2-{job}" / "metrics.jsonl"
+    deadline = time.time() + 300
+    while not (metrics.exists() and '"kind": "step"' in metrics.read_text()):
+        assert time.time() < deadline, "the job never started training"
+        time.sleep(2)
+    subprocess.run(["scancel", job], env=cluster, check=True, timeout=60)
+    wait_gone(cluster, [job], 120)
+    summary = json.loads((metrics.parent / "summary.json").read_text())
+    assert summary["status"] == "interrupted" and "SIGTERM" in summary["error"]
+
+
+def test_a_sweep_runs_as_slurm_jobs_with_the_local_report_columns(cluster, tmp_path):
+    sweep = tmp_path / "tiny.yaml"
+    sweep.write_text(yaml.safe_dump({"name": "tiny", "base": os.path.abspath("configs/smoke.yaml"),
+                                     "set": {"train.steps": 4, "eval.every": 2},
+                                     "runs": [{"strategy": "single", "ranks": 1}, {"strategy": "allreduce", "ranks": 2}]}))
+    r = ffnbench("sweep", str(sweep), "--out", str(tmp_path / "slurm"), *ON_THE_NODE,
+                 env=cluster, timeout=900)
+    assert r.returncode == 0, r.stdout + r.stderr
+    index = json.loads((tmp_path / "slurm" / "index.json").read_text())
+    assert [e["status"] for e in index["runs"]] == ["complete", "complete"] and all(e["job"] for e in index["runs"])
+    again = ffnbench("sweep", str(sweep), "--out", str(tmp_path / "slurm"), *ON_THE_NODE, env=cluster)
+    assert again.returncode == 0 and "0 Slurm jobs" in again.stdout  # resumed: nothing resubmitted
+    local = ffnbench("sweep", str(sweep), "--out", str(tmp_path / "local"))
+    assert local.returncode == 0, local.stderr
+
+    def columns(directory):
+        assert ffnbench("report", str(directory)).returncode == 0
+        return next(line for line in (directory / "report.md").read_text().splitlines() if line.startswith("| strategy"))
+    assert columns(tmp_path / "slurm") == columns(tmp_path / "local")
