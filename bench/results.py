@@ -147,7 +147,8 @@ def effective_lr(run: RunData) -> float:
     return run.fields["train.lr"] * lr_scale(run.fields.get("train.lr_scaling") or "none", run.workers)
 
 
-def _read_json(path):
+def read_json(path):
+    """A JSON file, or None where there is none."""
     if not os.path.isfile(path):
         return None
     with open(path) as f:
@@ -183,7 +184,7 @@ def strict_json(value: Any, **kwargs) -> str:
 
 def read_summary(run_dir: str) -> dict:
     """The run's summary.json ({} when it has none yet)."""
-    return _read_json(os.path.join(run_dir, "summary.json")) or {}
+    return read_json(os.path.join(run_dir, "summary.json")) or {}
 
 
 def is_complete(run_dir: str) -> bool:
@@ -227,9 +228,9 @@ def load_run(run_dir: str, run_id: Optional[str] = None, status: Optional[str] =
         The RunData; complete when its summary.json has status complete.
     """
     run = RunData(run_dir=run_dir, run_id=run_id or os.path.basename(run_dir.rstrip(os.sep)))
-    run.summary = _read_json(os.path.join(run_dir, "summary.json"))
-    run.manifest = _read_json(os.path.join(run_dir, "manifest.json"))
-    run.seg = _read_json(os.path.join(run_dir, "eval.json"))
+    run.summary = read_json(os.path.join(run_dir, "summary.json"))
+    run.manifest = read_json(os.path.join(run_dir, "manifest.json"))
+    run.seg = read_json(os.path.join(run_dir, "eval.json"))
     run.config = stored_config(run_dir) or (run.manifest or {}).get("config")
     run.fields = flat_fields(run.config)
     run.status = "complete" if run.complete else (status if status in ("failed", "pending") else "incomplete")
@@ -266,7 +267,7 @@ def collect_runs(directory: str) -> Tuple[List[RunData], Optional[dict]]:
     """
     if not os.path.isdir(directory):
         raise ValueError(f"{directory}: not a directory")
-    index = _read_json(os.path.join(directory, "index.json"))
+    index = read_json(os.path.join(directory, "index.json"))
     if index is not None:
         runs = [load_run(e["run_dir"] if os.path.isdir(e["run_dir"]) else os.path.join(directory, e["id"]),
                          e["id"], e["status"], e.get("error")) for e in index["runs"]]

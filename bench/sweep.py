@@ -228,10 +228,9 @@ def _stop(signum, frame):
     raise launcher.Interrupted(signum)
 
 
-def run_sweep(path, out=None, overrides=()):
-    """Run (or resume) a sweep; `overrides` (KEY=VALUE) are added to its `set`.
-    Returns (sweep_dir, number of failed runs)."""
-    from tqdm import tqdm
+def prepare(path, out, overrides):
+    """The sweep file with `overrides` (KEY=VALUE) added to its `set`, its planned runs, and its
+    results directory (created), refusing to resume over runs of another config."""
     sweep = load_sweep(path)
     for item in overrides:
         key, value = config.parse_override(item)
@@ -240,6 +239,14 @@ def run_sweep(path, out=None, overrides=()):
     sweep_dir = os.path.abspath(out or os.path.join(sweep["out"], sweep["name"]))
     check_resumable(planned, sweep_dir)
     os.makedirs(sweep_dir, exist_ok=True)
+    return sweep, planned, sweep_dir
+
+
+def run_sweep(path, out=None, overrides=()):
+    """Run (or resume) a sweep; `overrides` (KEY=VALUE) are added to its `set`.
+    Returns (sweep_dir, number of failed runs)."""
+    from tqdm import tqdm
+    sweep, planned, sweep_dir = prepare(path, out, overrides)
     entries = []
     for run in planned:
         run_dir = os.path.join(sweep_dir, run["id"])

@@ -14,8 +14,8 @@ import time
 from ffnbench.bench import launcher
 from ffnbench.bench.config import ConfigError
 from ffnbench.bench.jobs import render_job
-from ffnbench.bench.results import is_complete, read_summary
-from ffnbench.bench.sweep import check_resumable, load_sweep, plan, write_index
+from ffnbench.bench.results import is_complete, read_json, read_summary
+from ffnbench.bench.sweep import prepare, write_index
 
 POLL_S = 5.0
 
@@ -62,16 +62,8 @@ def run_sweep_on_slurm(path, out=None, overrides=(), options=None):
     """Submit every unfinished run of a sweep as a Slurm job, wait for them (each within the walltime),
     and record how each ended. Returns (sweep_dir, number of runs not complete)."""
     from tqdm import tqdm
-    from ffnbench.bench import config
-    sweep = load_sweep(path)
-    for item in overrides:
-        key, value = config.parse_override(item)
-        sweep["set"][key] = value
-    planned = plan(sweep)
-    sweep_dir = os.path.abspath(out or os.path.join(sweep["out"], sweep["name"]))
-    check_resumable(planned, sweep_dir)
-    os.makedirs(sweep_dir, exist_ok=True)
-    previous = {e["id"]: e for e in (_read_index(sweep_dir) or {}).get("runs", [])}
+    sweep, planned, sweep_dir = prepare(path, out, overrides)
+    previous = {e["id"]: e for e in (read_json(os.path.join(sweep_dir, "index.json")) or {}).get("runs", [])}
     still = queued({e["job"] for e in previous.values() if e.get("job")})
     entries, jobs = [], {}
     for run in planned:
@@ -113,12 +105,3 @@ def run_sweep_on_slurm(path, out=None, overrides=(), options=None):
                 write_index(sweep, sweep_dir, entries)
     write_index(sweep, sweep_dir, entries)
     return sweep_dir, sum(e["status"] != "complete" for e in entries)
-
-
-def _read_index(sweep_dir):
-    import json
-    try:
-        with open(os.path.join(sweep_dir, "index.json")) as f:
-            return json.load(f)
-    except (OSError, ValueError):
-        return None
