@@ -24,10 +24,9 @@ def _free_port():
         return s.getsockname()[1]
 
 
-def slurm_conf(root, host, ctl_port, d_port, munge_socket, oversubscribe="FORCE:4"):
-    """The configuration this fixture runs: one node with this machine's CPUs, no cgroups (linuxproc
-    tracking, no task binding), consumable cores; by default up to 4 jobs share a core, so the tests'
-    jobs run side by side (OverSubscribe=NO queues them one node-full at a time)."""
+def slurm_conf(root, host, ctl_port, d_port, munge_socket):
+    """The configuration this fixture runs: one node with this machine's 2 CPUs, no cgroups (linuxproc
+    tracking, no task binding), consumable cores, jobs sharing the node."""
     return "\n".join([
         "ClusterName=ffnbench-test", f"SlurmctldHost={host}", "SlurmUser=root", "SlurmdUser=root",
         "AuthType=auth/munge", "CredType=cred/munge", f"AuthInfo=socket={munge_socket}",
@@ -38,7 +37,7 @@ def slurm_conf(root, host, ctl_port, d_port, munge_socket, oversubscribe="FORCE:
         f"SlurmctldLogFile={root}/slurmctld.log", f"SlurmdLogFile={root}/slurmd.log",
         f"SlurmctldPort={ctl_port}", f"SlurmdPort={d_port}",
         f"NodeName={host} CPUs={os.cpu_count()} State=UNKNOWN",
-        f"PartitionName=test Nodes={host} Default=YES MaxTime=INFINITE State=UP OverSubscribe={oversubscribe}",
+        f"PartitionName=test Nodes={host} Default=YES MaxTime=INFINITE State=UP OverSubscribe=FORCE:4",
     ]) + "\n"
 
 
@@ -52,7 +51,7 @@ def _wait_for(what, check, timeout_s, root):
     raise Unavailable(f"{what} did not come up within {timeout_s} s (logs: {logs})")
 
 
-def start(root, oversubscribe="FORCE:4"):
+def start(root):
     """Start the cluster under `root`; returns (environment for its clients, stop function)."""
     missing = [d for d in DAEMONS if shutil.which(d) is None and not os.path.exists(f"/usr/sbin/{d}")]
     if missing:
@@ -83,7 +82,7 @@ def start(root, oversubscribe="FORCE:4"):
         host = socket.gethostname().split(".")[0]
         conf = os.path.join(root, "slurm.conf")
         with open(conf, "w") as f:
-            f.write(slurm_conf(root, host, _free_port(), _free_port(), munge_socket, oversubscribe))
+            f.write(slurm_conf(root, host, _free_port(), _free_port(), munge_socket))
         env = {**os.environ, "SLURM_CONF": conf}
         for daemon in ("slurmctld", "slurmd"):
             subprocess.run([daemon, "-f", conf], check=True, capture_output=True, env=env, timeout=30)
