@@ -96,7 +96,8 @@ def cmd_sweep(args):
     if args.scheduler == "slurm":
         from ffnbench.bench.sweep_jobs import run_sweep_on_slurm
         options = {"ranks_per_node": args.ranks_per_node, "threads": args.threads, "walltime": args.walltime,
-                   "account": args.account, "queue": args.queue, "mpi": args.mpi, "cpu_bind": not args.no_cpu_bind}
+                   "account": args.account, "queue": args.queue, "mpi": args.mpi, "cpu_bind": not args.no_cpu_bind,
+                   "one_at_a_time": args.one_at_a_time}
         sweep_dir, failed = run_sweep_on_slurm(args.sweep, args.out, args.set, options)
     else:
         from ffnbench.bench.sweep import run_sweep
@@ -320,6 +321,9 @@ def parser():
     w.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="add to the sweep's shared overrides, e.g. train.seed=100 for another seed base")
     w.add_argument("--scheduler", choices=["slurm"], help="submit each run as a Slurm job (default: run here)")
+    w.add_argument("--one-at-a-time", action="store_true",
+                   help="slurm: the sweep's jobs run one after another (sbatch --dependency=singleton), e.g. to "
+                        "time runs that would share nodes")
     add_job_options(w)
     w.set_defaults(fn=cmd_sweep)
     y = sub.add_parser("study", help="run a study of the paper's findings (configs/studies/NAME.yaml) and "

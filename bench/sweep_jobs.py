@@ -55,7 +55,9 @@ def submit(run, run_dir, options):
     with open(path, "w") as f:
         f.write(script)
     output = os.path.join(run_dir, "job-%j.out")
-    return _slurm("sbatch", "--parsable", f"--output={output}", f"--chdir={run_dir}", path).strip().split(";")[0]
+    # singleton: one job of this name (this sweep's) at a time, so runs sharing nodes are timed apart
+    serial = ["--dependency=singleton"] if options["one_at_a_time"] else []
+    return _slurm("sbatch", "--parsable", f"--output={output}", f"--chdir={run_dir}", *serial, path).strip().split(";")[0]
 
 
 def run_sweep_on_slurm(path, out=None, overrides=(), options=None):

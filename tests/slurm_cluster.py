@@ -25,8 +25,9 @@ def _free_port():
 
 
 def slurm_conf(root, host, ctl_port, d_port, munge_socket):
-    """The configuration this fixture runs: one node with this machine's 2 CPUs, no cgroups (linuxproc
-    tracking, no task binding), consumable cores, jobs sharing the node."""
+    """The configuration this fixture runs: one node, no cgroups (linuxproc tracking, no task binding),
+    consumable cores, jobs sharing the node. It declares at least 4 CPUs, so a job of 1 server + 2
+    workers fits a 2-core machine, as mpirun --oversubscribe lets it locally."""
     return "\n".join([
         "ClusterName=ffnbench-test", f"SlurmctldHost={host}", "SlurmUser=root", "SlurmdUser=root",
         "AuthType=auth/munge", "CredType=cred/munge", f"AuthInfo=socket={munge_socket}",
@@ -36,7 +37,7 @@ def slurm_conf(root, host, ctl_port, d_port, munge_socket):
         f"SlurmctldPidFile={root}/slurmctld.pid", f"SlurmdPidFile={root}/slurmd.pid",
         f"SlurmctldLogFile={root}/slurmctld.log", f"SlurmdLogFile={root}/slurmd.log",
         f"SlurmctldPort={ctl_port}", f"SlurmdPort={d_port}",
-        f"NodeName={host} CPUs={os.cpu_count()} State=UNKNOWN",
+        f"NodeName={host} CPUs={max(4, os.cpu_count())} State=UNKNOWN",
         f"PartitionName=test Nodes={host} Default=YES MaxTime=INFINITE State=UP OverSubscribe=FORCE:4",
     ]) + "\n"
 

@@ -5,6 +5,7 @@ import json
 import os
 import subprocess
 import time
+from datetime import datetime
 
 import pytest
 import yaml
@@ -87,11 +88,15 @@ def test_a_sweep_runs_as_slurm_jobs_with_the_local_report_columns(cluster, tmp_p
     sweep.write_text(yaml.safe_dump({"name": "tiny", "base": os.path.abspath("configs/smoke.yaml"),
                                      "set": {"train.steps": 4, "eval.every": 2},
                                      "runs": [{"strategy": "single", "ranks": 1}, {"strategy": "allreduce", "ranks": 2}]}))
-    r = ffnbench("sweep", str(sweep), "--out", str(tmp_path / "slurm"), *ON_THE_NODE,
+    r = ffnbench("sweep", str(sweep), "--out", str(tmp_path / "slurm"), *ON_THE_NODE, "--one-at-a-time",
                  env=cluster, timeout=900)
     assert r.returncode == 0, r.stdout + r.stderr
     index = json.loads((tmp_path / "slurm" / "index.json").read_text())
     assert [e["status"] for e in index["runs"]] == ["complete", "complete"] and all(e["job"] for e in index["runs"])
+    first, second = (e["run_dir"] for e in index["runs"])  # one at a time: the second began after the first ended
+    began = json.loads(open(os.path.join(second, "manifest.json")).read())["start_time"]
+    ended = os.path.getmtime(os.path.join(first, "summary.json"))
+    assert datetime.strptime(began, "%Y-%m-%dT%H:%M:%S%z").timestamp() >= int(ended)
     again = ffnbench("sweep", str(sweep), "--out", str(tmp_path / "slurm"), *ON_THE_NODE, env=cluster)
     assert again.returncode == 0 and "0 Slurm jobs" in again.stdout  # resumed: nothing resubmitted
     local = ffnbench("sweep", str(sweep), "--out", str(tmp_path / "local"))
