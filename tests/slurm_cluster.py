@@ -38,6 +38,7 @@ def slurm_conf(root, host, ctl_port, d_port, munge_socket):
         f"SlurmctldLogFile={root}/slurmctld.log", f"SlurmdLogFile={root}/slurmd.log",
         f"SlurmctldPort={ctl_port}", f"SlurmdPort={d_port}",
         f"NodeName={host} CPUs={max(4, os.cpu_count())} State=UNKNOWN",
+        "SlurmdParameters=config_overrides",  # take the declared CPUs, not the cores slurmd finds
         f"PartitionName=test Nodes={host} Default=YES MaxTime=INFINITE State=UP OverSubscribe=FORCE:4",
     ]) + "\n"
 
