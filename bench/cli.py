@@ -296,7 +296,7 @@ def parser():
     t = sub.add_parser("train", help="per-rank entry point, under mpirun/srun/aprun")
     t.add_argument("config")
     t.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
-    t.add_argument("--run-dir", help="where records go (default: the config's directory)")
+    t.add_argument("--run-dir", help="where records go (default inside a batch job: run.out/NAME-STRATEGY-rN-JOBID)")
     t.set_defaults(fn=cmd_train)
     k = sub.add_parser("peak", help="measure this machine's dense matmul FLOP/s")
     k.add_argument("--threads", type=int, default=0)

@@ -174,5 +174,5 @@ def scheduler_run_dir(cfg):
     job_id = scheduler_job_id()
     if job_id:
         return os.path.join(cfg["run"]["out"], f"{cfg['name']}-{cfg['strategy']}-r{cfg['ranks']}-{job_id}")
-    raise ValueError("ffnbench train: give --run-dir (no scheduler job id in the environment to name one: "
+    raise ValueError("train: give --run-dir (no scheduler job id in the environment to name one: "
                      f"{', '.join(JOB_ID_VARS.values())})")
