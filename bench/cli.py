@@ -30,6 +30,7 @@ def cmd_train(args):
     cfg = config.load(args.config, args.set)
     run_dir = args.run_dir or scheduler_run_dir(cfg)
     os.makedirs(run_dir, exist_ok=True)
+    record_config(cfg, run_dir)
     ctl = lambda: control.for_launch(context.layout_of(cfg).launch, cfg["run"]["timeout_s"])
     if scheduler_job_id():  # a scheduler stops a job with SIGTERM to every rank: the summary must say so
         signal.signal(signal.SIGTERM, _interrupt)
@@ -48,6 +49,18 @@ def cmd_train(args):
         plain = isinstance(e, (ValueError, FileNotFoundError, KeyError))
         ctl().fail((str(e).strip("'\"") if plain else f"{type(e).__name__}: {e}") + f" (traceback: {path})")
     return 0
+
+
+def record_config(cfg, run_dir):
+    """RUN_DIR/config.yaml as the launcher writes it, for a job started without it (`ffnbench job`'s
+    scripts), so resume, evaluate and export find the run's config. Every rank writes the same text."""
+    path = os.path.join(run_dir, "config.yaml")
+    if not os.path.exists(path):
+        import yaml
+        tmp = f"{path}.{os.getpid()}.tmp"
+        with open(tmp, "w") as f:
+            yaml.safe_dump(cfg, f, sort_keys=False)
+        os.replace(tmp, path)
 
 
 def _interrupt(signum, frame):
@@ -93,6 +106,12 @@ def cmd_config(args):
 
 
 def cmd_sweep(args):
+    given = [flag for flag, value, default in (("--ranks-per-node", args.ranks_per_node, 1), ("--threads", args.threads, None),
+             ("--walltime", args.walltime, "01:00:00"), ("--account", args.account, None), ("--queue", args.queue, None),
+             ("--mpi", args.mpi, "pmix"), ("--no-cpu-bind", args.no_cpu_bind, False),
+             ("--one-at-a-time", args.one_at_a_time, False)) if value != default]
+    if given and not args.scheduler:
+        raise ValueError(f"sweep: {', '.join(given)} place batch jobs; add --scheduler slurm, or drop them to run here")
     if args.scheduler == "slurm":
         from ffnbench.bench.sweep_jobs import run_sweep_on_slurm
         options = {"ranks_per_node": args.ranks_per_node, "threads": args.threads, "walltime": args.walltime,
@@ -270,10 +289,18 @@ def cmd_commbench(args):
     return 1 if commbench.print_table(results, params, args.ranks) else 0
 
 
+def positive_int(text):
+    value = int(text) if text.isdigit() else 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be an integer >= 1, got {text!r}")
+    return value
+
+
 def add_job_options(p):
     """How a batch job places its ranks: shared by `job` and `sweep --scheduler`."""
-    p.add_argument("--ranks-per-node", type=int, default=1)
-    p.add_argument("--threads", type=int, default=None, help="threads per rank (default: the node's cores)")
+    p.add_argument("--ranks-per-node", type=positive_int, default=1)
+    p.add_argument("--threads", type=positive_int, default=None,
+                   help="threads per rank (default: the node's cores shared among its ranks; whole nodes)")
     p.add_argument("--walltime", default="01:00:00")
     p.add_argument("--account")
     p.add_argument("--queue")

@@ -253,7 +253,11 @@ def validate(cfg):
             raise ConfigError(f"config field data.shape: {d['shape']} is smaller than a FOV moved by its deltas "
                               f"({need} for model.fov {m['fov']}, model.deltas {m['deltas']})")
     if m["init_from"]:
-        m["init_from"] = os.path.abspath(m["init_from"])  # the ranks and the manifest see one file
+        m["init_from"] = os.path.abspath(m["init_from"])
+    for key in ("image", "labels"):  # FILE:DATASET; jobs run from other directories than the config's
+        if d[key] and ":" in d[key]:
+            path, dataset = d[key].rsplit(":", 1)
+            d[key] = f"{os.path.abspath(path)}:{dataset}"  # the ranks and the manifest see one file
     for key in ("init_activation", "pad_value", "move_threshold", "segment_threshold"):
         if not 0 < cfg["inference"][key] < 1:
             raise ConfigError(f"config field inference.{key}: must be a probability in (0, 1) "

@@ -22,7 +22,6 @@ its own run directory, named after the scheduler's job id unless one is given.
 import os
 import re
 import shlex
-import sys
 from typing import Optional
 
 SCHEDULERS = ("slurm", "pbs", "cobalt")
@@ -40,12 +39,14 @@ def _env_lines(threads: str) -> list:
             f"export KMP_AFFINITY={KMP_AFFINITY}"]
 
 
-def _slurm(cmd, nodes, rpn, threads, walltime, account, queue, name, mpi="pmix", cpu_bind=True):
+def _slurm(cmd, nodes, rpn, threads, walltime, account, queue, name, output, mpi="pmix", cpu_bind=True):
     head = [f"#SBATCH --job-name={name}", f"#SBATCH --nodes={nodes}",
             f"#SBATCH --ntasks-per-node={rpn}", f"#SBATCH --time={walltime}",
-            f"#SBATCH --output={name}-%j.out"]
+            f"#SBATCH --output={output}"]
     if threads is not None:
         head.append(f"#SBATCH --cpus-per-task={threads}")
+    else:  # whole nodes, so SLURM_CPUS_ON_NODE is the node's CPUs, not one per rank
+        head.append("#SBATCH --exclusive")
     if account:
         head.append(f"#SBATCH --account={account}")
     if queue:
@@ -60,7 +61,7 @@ def _slurm(cmd, nodes, rpn, threads, walltime, account, queue, name, mpi="pmix",
     return head, body
 
 
-def _pbs(cmd, nodes, rpn, threads, walltime, account, queue, name, **_):
+def _pbs(cmd, nodes, rpn, threads, walltime, account, queue, name, output, **_):
     ncpus = "" if threads is None else f":ncpus={rpn * threads}"
     head = [f"#PBS -N {name}", f"#PBS -l select={nodes}:mpiprocs={rpn}{ncpus}",
             f"#PBS -l walltime={walltime}", "#PBS -j oe"]
@@ -83,7 +84,7 @@ def _pbs(cmd, nodes, rpn, threads, walltime, account, queue, name, **_):
     return head, body
 
 
-def _cobalt(cmd, nodes, rpn, threads, walltime, account, queue, name, **_):
+def _cobalt(cmd, nodes, rpn, threads, walltime, account, queue, name, output, **_):
     threads = THETA_CPUS_PER_NODE // rpn if threads is None else threads
     if rpn * threads > THETA_CPUS_PER_NODE:
         raise ValueError(f"ranks_per_node x threads_per_rank = {rpn * threads} exceeds "
@@ -107,7 +108,8 @@ def render_job(config_path: str, scheduler: str, nodes: int, ranks_per_node: int
                threads_per_rank: Optional[int] = None, walltime: str = "01:00:00",
                account: Optional[str] = None, queue: Optional[str] = None,
                name: str = "ffnbench", run_dir: str = "results/ffnbench-{job_id}", overrides=(),
-               bin_dir: Optional[str] = None, mpi: str = "pmix", cpu_bind: bool = True) -> str:
+               bin_dir: Optional[str] = None, mpi: str = "pmix", cpu_bind: bool = True,
+               output: Optional[str] = None) -> str:
     """A submit-ready bash script running `ffnbench train CONFIG` on nodes x ranks_per_node ranks.
 
     threads_per_rank=None means: all CPUs of a node shared among its ranks
@@ -116,6 +118,7 @@ def render_job(config_path: str, scheduler: str, nodes: int, ranks_per_node: int
     overrides: KEY=VALUE for `ffnbench train --set` (`ranks` is always the job's).
     bin_dir: put first on PATH (the directory of the `ffnbench` to run).
     mpi, cpu_bind: slurm only: srun's --mpi plugin (SRUN_MPI) and --cpu-bind=cores.
+    output: slurm only: the job's log (%j: the job id; default NAME-%j.out where it is submitted).
     """
     if scheduler not in _RENDERERS:
         raise ValueError(f"unknown scheduler {scheduler!r}; choose from {', '.join(SCHEDULERS)}")
@@ -136,7 +139,7 @@ def render_job(config_path: str, scheduler: str, nodes: int, ranks_per_node: int
     cmd = " ".join(["ffnbench train", shlex.quote(str(config_path)), '--run-dir "$RUN_DIR"',
                     *(f"--set {shlex.quote(o)}" for o in sets)])
     head, body = _RENDERERS[scheduler](cmd, nodes, ranks_per_node, threads_per_rank, walltime, account, queue,
-                                       name, mpi=mpi, cpu_bind=cpu_bind)
+                                       name, output or f"{name}-%j.out", mpi=mpi, cpu_bind=cpu_bind)
     literal = [_double_quoted(part) for part in run_dir.split("{job_id}")]
     setup = [f'RUN_DIR="{("${" + JOB_ID_VARS[scheduler] + "}").join(literal)}"']
     if bin_dir:
@@ -151,16 +154,20 @@ def _double_quoted(text: str) -> str:
 
 def job_script(config_path, scheduler, nodes, ranks_per_node=1, threads_per_rank=None, overrides=(), **options):
     """render_job for a config as it will run: checked with its overrides and the job's rank count
-    (one ConfigError/LayoutError line otherwise), its path absolute, its run directory under run.out
-    named after the job, and this installation's `ffnbench` on PATH."""
+    (one ConfigError/LayoutError line otherwise), its path absolute, its run directory and log under
+    run.out named after the job, and this installation's `ffnbench` on PATH."""
     from ffnbench.bench import config
     from ffnbench.bench.context import layout_of
+    from ffnbench.bench.sweep_jobs import ffnbench_dir
     ranks = nodes * ranks_per_node
     cfg = config.load(config_path, [*overrides, f"ranks={ranks}"])
     layout_of(cfg)  # e.g. strategy single cannot run in 2 ranks
-    run_dir = os.path.join(os.path.abspath(cfg["run"]["out"]), f"{cfg['name']}-{cfg['strategy']}-r{ranks}-{{job_id}}")
+    out = os.path.abspath(cfg["run"]["out"])
+    name = "ffnbench-" + re.sub(r"[^\w.-]", "_", cfg["name"])
     return render_job(os.path.abspath(config_path), scheduler, nodes, ranks_per_node, threads_per_rank,
-                      run_dir=run_dir, overrides=overrides, bin_dir=os.path.dirname(sys.executable), **options)
+                      run_dir=os.path.join(out, f"{cfg['name']}-{cfg['strategy']}-r{ranks}-{{job_id}}"),
+                      output=os.path.join(out, f"{name}-%j.out"), name=name, overrides=overrides,
+                      bin_dir=ffnbench_dir(), **options)
 
 
 def scheduler_job_id():

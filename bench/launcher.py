@@ -30,11 +30,12 @@ def cli_command(*args):
     return [sys.executable, "-m", "ffnbench.bench.cli", *args]
 
 
-def check_inputs(cfg, resuming=False):
+def check_inputs(cfg, resuming=False, here=True):
     """Fail before launching anything (ConfigError, one line) when an input cannot work: a missing or
     malformed HDF5 volume, or more ranks than this machine's memory holds (the layout is checked with
     the config), or model.init_from's weights do not fit (unless `resuming`: then the run's own
-    checkpoint is loaded). Prints a warning when the ranks oversubscribe the cores."""
+    checkpoint is loaded). Prints a warning when the ranks oversubscribe the cores. `here=False`: the
+    job runs elsewhere (a cluster's nodes), so this machine's memory and cores say nothing."""
     if cfg["data"]["source"] == "hdf5":
         from ffnbench.model.data import check_hdf5
         for key in ("image", "labels"):
@@ -52,7 +53,8 @@ def check_inputs(cfg, resuming=False):
         if cfg["ranks"] > len(names):
             raise ConfigError(f"config field ranks: elastic allreduce runs at most {len(names)} workers on this "
                               f"machine, one per name it answers to ({', '.join(names)}), got {cfg['ranks']}")
-    check_memory(cfg)
+    if here:
+        check_memory(cfg)
 
 
 #: resident memory of one idle rank (Python, TensorFlow, MPI), measured here: about 230 MB

@@ -136,7 +136,7 @@ def run_id(overrides, repeat):
     return re.sub(r"[^A-Za-z0-9._,=+-]", "_", ",".join(parts))
 
 
-def plan(sweep):
+def plan(sweep, here=True):
     """Every run of the sweep, resolved and validated: [{id, overrides, config}].
 
     Raises ConfigError naming the run before anything has been started.
@@ -165,7 +165,7 @@ def plan(sweep):
                         steps = math.ceil(sweep["fov_budget"] / (layout_of(cfg).workers * cfg["train"]["batch_size"]))
                         overrides["train.steps"] = steps
                         cfg["train"]["steps"] = steps
-                    launcher.check_inputs(cfg)
+                    launcher.check_inputs(cfg, here=here)
                 except ValueError as e:
                     raise ConfigError(f"sweep run {rid}: {e}")
                 planned.append({"id": rid, "overrides": overrides, "config": cfg})
@@ -228,14 +228,15 @@ def _stop(signum, frame):
     raise launcher.Interrupted(signum)
 
 
-def prepare(path, out, overrides):
+def prepare(path, out, overrides, here=True):
     """The sweep file with `overrides` (KEY=VALUE) added to its `set`, its planned runs, and its
-    results directory (created), refusing to resume over runs of another config."""
+    results directory (created), refusing to resume over runs of another config. `here`: the runs
+    train on this machine (not a cluster's nodes)."""
     sweep = load_sweep(path)
     for item in overrides:
         key, value = config.parse_override(item)
         sweep["set"][key] = value
-    planned = plan(sweep)
+    planned = plan(sweep, here)
     sweep_dir = os.path.abspath(out or os.path.join(sweep["out"], sweep["name"]))
     check_resumable(planned, sweep_dir)
     os.makedirs(sweep_dir, exist_ok=True)

@@ -70,15 +70,18 @@ def start(root):
     pids = {}
 
     def stop():
+        if pids.get("slurmctld"):  # the tests' jobs first, so none outlives its cluster
+            subprocess.run(["scancel", "--me"], env={**os.environ, "SLURM_CONF": os.path.join(root, "slurm.conf")},
+                           capture_output=True, timeout=30)
+            time.sleep(2)
         for name in ("slurmd", "slurmctld", "munged"):  # by PID: nothing else on the machine is touched
             pid = pids.get(name) or _read_pid(os.path.join(root, f"{name}.pid"))
             if pid:
                 _kill(pid)
 
-    subprocess.run(["munged", f"--socket={munge_socket}", f"--key-file={key}", f"--log-file={root}/munged.log",
-                    f"--pid-file={root}/munged.pid", f"--seed-file={root}/munged.seed", "--force"],
-                   check=True, capture_output=True, timeout=30)
     try:
+        _start("munged", [f"--socket={munge_socket}", f"--key-file={key}", f"--log-file={root}/munged.log",
+                          f"--pid-file={root}/munged.pid", f"--seed-file={root}/munged.seed", "--force"], os.environ)
         _wait_for("munged", lambda: os.path.exists(munge_socket), 20, root)
         pids["munged"] = _read_pid(f"{root}/munged.pid")
         host = socket.gethostname().split(".")[0]
@@ -87,18 +90,28 @@ def start(root):
             f.write(slurm_conf(root, host, _free_port(), _free_port(), munge_socket))
         env = {**os.environ, "SLURM_CONF": conf}
         for daemon in ("slurmctld", "slurmd"):
-            subprocess.run([daemon, "-f", conf], check=True, capture_output=True, env=env, timeout=30)
+            _start(daemon, ["-f", conf], env)
             _wait_for(daemon, lambda: _read_pid(f"{root}/{daemon}.pid"), 20, root)
             pids[daemon] = _read_pid(f"{root}/{daemon}.pid")
 
         def idle():
-            out = subprocess.run(["sinfo", "-h", "-o", "%t"], capture_output=True, text=True, env=env)
+            out = subprocess.run(["sinfo", "-h", "-o", "%t"], capture_output=True, text=True, env=env, timeout=10)
             return out.returncode == 0 and out.stdout.strip() in ("idle", "mix", "alloc")
         _wait_for("the node", idle, 60, root)
-    except (Unavailable, subprocess.SubprocessError):
+    except Unavailable:
         stop()
         raise
     return env, stop
+
+
+def _start(daemon, args, env):
+    """Run a daemon's start command (it forks into the background); Unavailable with its complaint."""
+    try:
+        out = subprocess.run([daemon, *args], capture_output=True, text=True, env=env, timeout=30)
+    except (OSError, subprocess.SubprocessError) as e:
+        raise Unavailable(f"{daemon} did not start ({e})")
+    if out.returncode != 0:
+        raise Unavailable(f"{daemon} did not start: {(out.stderr.strip().splitlines() or ['no message'])[-1]}")
 
 
 def _read_pid(path):

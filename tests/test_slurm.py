@@ -13,9 +13,9 @@ import yaml
 from conftest import ffnbench
 import slurm_cluster
 
-QUICK = ["--set", "train.steps=4", "--set", "eval.every=2", "--set", "run.progress=false"]
+# a generous bound on waits: the jobs share 2 cores with each other (and whatever else runs)
+QUICK = ["--set", "train.steps=4", "--set", "eval.every=2", "--set", "run.progress=false", "--set", "run.timeout_s=180"]
 ON_THE_NODE = ["--scheduler", "slurm", "--ranks-per-node", "2", "--threads", "1", "--no-cpu-bind"]
-PLACE = [*ON_THE_NODE, "--nodes", "1"]
 
 
 @pytest.fixture(scope="module")
@@ -30,8 +30,8 @@ def cluster(tmp_path_factory):
 
 
 def submit(env, script, cwd):
-    out = subprocess.run(["sbatch", "--parsable", f"--chdir={cwd}", f"--output={cwd}/job-%j.out", script],
-                         capture_output=True, text=True, env=env, timeout=60)
+    """sbatch the script as a user would: from `cwd`, with nothing added."""
+    out = subprocess.run(["sbatch", "--parsable", script], capture_output=True, text=True, env=env, cwd=cwd, timeout=60)
     assert out.returncode == 0, out.stderr
     return out.stdout.strip().split(";")[0]
 
@@ -49,28 +49,35 @@ def wait_gone(env, jobs, timeout_s):
     pytest.fail(f"Slurm jobs {jobs} still queued or running after {timeout_s} s")
 
 
-def job_script(tmp_path, strategy, *overrides):
+def job_script(tmp_path, strategy, *options):
     path = tmp_path / f"{strategy}.sh"
     r = ffnbench("job", "configs/smoke.yaml", "--set", f"strategy={strategy}", "--set", f"run.out={tmp_path}",
-                 *QUICK, *overrides, *PLACE, "--out", str(path))
+                 *QUICK, *options, "--scheduler", "slurm", "--nodes", "1", "--ranks-per-node", "2", "--threads", "1",
+                 "--out", str(path))
     assert r.returncode == 0, r.stderr
     return str(path)
 
 
 def test_generated_jobs_train_under_slurm(cluster, tmp_path):
-    jobs = {strategy: submit(cluster, job_script(tmp_path, strategy), tmp_path) for strategy in ("allreduce", "ps_async")}
+    elsewhere = tmp_path / "submitted_from"
+    elsewhere.mkdir()
+    jobs = {"allreduce": submit(cluster, job_script(tmp_path, "allreduce"), elsewhere),  # the script as written
+            "ps_async": submit(cluster, job_script(tmp_path, "ps_async", "--no-cpu-bind"), elsewhere)}
     wait_gone(cluster, list(jobs.values()), 600)
     for strategy, job in jobs.items():
         run_dir = tmp_path / f"smoke-{strategy}-r2-{job}"  # a directory of its own per job
+        log = (tmp_path / f"ffnbench-smoke-{job}.out").read_text()  # the job's log beside its runs
         summary = json.loads((run_dir / "summary.json").read_text())
-        assert summary["status"] == "complete", (tmp_path / f"job-{job}.out").read_text()
+        assert summary["status"] == "complete", log
         assert summary["strategy"] == strategy and summary["ranks"] == 2
+        assert yaml.safe_load((run_dir / "config.yaml").read_text())["ranks"] == 2  # resume/evaluate/export find it
+    assert not list(elsewhere.iterdir())  # nothing written where it was submitted
     manifest = json.loads((tmp_path / f"smoke-ps_async-r2-{jobs['ps_async']}" / "manifest.json").read_text())
     assert manifest["roles"] == ["server", "worker"]
 
 
 def test_a_cancelled_job_is_marked_interrupted(cluster, tmp_path):
-    script = job_script(tmp_path, "allreduce", "--set", "train.steps=100000", "--set", "eval.every=0")
+    script = job_script(tmp_path, "allreduce", "--set", "train.steps=100000", "--set", "eval.every=0", "--no-cpu-bind")
     job = submit(cluster, script, tmp_path)
     metrics = tmp_path / f"smoke-allreduce-r2-{job}" / "metrics.jsonl"
     deadline = time.time() + 300
@@ -86,7 +93,7 @@ def test_a_cancelled_job_is_marked_interrupted(cluster, tmp_path):
 def test_a_sweep_runs_as_slurm_jobs_with_the_local_report_columns(cluster, tmp_path):
     sweep = tmp_path / "tiny.yaml"
     sweep.write_text(yaml.safe_dump({"name": "tiny", "base": os.path.abspath("configs/smoke.yaml"),
-                                     "set": {"train.steps": 4, "eval.every": 2},
+                                     "set": {"train.steps": 4, "eval.every": 2, "run.timeout_s": 180},
                                      "runs": [{"strategy": "single", "ranks": 1}, {"strategy": "allreduce", "ranks": 2}]}))
     r = ffnbench("sweep", str(sweep), "--out", str(tmp_path / "slurm"), *ON_THE_NODE, "--one-at-a-time",
                  env=cluster, timeout=900)
