@@ -43,6 +43,8 @@ def checkpoint_prefix(path: str) -> str:
                 return newest
     if os.path.isfile(path + ".index"):
         return path
+    if os.path.isdir(path) or os.path.basename(path) == "checkpoints":  # a run's checkpoints/, made or not
+        raise FileNotFoundError(f"no checkpoint in {path}")
     raise FileNotFoundError(f"{path}: no checkpoint there (a prefix with a .index file, or a run directory)")
 
 
