@@ -135,9 +135,12 @@ def cmd_study(args):
         sweep_dir, failed = os.path.abspath(args.out or os.path.join(load_sweep(path)["out"], name)), 0
     else:
         sweep_dir, failed = run_sweep(path, args.out, args.set)
-    written, lines = studies.analyse(name, sweep_dir)
+    from ffnbench.plots.common import save
+    from ffnbench.plots.studies import FIGURES
+    runs, data, lines, text = studies.analyse(name, sweep_dir)
+    figures = save(FIGURES[name](runs, data), sweep_dir, name)
     print("\n".join(lines))
-    print(f"wrote {' '.join(written)}")
+    print(f"wrote {' '.join([text, *figures])}")
     return _die(f"{failed} run(s) of the study failed; the analysis leaves them out; see {sweep_dir}/index.json",
                 1) if failed else 0
 

@@ -23,8 +23,11 @@ TEST_VOLUME = {"seed": 1000, "density": 2.5}
 
 @dataclass
 class Cell:
-    """One experiment's repeats: a value per seed (None: the seed never got there)."""
+    """One experiment's repeats: a value per seed (None: the seed never got there). `log`: a positive,
+    skewed quantity (steps, times), summarised by its geometric mean and an interval on the log scale,
+    which stays positive."""
     values: List[Optional[float]] = field(default_factory=list)
+    log: bool = False
 
     @property
     def known(self) -> List[float]:
@@ -32,7 +35,11 @@ class Cell:
 
     @property
     def interval(self):
-        return mean_ci(self.known) if self.known else (None, None, None)
+        if not self.known:
+            return None, None, None
+        if not self.log:
+            return mean_ci(self.known)
+        return tuple(None if v is None else float(np.exp(v)) for v in mean_ci(np.log(self.known)))
 
     def text(self, fmt=".3f") -> str:
         mean, lo, hi = self.interval
@@ -74,9 +81,9 @@ def winner(a: Cell, b: Cell) -> Optional[int]:
     return 0 if hi < 0 else 1 if lo > 0 else None
 
 
-def cells_by(runs, key, value) -> Dict:
-    """{key(run): Cell of value(run)} over the complete runs."""
-    cells = defaultdict(Cell)
+def cells_by(runs, key, value, log=False) -> Dict:
+    """{key(run): Cell of value(run)} over the complete runs (log: see Cell)."""
+    cells = defaultdict(lambda: Cell(log=log))
     for r in runs:
         if r.complete:
             cells[key(r)].values.append(value(r))
@@ -103,7 +110,7 @@ def lr_scaling(runs, index):
     target = index["report"]["target_loss"]
     rule = lambda r: r.fields["train.lr_scaling"] if r.workers > 1 else "none"
     loss = cells_by(runs, lambda r: (rule(r), r.workers), final_loss)
-    steps = cells_by(runs, lambda r: (rule(r), r.workers), lambda r: steps_to(r, target))
+    steps = cells_by(runs, lambda r: (rule(r), r.workers), lambda r: steps_to(r, target), log=True)
     workers = sorted({w for _, w in loss})
     rows = [[w] + [loss[(k, w)].text() if (k, w) in loss else "" for k in ("none", "linear", "sqrt")] +
             [steps[(k, w)].text(".0f") if (k, w) in steps else "" for k in ("none", "linear", "sqrt")] for w in workers]
@@ -275,9 +282,11 @@ def evaluate_on_test_volume(sweep_dir, runs):
 
 
 def analyse(name, sweep_dir):
-    """Write SWEEP_DIR/NAME.md and NAME.png from the runs complete so far; returns (paths, lines)."""
-    from ffnbench.plots.studies import FIGURES
-    from ffnbench.plots.common import save
+    """Write SWEEP_DIR/NAME.md from the runs complete so far.
+
+    Returns:
+        (runs, the analysis' data for the study's figure, the conclusion lines, the .md path).
+    """
     runs, index = collect_runs(sweep_dir)
     if name == "segmentation":
         evaluate_on_test_volume(sweep_dir, runs)
@@ -288,4 +297,4 @@ def analyse(name, sweep_dir):
     with open(text + ".tmp", "w") as f:
         f.write("\n".join(lines) + "\n")
     os.replace(text + ".tmp", text)
-    return [text] + save(FIGURES[name](runs, data), sweep_dir, name), lines
+    return runs, data, lines, text

@@ -68,18 +68,20 @@ def lr_scaling(runs, data):
             legend.append((line, line.get_label()))
         cells = [steps.get((rule, w)) if w > 1 else steps.get(("none", 1)) for w in workers]
         draw_cells(ax_steps, workers, cells, RULE_COLORS[rule], None, offset)
-        for w, c in zip(workers, cells):  # seeds that never reached the target, on the top edge
+        for w, c in zip(workers, cells):  # seeds that never reached the target, along the bottom edge
             if c is not None and len(c.known) < len(c.values):
-                ax_steps.annotate(f"{len(c.values) - len(c.known)}✗", (w * offset, 1.0), xycoords=("data", "axes fraction"),
-                                  color=RULE_COLORS[rule], ha="center", va="top", fontsize=8)
+                ax_steps.annotate(f"{len(c.values) - len(c.known)}✗", (w * offset ** 3, 0.02),
+                                  xycoords=("data", "axes fraction"), color=RULE_COLORS[rule], ha="center",
+                                  va="bottom", fontsize=8, fontweight="bold")
     for ax in (ax_loss, ax_steps):
         log2_workers_axis(ax, workers, "workers N (emulated, synchronous; 4 FOVs per worker step)")
         paper_regions(ax)
+    plain_log_yaxis(ax_loss)  # a diverged rule's loss would otherwise flatten the others
     ax_loss.set_ylabel("final held-out loss (mean of last 3 evaluations)")
     ax_loss.set_title("Held-out loss after the same FOV budget (lower is better)")
     plain_log_yaxis(ax_steps)
     ax_steps.set_ylabel(f"optimizer steps until held-out loss ≤ {target:g}")
-    ax_steps.set_title("Steps to the target loss (✗: seeds that never reached it)")
+    ax_steps.set_title("Steps to the target loss (geometric mean; ✗: seeds that never reached it)")
     return finish(fig, legend, "Learning-rate scaling rules as workers grow", runs)
 
 
