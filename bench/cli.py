@@ -34,14 +34,25 @@ def cmd_train(args):
     ctl = lambda: control.for_launch(context.layout_of(cfg).launch, cfg["run"]["timeout_s"])
     if scheduler_job_id():  # a scheduler stops a job with SIGTERM to every rank: the summary must say so
         signal.signal(signal.SIGTERM, _interrupt)
-    try:
-        train(cfg, run_dir)
-    except KeyboardInterrupt as e:
+    def interrupted(e):
         if ctl().rank == 0:
             from ffnbench.bench.summary import write_failure
             write_failure(run_dir, "interrupted", f"interrupted by {e or 'SIGINT'}; the job was stopped")
+    try:
+        train(cfg, run_dir)
+    except KeyboardInterrupt as e:
+        interrupted(e)
         raise
     except Exception as e:  # any rank's error aborts the whole job at once, with its own line
+        if scheduler_job_id():
+            # a scheduler signals every rank at once: a peer that stopped first can fail our collective
+            # before our own SIGTERM is handled; give it a moment to land before blaming the error
+            import time
+            try:
+                time.sleep(2.0)
+            except KeyboardInterrupt as stop:
+                interrupted(stop)
+                raise stop from None
         import traceback
         path = os.path.join(run_dir, f"rank{ctl().rank}.traceback.txt")
         with open(path, "w") as f:
