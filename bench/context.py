@@ -53,13 +53,9 @@ def initial_weights(cfg):
     m, path = cfg["model"], cfg["model"]["init_from"]
     field = "config field model.init_from"
     try:
-        weights, fmt, prefix = fc.read_weights(path)
-        fc.check_fits(weights, m["depth"], m["features"], path)
-        fov = fc.trained_fov(prefix)
+        weights, fmt, prefix = fc.read_checked(path, m["depth"], m["features"], m["fov"])
     except (fc.CheckpointMismatch, FileNotFoundError) as e:
         raise ConfigError(f"{field}: {e}")
-    if fov is not None and fov != list(m["fov"]):
-        raise ConfigError(f"{field}: {path} was trained with model.fov {fov}, the config has {m['fov']}")
     return weights, {"path": path, "checkpoint": prefix, "format": fmt}
 
 

@@ -103,14 +103,9 @@ def checked_weights(cfg, checkpoint):
     from ffnbench.model import ffn_checkpoint as fc
     m = cfg["model"]
     try:
-        weights, fmt, prefix = fc.read_weights(checkpoint)
-        fc.check_fits(weights, m["depth"], m["features"], checkpoint)
-        fov = fc.trained_fov(prefix)
+        return fc.read_checked(checkpoint, m["depth"], m["features"], m["fov"])
     except fc.CheckpointMismatch as e:
         raise ConfigError(str(e))
-    if fov is not None and fov != list(m["fov"]):
-        raise ConfigError(f"{checkpoint}: was trained with model.fov {fov}, the config has {m['fov']}")
-    return weights, fmt, prefix
 
 
 def evaluate_weights(cfg, checked, out_dir, volume_spec, progress):

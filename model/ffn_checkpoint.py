@@ -111,6 +111,18 @@ def check_fits(weights, depth: int, features: int, source: str) -> None:
                                  f"lacks (the checkpoint has depth {checkpoint_depth(weights)})")
 
 
+def read_checked(path: str, depth: int, features: int, fov):
+    """read_weights, then check_fits and the source run's FOV (when it records one): what every
+    caller that loads weights into a configured network needs. Raises CheckpointMismatch or
+    FileNotFoundError, naming `path`."""
+    weights, fmt, prefix = read_weights(path)
+    check_fits(weights, depth, features, path)
+    trained = trained_fov(prefix)
+    if trained is not None and trained != list(fov):
+        raise CheckpointMismatch(f"{path} was trained with model.fov {trained}, the config has {list(fov)}")
+    return weights, fmt, prefix
+
+
 def checkpoint_depth(weights) -> int:
     return sum(1 for layer in weights if layer.endswith("_a"))
 
