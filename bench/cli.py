@@ -152,6 +152,8 @@ def cmd_study(args):
     figures = save(FIGURES[name](runs, data), sweep_dir, name)
     print("\n".join(lines))
     print(f"wrote {' '.join([text, *figures])}")
+    if args.archive:
+        print(f"archived {studies.archive(name, sweep_dir, args.archive)} complete runs' evidence in {args.archive}")
     return _die(f"{failed} run(s) of the study failed; the analysis leaves them out; see {sweep_dir}/index.json",
                 1) if failed else 0
 
@@ -374,6 +376,10 @@ def parser():
     y.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="as for sweep")
     y.add_argument("--analyse-only", action="store_true",
                    help="analyse the runs complete so far without running any (e.g. while a study runs)")
+    y.add_argument("--archive", metavar="DIR",
+                   help="also copy what the analysis reads of each complete run (configs, summaries, held-out "
+                        "evaluations; no per-step records or checkpoints) and the figure to DIR, e.g. to commit "
+                        "it; --out DIR then redraws or resumes from there")
     y.set_defaults(fn=cmd_study)
     e = sub.add_parser("report", help="table of a sweep's (or any directory's) runs; writes report.md/.csv")
     e.add_argument("dir")

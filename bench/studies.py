@@ -5,7 +5,9 @@ reduces its runs to cells (one experiment's repeats: mean and 95 % t interval), 
 the paper's claim is about (Welch intervals on differences; "no difference" when one includes 0),
 and writes OUT/NAME.md (tables and conclusions) and OUT/NAME.png.
 """
+import json
 import os
+import shutil
 from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional
@@ -279,6 +281,44 @@ def evaluate_on_test_volume(sweep_dir, runs):
         if r.complete and not (r.seg and r.seg.get("volume") == spec):
             r.seg, _ = evaluate(r.run_dir, spec, progress=False)
             print(f"{r.run_id}: ARE {r.seg['are']:.3f} VOI {r.seg['voi']:.3f}", flush=True)
+
+
+#: what a study's analysis reads of a run; the rest (per-step records, checkpoints, traces) stays behind
+EVIDENCE_FILES = ("config.yaml", "manifest.json", "summary.json", "eval.json")
+EVIDENCE_RECORDS = ("eval", "lost", "resume")
+
+
+def archive(name, sweep_dir, dest):
+    """Copy the evidence of SWEEP_DIR's complete runs to DEST (a few kB a run, small enough to commit),
+    with the analysis and figures: `ffnbench study NAME --out DEST --analyse-only` redraws from it and
+    `ffnbench study NAME --out DEST` resumes the study there (complete runs are skipped).
+
+    Returns:
+        how many runs were archived.
+    """
+    if os.path.realpath(dest) == os.path.realpath(sweep_dir):
+        raise ValueError(f"--archive {dest}: that is the study's own directory; archive to another")
+    runs, index = collect_runs(sweep_dir)
+    os.makedirs(dest, exist_ok=True)
+    kept = 0
+    for r in runs:
+        if not r.complete:
+            continue
+        to = os.path.join(dest, r.run_id)
+        os.makedirs(to, exist_ok=True)
+        for f in EVIDENCE_FILES:
+            if os.path.isfile(os.path.join(r.run_dir, f)):
+                shutil.copyfile(os.path.join(r.run_dir, f), os.path.join(to, f))
+        with open(os.path.join(r.run_dir, "metrics.jsonl")) as src, open(os.path.join(to, "metrics.jsonl"), "w") as out:
+            out.writelines(line for line in src if json.loads(line).get("kind") in EVIDENCE_RECORDS)
+        kept += 1
+    entries = [{**e, "run_dir": os.path.abspath(os.path.join(dest, e["id"]))} for e in index["runs"]]
+    with open(os.path.join(dest, "index.json"), "w") as f:
+        json.dump({**index, "runs": entries}, f, indent=1)
+    for f in os.listdir(sweep_dir):
+        if f.startswith(name + ".") and f.endswith((".md", ".png")):
+            shutil.copyfile(os.path.join(sweep_dir, f), os.path.join(dest, f))
+    return kept
 
 
 def analyse(name, sweep_dir):

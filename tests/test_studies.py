@@ -1,7 +1,11 @@
 """The studies' conclusions follow from the seeds: intervals decide, and "no difference" is said when
 they include it. Runs are made up here; the studies themselves never run in the test suite."""
+import dataclasses
+import json
+
 import numpy as np
 import pytest
+import yaml
 
 from conftest import ffnbench
 from ffnbench.bench import studies
@@ -118,3 +122,34 @@ def test_an_unknown_study_is_one_line():
     r = ffnbench("study", "no_such_study")
     assert r.returncode != 0
     assert r.stderr.strip().count("\n") == 0 and "no_such_study" in r.stderr and "lr_scaling" in r.stderr
+
+
+def write_sweep(directory, runs):
+    """The made-up runs as a sweep directory on disk: config, summary, per-step and held-out records."""
+    entries = []
+    for i, r in enumerate(runs):
+        run_dir = directory / f"run{i}"
+        run_dir.mkdir()
+        config = {"strategy": r.fields["strategy"], "strategy_options": {"workers": r.summary["workers"]},
+                  "train": {"lr_scaling": r.fields["train.lr_scaling"], "seed": r.fields["train.seed"]}}
+        (run_dir / "config.yaml").write_text(yaml.safe_dump(config))
+        (run_dir / "summary.json").write_text(json.dumps(r.summary))
+        steps = [{"kind": "step", "rank": 0, "step": s, "time": s, "fovs": 4, "loss": 1.0, "model_version": s,
+                  "compute_s": 0, "comm_s": 0, "data_s": 0, "wait_s": 0, "step_s": 0} for s in range(50)]
+        evals = [{"kind": "eval", **dataclasses.asdict(e)} for e in r.evals]
+        (run_dir / "metrics.jsonl").write_text("".join(json.dumps(x) + "\n" for x in steps + evals))
+        entries.append({"id": f"run{i}", "run_dir": str(run_dir), "status": "complete", "error": None})
+    (directory / "index.json").write_text(json.dumps({**INDEX, "runs": entries}))
+
+
+def test_an_archive_keeps_what_the_analysis_reads(tmp_path):
+    (tmp_path / "study").mkdir()
+    write_sweep(tmp_path / "study", lr_runs({("none", 1): 0.4, ("linear", 4): 0.40, ("sqrt", 4): 0.45}))
+    _, _, lines, _ = studies.analyse("lr_scaling", str(tmp_path / "study"))
+    assert studies.archive("lr_scaling", str(tmp_path / "study"), str(tmp_path / "kept")) == 9
+    _, _, kept_lines, text = studies.analyse("lr_scaling", str(tmp_path / "kept"))
+    assert kept_lines == lines and (tmp_path / "kept" / "lr_scaling.md").read_text().startswith("| workers")
+    records = (tmp_path / "kept" / "run0" / "metrics.jsonl").read_text()
+    assert '"kind": "step"' not in records and records.count('"kind": "eval"') == 5
+    with pytest.raises(ValueError, match="own directory"):
+        studies.archive("lr_scaling", str(tmp_path / "kept"), str(tmp_path / "kept"))
