@@ -132,8 +132,9 @@ def lr_scaling(runs, index):
 
 def agreement(beyond, below, big, small):
     """Whether per-N winners (0 = sqrt, 1 = linear, None = no difference) agree with the paper's claim."""
-    said = [f"beyond 16 ({', '.join(map(str, big))} workers): " + describe(beyond),
-            f"below 16 ({', '.join(map(str, small))} workers): " + describe(below)]
+    def at(ns):
+        return f" ({', '.join(map(str, ns))} workers)" if ns else ""
+    said = [f"beyond 16{at(big)}: " + describe(beyond), f"below 16{at(small)}: " + describe(below)]
     agree_beyond = bool(beyond) and all(w == 0 for w in beyond)
     agree_below = bool(below) and all(w == 1 for w in below)
     verdict = ("the data agree" if agree_beyond and agree_below else

@@ -181,11 +181,16 @@ def with_defaults(stored):
         return None
 
 
+def training_part(cfg):
+    """A config without its inference settings, which a finished training run does not depend on."""
+    return None if cfg is None else {k: v for k, v in cfg.items() if k != "inference"}
+
+
 def check_resumable(planned, sweep_dir):
-    """A finished run whose config differs from the sweep's must not be mistaken for its result."""
+    """A finished run whose training config differs from the sweep's must not be mistaken for its result."""
     for run in planned:
         run_dir = os.path.join(sweep_dir, run["id"])
-        if is_complete(run_dir) and with_defaults(stored_config(run_dir)) != run["config"]:
+        if is_complete(run_dir) and training_part(with_defaults(stored_config(run_dir))) != training_part(run["config"]):
             raise ConfigError(f"sweep run {run['id']}: {run_dir} holds a completed run with a different config; "
                               f"move it away or use another --out")
 

@@ -69,6 +69,9 @@ def test_a_run_from_before_a_new_config_field_still_counts_as_done(tmp_path):
     del older["model"]["init_from"]  # a field added after the run: its default is what the run had
     (run_dir / "config.yaml").write_text(yaml.safe_dump(older))
     sweep.check_resumable(planned, str(tmp_path / "out"))
+    older["inference"]["segment_threshold"] = 0.5  # inference settings do not change what was trained
+    (run_dir / "config.yaml").write_text(yaml.safe_dump(older))
+    sweep.check_resumable(planned, str(tmp_path / "out"))
     older["train"]["lr"] *= 2  # a different experiment is still refused
     (run_dir / "config.yaml").write_text(yaml.safe_dump(older))
     with pytest.raises(sweep.ConfigError, match="holds a completed run with a different config"):
