@@ -56,6 +56,11 @@ def final_loss(run) -> Optional[float]:
     return final_value([e.loss for e in run.evals])
 
 
+def learned_nothing(run) -> float:
+    """1 if the run's final held-out loss is no better than the best constant prediction's, else 0."""
+    return float(final_loss(run) >= run.summary["baselines"]["loss_constant"])
+
+
 def steps_to(run, target) -> Optional[float]:
     """Optimizer steps until the trailing mean of the held-out loss reaches `target`."""
     return first_crossing([e.step for e in run.evals], [e.loss for e in run.evals], target)
@@ -114,10 +119,16 @@ def lr_scaling(runs, index):
     loss = cells_by(runs, lambda r: (rule(r), r.workers), final_loss)
     steps = cells_by(runs, lambda r: (rule(r), r.workers), lambda r: steps_to(r, target), log=True)
     workers = sorted({w for _, w in loss})
-    rows = [[w] + [loss[(k, w)].text() if (k, w) in loss else "" for k in ("none", "linear", "sqrt")] +
-            [steps[(k, w)].text(".0f") if (k, w) in steps else "" for k in ("none", "linear", "sqrt")] for w in workers]
-    lines = [markdown(["workers", "final loss: none", "linear", "sqrt", f"steps to {target}: none", "linear", "sqrt"], rows),
-             "", seeds_line(runs), ""]
+    failed = cells_by(runs, lambda r: (rule(r), r.workers), learned_nothing)
+    rules = ("none", "linear", "sqrt")
+    rows = [[w] + [loss[(k, w)].text() if (k, w) in loss else "" for k in rules] +
+            [steps[(k, w)].text(".0f") if (k, w) in steps else "" for k in rules] +
+            [f"{sum(failed[(k, w)].values):.0f} of {len(failed[(k, w)].values)}" if (k, w) in failed else ""
+             for k in rules] for w in workers]
+    lines = [markdown(["workers", "final loss: none", "linear", "sqrt", f"steps to {target}: none", "linear", "sqrt",
+                       "no better than constant: none", "linear", "sqrt"], rows),
+             "", seeds_line(runs) + "; 'no better than constant': seeds whose final loss is at or above the loss "
+             "of predicting the held-out labels' mean everywhere (a diverged or stalled run)", ""]
     for w in workers:
         if ("linear", w) in loss and ("sqrt", w) in loss:
             lines.append(f"- {w} workers: " + compare(loss[("sqrt", w)], loss[("linear", w)], "sqrt", "linear"))

@@ -16,7 +16,8 @@ from ffnbench.strategies.base import EvalRecord
 def run(strategy, workers, fields, losses, seed, **summary):
     """A complete run whose held-out loss ends at the given values (evaluations 10 steps apart)."""
     r = RunData(run_dir=f"/nowhere/{strategy}{workers}{seed}", run_id="x", status="complete",
-                summary={"status": "complete", "strategy": strategy, "workers": workers, "train_s": 1.0, **summary},
+                summary={"status": "complete", "strategy": strategy, "workers": workers, "train_s": 1.0,
+                         "baselines": {"loss_constant": 0.69}, **summary},
                 fields={"strategy": strategy, "train.seed": seed, **fields})
     r.__dict__["evals"] = [EvalRecord(step=10 * (i + 1), time=i, fovs_total=i, loss=v, loss_sem=0.01, accuracy=0,
                                       precision=0, recall=0, f1=0, eval_s=0) for i, v in enumerate(losses)]
@@ -49,6 +50,9 @@ def test_lr_scaling_agrees_only_when_every_n_does():
     # trailing means of 3: (0.6 + 2 x 0.45) / 3 = 0.5 reaches 0.5 at step 40; 0.455 needs step 50
     assert data["steps"][("sqrt", 32)].known == [40.0, 50.0, 40.0]
     assert data["steps"][("linear", 32)].known == []         # never reached
+    assert lines[0].splitlines()[-1].endswith("| not reached (0 of 3) | 43 [31, 59] |  | 0 of 3 | 0 of 3 |")
+    _, lines = studies.lr_scaling(lr_runs({**agree, ("linear", 32): 1.2}), INDEX)   # diverged: worse than constant
+    assert lines[0].splitlines()[-1].endswith("| 3 of 3 | 0 of 3 |")
     mixed = {**agree, ("linear", 32): 0.45 + 0.004}           # within the seeds' spread
     _, lines = studies.lr_scaling(lr_runs(mixed), INDEX)
     assert "agree below 16 only" in lines[-1] and "no difference" in lines[-1]
