@@ -2,6 +2,7 @@
 machine, saving."""
 import math
 import os
+import textwrap
 
 import matplotlib
 
@@ -59,7 +60,8 @@ def model_text(runs):
 def title(fig, what, runs):
     """Two-line title: what was compared, then the model and the machine."""
     context = "; ".join(p for p in (model_text(runs), f"on {machine(runs)}") if p)
-    fig.suptitle(f"{what}\n{context}", fontsize=12)
+    fits = int(fig.get_figwidth() * 10)  # characters of 12-point text per line, so a narrow figure wraps
+    fig.suptitle("\n".join(textwrap.fill(line, fits) for line in (what, context)), fontsize=12)
 
 
 def strategies_text(runs):
