@@ -7,7 +7,7 @@ A sweep file:
     set: {train.optimizer: adam}     # overrides shared by every run
     runs:                            # run variants: a list of override mappings ...
       - {strategy: single, ranks: 1}
-      - {strategy: allreduce, ranks: 2}
+      - {strategy: allreduce, ranks: 2, repeats: 6}   # `repeats` in a variant overrides the sweep's
     grid:                            # ... and/or a grid: every combination of these values
       train.lr: [0.001, 0.003]
     fov_budget: 2400                 # optional: train.steps = ceil(budget / (workers * batch_size))
@@ -74,6 +74,9 @@ def load_sweep(path):
     if "runs" in spec and (not isinstance(runs, list) or not runs
                            or not all(isinstance(r, dict) and r for r in runs)):
         raise bad("runs", "must be a non-empty list of non-empty mappings of dotted.key: value")
+    for i, r in enumerate(runs):
+        if "repeats" in r and (not isinstance(r["repeats"], int) or isinstance(r["repeats"], bool) or r["repeats"] < 1):
+            raise bad(f"runs[{i}].repeats", f"must be an integer >= 1 (got {r['repeats']!r})")
     both = sorted({k for r in runs for k in r} & set(grid))
     if both:
         raise bad(both[0], "is set by both runs and grid")
@@ -145,8 +148,12 @@ def plan(sweep, here=True):
     planned, seen = [], {}
     # repeats outermost: each round runs every variant once, so a machine's drift over the sweep
     # falls on all of them alike (interleaved, not one variant's repeats back to back)
-    for rep in range(sweep["repeats"]):
-        for variant in sweep["runs"]:
+    repeats = [variant.get("repeats", sweep["repeats"]) for variant in sweep["runs"]]
+    for rep in range(max(repeats)):
+        for variant, times in zip(sweep["runs"], repeats):
+            if rep >= times:
+                continue
+            variant = {k: v for k, v in variant.items() if k != "repeats"}
             for values in itertools.product(*(sweep["grid"][k] for k in keys)):
                 varying = {**variant, **dict(zip(keys, values))}
                 rid = run_id(varying, rep)

@@ -105,6 +105,7 @@ def test_plot_writes_the_always_produced_figures(tiny_sweep):
     ({"grid": {}}, "grid: must be a non-empty mapping"),
     ({"grid": {"train.lr": 0.1}}, "grid.train.lr: must be a non-empty list"),
     ({"grid": {"train.lrate": [0.1]}}, "config field train.lrate: unknown field"),
+    ({"runs": [{"train.lr": 0.1, "repeats": 0}]}, "runs[0].repeats: must be an integer >= 1"),
 ])
 def test_malformed_sweep_file_exits_2_with_one_line(tmp_path, change, message):
     path = write_sweep(str(tmp_path), {**TINY, **change})
@@ -113,6 +114,16 @@ def test_malformed_sweep_file_exits_2_with_one_line(tmp_path, change, message):
     assert result.stderr.count("\n") == 1 and result.stderr.startswith("ffnbench: error: ")
     assert message in result.stderr
     assert not os.path.exists(tmp_path / "results")  # nothing started
+
+
+def test_a_variant_can_have_more_seeds_than_the_rest(tmp_path):
+    spec = {"name": "tiny", "base": "configs/smoke.yaml", "set": TINY["set"], "repeats": 2,
+            "runs": [{"train.batch_size": 1}, {"train.batch_size": 2, "repeats": 4}]}
+    planned = sweep.plan(sweep.load_sweep(write_sweep(str(tmp_path), spec)))
+    ids = [r["id"] for r in planned]
+    assert ids == ["train.batch_size=1,rep=0", "train.batch_size=2,rep=0", "train.batch_size=1,rep=1",
+                   "train.batch_size=2,rep=1", "train.batch_size=2,rep=2", "train.batch_size=2,rep=3"]
+    assert [r["config"]["train"]["seed"] for r in planned][-2:] == [2, 3]
 
 
 def test_fov_budget_gives_every_run_the_same_fovs():
