@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Ensure system MPI and a cached, pinned venv; link it as ./.venv.
 # The venv lives in ~/.cache/ffnbench/venv-<hash of the pins>, so a fresh clone with
-# unchanged pins reuses it in seconds; a new pin set builds a new one (~7 min here). The cache key is
+# unchanged pins reuses it in seconds; a new pin set builds a new one (3-7 min on 2 cores). The cache key is
 # the pins and the build recipe (scripts/build_venv.sh) without comments, so editing a comment or this
 # script does not rebuild.
 set -euo pipefail
@@ -43,7 +43,7 @@ mkdir -p "$cache"
 exec 9>"$cache/.lock-$hash"
 flock 9   # one builder per pin set; concurrent clones wait for it
 if [ ! -f "$venv/.complete" ]; then
-  echo "setup: building venv $venv (first time for these pins; about 7 min)"
+  echo "setup: building venv $venv (first time for these pins; 3-7 min on 2 cores)"
   rm -rf "$venv"   # a half-built venv from an interrupted build
   PYTHON="$PY" bash scripts/build_venv.sh "$venv"
   touch "$venv/.complete"
