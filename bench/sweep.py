@@ -31,6 +31,7 @@ Each run's directory is named after its variant and grid values, e.g.
 holds summary.json are skipped, which resumes an interrupted sweep. OUT/NAME/index.json records
 the sweep and every run's status (complete | failed | pending) and error.
 """
+import hashlib
 import itertools
 import math
 import os
@@ -133,10 +134,26 @@ def format_value(value):
     return str(value)
 
 
+#: a value longer than this (a staleness histogram, say) appears in a run's directory name as a hash,
+#: so names stay within the file system's 255 bytes
+LONGEST_VALUE_IN_ID = 48
+
+
+def id_value(value):
+    text = format_value(value)
+    if len(text) <= LONGEST_VALUE_IN_ID:
+        return text
+    return "sha256-" + hashlib.sha256(text.encode()).hexdigest()[:12]
+
+
 def run_id(overrides, repeat):
     """Directory name of a run: its varying values in order, then the repeat index."""
-    parts = [f"{key}={format_value(value)}" for key, value in overrides.items()] + [f"rep={repeat}"]
-    return re.sub(r"[^A-Za-z0-9._,=+-]", "_", ",".join(parts))
+    parts = [f"{key}={id_value(value)}" for key, value in overrides.items()] + [f"rep={repeat}"]
+    rid = re.sub(r"[^A-Za-z0-9._,=+-]", "_", ",".join(parts))
+    if len(rid) > 255:
+        raise ConfigError(f"sweep run {rid[:60]}...: its directory name is {len(rid)} characters, more than a file "
+                          f"system allows (255); vary fewer keys in one variant")
+    return rid
 
 
 def plan(sweep, here=True):

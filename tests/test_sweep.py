@@ -148,3 +148,14 @@ def test_a_failed_run_is_recorded_and_the_sweep_goes_on(tmp_path, monkeypatch):
     runs = read_index(sweep_dir)["runs"]
     assert failed == 1
     assert [(r["status"], r["error"]) for r in runs] == [("failed", "boom"), ("complete", None)]
+
+
+@pytest.mark.parametrize("study", sorted(f[:-5] for f in os.listdir(os.path.join(ROOT, "configs/studies"))))
+def test_every_study_run_has_a_directory_name_the_file_system_takes(study):
+    planned = sweep.plan(sweep.load_sweep(os.path.join(ROOT, "configs/studies", f"{study}.yaml")))
+    assert len({r["id"] for r in planned}) == len(planned)
+    assert all(len(r["id"]) <= 255 for r in planned)
+    if study == "sync_async":  # the long staleness histograms appear as hashes, the short one as itself
+        histograms = [r["id"] for r in planned if "histogram=" in r["id"]]
+        assert any("staleness_histogram=0x11x145x984x117x19x4," in i for i in histograms)
+        assert sum("staleness_histogram=sha256-" in i for i in histograms) == 2 * 3
