@@ -286,7 +286,10 @@ def test_a_diverged_loss_stops_the_run_and_json_stays_strict(tmp_path):
 
 # ------------------------------------------------------------------ resume
 
-RESUMABLE = ["--set", "train.steps=200", "--set", "train.warmup_steps=100", "--set", "train.lr_scaling=linear",
+# mpirun takes its ranks down ~1 s after SIGTERM, and a smoke step takes ~5 ms on a 2026 Xeon: the run
+# is long enough that an interruption after a few steps still falls well inside the lr warm-up
+STEPS, WARMUP = 600, 500
+RESUMABLE = ["--set", f"train.steps={STEPS}", "--set", f"train.warmup_steps={WARMUP}", "--set", "train.lr_scaling=linear",
              "--set", "run.checkpoint_every=7", "--set", "eval.every=50", "--set", "run.progress=false"]
 
 
@@ -321,7 +324,7 @@ def test_a_resumed_run_ends_with_bitwise_the_weights_of_an_uninterrupted_one(str
     checkpoint = interrupted(layout, cut, 10 * len(workers))
     from ffnbench.bench import checkpoints
     step = checkpoints.read_meta(checkpoint)["step"]
-    assert 7 <= step < 100, "the interruption is meant to fall inside the lr warm-up"
+    assert 7 <= step < WARMUP, "the interruption is meant to fall inside the lr warm-up"
     stream = checkpoints.split(checkpoints.load_rank(checkpoint, workers[0]), "stream")
     assert any(stream[f"slot{i}_moves"].size and stream[f"slot{i}_offset"].size for i in range(2)), \
         "examples part-way through their FOV moves"
@@ -332,7 +335,7 @@ def test_a_resumed_run_ends_with_bitwise_the_weights_of_an_uninterrupted_one(str
     assert a.keys() == b.keys() and all(np.array_equal(a[k], b[k]) for k in a), "not bitwise equal"
     records = strict_json(str(cut / "metrics.jsonl"))
     steps = sorted((x["rank"], x["step"]) for x in records if x["kind"] == "step")
-    assert steps == [(rank, s) for rank in workers for s in range(200)]
+    assert steps == [(rank, s) for rank in workers for s in range(STEPS)]
     assert [x["step"] for x in records if x["kind"] == "resume"] == [step]
     summary = strict_json(str(cut / "summary.json"))
     assert summary["status"] == "complete" and summary["fovs_total"] == strict_json(str(whole / "summary.json"))["fovs_total"]
@@ -352,9 +355,9 @@ def test_async_ps_resumes_from_a_consistent_snapshot(tmp_path):
     r = ffnbench("resume", str(cut), timeout=300)
     assert r.returncode == 0, r.stderr
     records = strict_json(str(cut / "metrics.jsonl"))
-    assert sorted(x["version"] for x in records if x["kind"] == "update") == list(range(400))
+    assert sorted(x["version"] for x in records if x["kind"] == "update") == list(range(2 * STEPS))
     assert sorted((x["rank"], x["step"]) for x in records if x["kind"] == "step") == \
-        [(rank, s) for rank in (1, 2) for s in range(200)]
+        [(rank, s) for rank in (1, 2) for s in range(STEPS)]
     assert strict_json(str(cut / "summary.json"))["status"] == "complete"
 
 
