@@ -279,20 +279,27 @@ def study_file(name):
 
 
 def evaluate_on_test_volume(sweep_dir, runs):
-    """Flood-fill the test volume with every complete run's model not yet scored on it (eval.json)."""
+    """Flood-fill the test volume with every complete run's model not yet scored on it (eval.json).
+
+    A run was scored on it if its eval.json names SWEEP_DIR's test_volume.h5, wherever that directory
+    has since moved: an archived study (no checkpoints, no test volume) is redrawn without re-scoring.
+    """
     from ffnbench.bench.segmentation_eval import evaluate
     from ffnbench.model.synthetic import make_volume, write_h5
     path = os.path.join(sweep_dir, "test_volume.h5")
-    if not os.path.exists(path):
-        shape = tuple(next(r for r in runs if r.complete).config["data"]["shape"])
-        image, labels = make_volume(shape, **TEST_VOLUME)
+    spec = f"{path}:image,{path}:labels"
+
+    def scored(r):
+        return r.seg and [os.path.basename(p) for p in r.seg.get("volume", "").split(",")] == \
+            ["test_volume.h5:image", "test_volume.h5:labels"]
+    todo = [r for r in runs if r.complete and not scored(r)]
+    if todo and not os.path.exists(path):
+        image, labels = make_volume(tuple(todo[0].config["data"]["shape"]), **TEST_VOLUME)
         write_h5(path + ".tmp", image, labels)
         os.replace(path + ".tmp", path)
-    spec = f"{path}:image,{path}:labels"
-    for r in runs:
-        if r.complete and not (r.seg and r.seg.get("volume") == spec):
-            r.seg, _ = evaluate(r.run_dir, spec, progress=False)
-            print(f"{r.run_id}: ARE {r.seg['are']:.3f} VOI {r.seg['voi']:.3f}", flush=True)
+    for r in todo:
+        r.seg, _ = evaluate(r.run_dir, spec, progress=False)
+        print(f"{r.run_id}: ARE {r.seg['are']:.3f} VOI {r.seg['voi']:.3f}", flush=True)
 
 
 #: what a study's analysis reads of a run; the rest (per-step records, checkpoints, traces) stays behind

@@ -135,13 +135,16 @@ def write_sweep(directory, runs):
         run_dir = directory / f"run{i}"
         run_dir.mkdir()
         config = {"strategy": r.fields["strategy"], "strategy_options": {"workers": r.summary["workers"]},
-                  "train": {"lr_scaling": r.fields["train.lr_scaling"], "seed": r.fields["train.seed"]}}
+                  "train": {"lr_scaling": r.fields.get("train.lr_scaling", "none"), "seed": r.fields["train.seed"]}}
         (run_dir / "config.yaml").write_text(yaml.safe_dump(config))
         (run_dir / "summary.json").write_text(json.dumps(r.summary))
         steps = [{"kind": "step", "rank": 0, "step": s, "time": s, "fovs": 4, "loss": 1.0, "model_version": s,
                   "compute_s": 0, "comm_s": 0, "data_s": 0, "wait_s": 0, "step_s": 0} for s in range(50)]
         evals = [{"kind": "eval", **dataclasses.asdict(e)} for e in r.evals]
         (run_dir / "metrics.jsonl").write_text("".join(json.dumps(x) + "\n" for x in steps + evals))
+        if r.seg:
+            volume = directory / "test_volume.h5"
+            (run_dir / "eval.json").write_text(json.dumps({**r.seg, "volume": f"{volume}:image,{volume}:labels"}))
         entries.append({"id": f"run{i}", "run_dir": str(run_dir), "status": "complete", "error": None})
     (directory / "index.json").write_text(json.dumps({**INDEX, "runs": entries}))
 
@@ -157,3 +160,14 @@ def test_an_archive_keeps_what_the_analysis_reads(tmp_path):
     assert '"kind": "step"' not in records and records.count('"kind": "eval"') == 5
     with pytest.raises(ValueError, match="own directory"):
         studies.archive("lr_scaling", str(tmp_path / "kept"), str(tmp_path / "kept"))
+
+
+def test_an_archived_segmentation_study_is_redrawn_without_flood_filling_again(tmp_path):
+    """Its runs were scored on the test volume of the directory they ran in; the archive has neither
+    that volume nor checkpoints, and must not need them."""
+    (tmp_path / "study").mkdir()
+    write_sweep(tmp_path / "study", seg_runs())
+    _, _, lines, _ = studies.analyse("segmentation", str(tmp_path / "study"))
+    assert studies.archive("segmentation", str(tmp_path / "study"), str(tmp_path / "kept")) == 6
+    _, _, kept_lines, _ = studies.analyse("segmentation", str(tmp_path / "kept"))
+    assert kept_lines == lines and not (tmp_path / "kept" / "test_volume.h5").exists()
