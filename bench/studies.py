@@ -248,7 +248,10 @@ def segmentation(runs, index):
     are = cells_by(evaluated, label, lambda r: r.seg["are"])
     voi = cells_by(evaluated, label, lambda r: r.seg["voi"])
     rows = [[m, are[m].text(), voi[m].text()] for m in are]
-    volume = evaluated[0].seg["volume"] if evaluated else "?"
+    data = (evaluated[0].config or {}).get("data", {}) if evaluated else {}
+    volume = (f"synthetic, generator seed {TEST_VOLUME['seed']} and density {TEST_VOLUME['density']} "
+              f""
+              f"(training's: seed {data.get('seed')}, density {data.get('density')})" if evaluated else "?")
     if evaluated:
         for name, b in evaluated[0].seg["baselines"].items():
             rows.append([f"{name.replace('_', ' ')} (baseline)", f"{b['are']:.3f}", f"{b['voi']:.3f}"])
