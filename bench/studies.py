@@ -250,7 +250,6 @@ def segmentation(runs, index):
     rows = [[m, are[m].text(), voi[m].text()] for m in are]
     data = (evaluated[0].config or {}).get("data", {}) if evaluated else {}
     volume = (f"synthetic, generator seed {TEST_VOLUME['seed']} and density {TEST_VOLUME['density']} "
-              f""
               f"(training's: seed {data.get('seed')}, density {data.get('density')})" if evaluated else "?")
     if evaluated:
         for name, b in evaluated[0].seg["baselines"].items():
