@@ -18,6 +18,11 @@ segment. FFN's rules, each an option where FFN has one:
   than that fraction of a FOV is predicted >= move_threshold, voxels already
   below 0.5 may not rise, which keeps a flood from reconnecting through
   voxels it has given up.
+* Moves (FaceMaxMovementPolicy): the maximum of each face of the FOV's logits as
+  written to the canvas (after the disco rule), if >= move_threshold; each FOV's
+  moves are queued best first. A centre is skipped when taken if a FOV was
+  already predicted at its node of the deltas lattice anchored at the flood's
+  first centre (FFN's quantize_pos and done_rounded_coords).
 * The canvas is unvisited (NaN, fed to the network as pad_value) until
   predicted, and one FOV is predicted at a time (batch_size 1).
 
@@ -30,10 +35,12 @@ Deviations from google/ffn, chosen for speed or coverage:
   moves straight along the axis instead of drifting to one corner.
 * A move whose FOV would leave the volume is clamped inside it rather than
   dropped, so objects are filled up to the volume edge.
-* Revisits are detected on a lattice of ``deltas`` anchored at the seed
-  (FOV centres within delta/2 of a visited node are skipped); centres clamped
-  against the volume edge get their own key on that axis, so clamping never
-  hides a position that would cover the last voxels.
+* Centres clamped against the volume edge get their own revisit key on that
+  axis, so clamping never hides a position that would cover the last voxels.
+* The volume's margin (fov // 2) counts as edge for the seeds, where FFN drops
+  seeds without a full FOV around them, so objects cut by the volume edge get
+  a seed; and no seed lies on an edge (FFN's peak threshold 0 lets its jitter
+  make peaks inside thick membranes, floods its network then refuses).
 """
 import time
 from collections import deque
@@ -146,18 +153,21 @@ class _Filler:
     def fov_slices(self, centre):
         return tuple(slice(c - r, c + r + 1) for c, r in zip(centre, self.radius))
 
-    def lattice_key(self, centre, seed):
-        """Visited-set key of a FOV centre (see module docstring)."""
+    def lattice_key(self, centre, start):
+        """Visited-set key of a FOV centre: FFN's quantize_pos, (centre - start + deltas // 2) // deltas
+        (see module docstring for centres clamped at the volume edge)."""
         centre = np.asarray(centre)
-        node = np.rint((centre - seed) / np.maximum(self.deltas, 1)).astype(np.int64)
+        node = (centre - start + self.deltas // 2) // np.maximum(self.deltas, 1)
         node[centre == self.radius] = -EDGE_KEY
         node[centre == self.shape - 1 - self.radius] = EDGE_KEY
-        return tuple(node)
+        return tuple(int(k) for k in node)
 
     def moves(self, centre, logits):
-        """FOV centres to visit next: face-max points, clamped into the volume."""
+        """FOV centres to visit next, best first (FFN sorts each FOV's moves by score): the face maxima
+        of the logits as written to the canvas, clamped into the volume."""
         r, d = self.radius, self.deltas
         box = [slice(ri - di, ri + di + 1) for ri, di in zip(r, d)]
+        scored = []
         for axis in range(3):
             if d[axis] == 0:
                 continue
@@ -172,7 +182,8 @@ class _Filler:
                 offset = list(np.unravel_index(best, face.shape) - np.delete(d, axis))
                 offset.insert(axis, step)
                 point = np.clip(np.asarray(centre) + offset, r, self.shape - 1 - r)
-                yield tuple(int(c) for c in point)
+                scored.append((-float(flat[best]), len(scored), tuple(int(c) for c in point)))
+        return [point for _, _, point in sorted(scored)]
 
     def valid_move(self, centre):
         """FFN's Canvas.is_valid_pos when a move is taken: still confident there, and not already
@@ -180,14 +191,16 @@ class _Filler:
         return bool(self.canvas[centre] >= self.move_logit) and self.seg[centre] == 0
 
     def write(self, sel, logits):
-        """Put a FOV's prediction on the canvas; with disco_seed_threshold >= 0 (FFN's disconnected
-        seed rule), voxels already below 0.5 may not rise once the FOV is confident enough."""
+        """Put a FOV's prediction on the canvas and return what was written: with disco_seed_threshold
+        >= 0 (FFN's disconnected seed rule), voxels already below 0.5 may not rise once the FOV is
+        confident enough, and the moves are chosen from those frozen values, as in FFN."""
         disco = self.o.disco_seed_threshold
         if disco >= 0 and np.mean(logits >= self.move_logit) > disco:
             old = self.canvas[sel]
             frozen = (old < 0.0) & (logits > old)  # logit(0.5) = 0; unvisited (NaN) is never frozen
             logits = np.where(frozen, old, logits)
         self.canvas[sel] = logits
+        return logits
 
     def flood(self, seed):
         """Grow one object from ``seed``; return the bounding box of the FOVs touched."""
@@ -195,7 +208,7 @@ class _Filler:
         self.canvas[seed] = logit(self.o.init_activation)
         start = tuple(int(c) for c in np.clip(seed, self.radius, self.shape - 1 - self.radius))
         queue = deque([start])
-        visited = {self.lattice_key(start, seed)}
+        done = set()  # lattice nodes a FOV was predicted at (FFN's done_rounded_coords)
         lo, hi = np.asarray(seed), np.asarray(seed) + 1
         steps = 0
         while queue and steps < self.o.max_steps_per_segment:
@@ -205,7 +218,9 @@ class _Filler:
             centres = []
             while queue and len(centres) < n:
                 centre = queue.popleft()
-                if centre == start or self.valid_move(centre):
+                key = self.lattice_key(centre, start)
+                if key not in done and (centre == start or self.valid_move(centre)):
+                    done.add(key)
                     centres.append(centre)
             if not centres:
                 break
@@ -219,14 +234,10 @@ class _Filler:
             self.predict_calls += 1
             steps += len(centres)
             for centre, sel, logits in zip(centres, slices, out[..., 0]):
-                self.write(sel, logits)
+                written = self.write(sel, logits)
                 lo = np.minimum(lo, [s.start for s in sel])
                 hi = np.maximum(hi, [s.stop for s in sel])
-                for new_centre in self.moves(centre, logits):
-                    key = self.lattice_key(new_centre, seed)
-                    if key not in visited:
-                        visited.add(key)
-                        queue.append(new_centre)
+                queue.extend(c for c in self.moves(centre, written) if self.lattice_key(c, start) not in done)
         if queue and steps >= self.o.max_steps_per_segment:
             self.truncated += 1
         self.fov_predictions += steps

@@ -202,3 +202,48 @@ def test_a_flood_does_not_travel_through_an_earlier_segment():
     assert stats["segments"] == 2
     assert np.all(seg[..., 10:18] == 1) and np.all(seg[..., :10] == 2)
     assert not seg[..., 18:].any()  # beyond the first object: never reached
+
+
+class Located:
+    """A predictor that knows where each FOV is (the image holds 100 * y + x) and fills it as
+    `rule(call, y, x)` says (True: inside); it records the (y, x) of every FOV centre."""
+
+    def __init__(self, rule):
+        self.rule, self.centres = rule, []
+
+    def __call__(self, images, seeds):
+        value = np.rint(images[..., 0] * 33.0 + 128.0)  # undo the default normalisation
+        y, x = value // 100, value % 100
+        out = []
+        for yy, xx in zip(y, x):
+            centre = tuple(int(a[tuple(np.asarray(a.shape) // 2)]) for a in (yy, xx))
+            self.centres.append(centre)
+            out.append(np.where(self.rule(len(self.centres), yy, xx), INSIDE, OUTSIDE))
+        return np.asarray(out, np.float32)[..., None]
+
+
+def yx_image(shape):
+    z, y, x = np.indices(shape)
+    return (100 * y + x).astype(np.float32)
+
+
+def test_a_move_is_refused_where_the_canvas_fell_below_move_threshold_since_it_was_queued():
+    """google/ffn's is_valid_pos at dequeue: the first FOV queues a move to x = 11; the second
+    gives up x >= 10 before that move is taken, so no FOV is ever centred there."""
+    predictor = Located(lambda call, y, x: np.full(x.shape, True) if call == 1 else x < 10)
+    segment_volume(yx_image((9, 16, 16)), predictor, options(min_segment_size=10), progress=False,
+                   seeds=[(4, 8, 8)])
+    assert predictor.centres[0] == (8, 8) and (5, 8) in predictor.centres
+    assert all(x < 10 for _, x in predictor.centres)
+
+
+def test_moves_are_chosen_from_the_logits_the_disco_rule_froze():
+    """google/ffn's movement policy reads the canvas after the disconnected-seed rule. The first FOV
+    (centre y 12, x 8) gives up x >= 11; the second (y 9) is confident everywhere, but its x = 11 face
+    is frozen at y 8..12, so its best x move is the nearest unfrozen face voxel, y 7, not the face
+    centre y 9 (which the raw prediction would pick, and the frozen canvas would then refuse)."""
+    predictor = Located(lambda call, y, x: x < 11 if call == 1 else np.full(x.shape, True))
+    segment_volume(yx_image((9, 24, 24)), predictor, options(min_segment_size=10), progress=False,
+                   seeds=[(4, 12, 8)])
+    assert predictor.centres[:2] == [(12, 8), (9, 8)]
+    assert (7, 11) in predictor.centres and (9, 11) not in predictor.centres
