@@ -61,9 +61,10 @@ def learned_nothing(run) -> float:
     return float(final_loss(run) >= run.summary["baselines"]["loss_constant"])
 
 
-def steps_to(run, target) -> Optional[float]:
-    """Optimizer steps until the trailing mean of the held-out loss reaches `target`."""
-    return first_crossing([e.step for e in run.evals], [e.loss for e in run.evals], target)
+def to_loss(run, target, clock="step") -> Optional[float]:
+    """Optimizer steps (clock "step") or training seconds, evaluations left out ("time"), until the
+    trailing mean of the held-out loss reaches `target`."""
+    return first_crossing([getattr(e, clock) for e in run.evals], [e.loss for e in run.evals], target)
 
 
 def compare(a: Cell, b: Cell, a_name: str, b_name: str, what: str = "final loss") -> str:
@@ -117,7 +118,7 @@ def lr_scaling(runs, index):
     target = index["report"]["target_loss"]
     rule = lambda r: r.fields["train.lr_scaling"] if r.workers > 1 else "none"
     loss = cells_by(runs, lambda r: (rule(r), r.workers), final_loss)
-    steps = cells_by(runs, lambda r: (rule(r), r.workers), lambda r: steps_to(r, target), log=True)
+    steps = cells_by(runs, lambda r: (rule(r), r.workers), lambda r: to_loss(r, target), log=True)
     workers = sorted({w for _, w in loss})
     failed = cells_by(runs, lambda r: (rule(r), r.workers), learned_nothing)
     rules = ("none", "linear", "sqrt")
@@ -162,41 +163,46 @@ def describe(winners):
 
 
 def batch_size(runs, index):
-    """Final held-out loss per batch size at the fixed FOV budget and at the fixed step budget."""
+    """Final held-out loss per batch size at the fixed FOV budget and at the fixed step budget, and
+    the training seconds to the target loss at the fixed FOV budget."""
     complete = [r for r in runs if r.complete]
+    target = index["report"]["target_loss"]
     fovs = lambda r: r.fields["train.steps"] * r.fields["train.batch_size"]
     fov_budget = max({fovs(r) for r in complete}, key=lambda v: sum(fovs(r) == v for r in complete))
     step_budget = max({r.fields["train.steps"] for r in complete},
                       key=lambda v: sum(r.fields["train.steps"] == v for r in complete))
     budget = lambda r: "fixed FOVs" if fovs(r) == fov_budget else "fixed steps"
-    loss = cells_by(runs, lambda r: (budget(r), r.fields["train.batch_size"]), final_loss)
-    seconds = cells_by(runs, lambda r: (budget(r), r.fields["train.batch_size"]), lambda r: r.summary["train_s"])
+    cell = lambda r: (budget(r), r.fields["train.batch_size"])
+    loss = cells_by(runs, cell, final_loss)
+    seconds = cells_by(runs, cell, lambda r: r.summary["train_s"])
+    to_target = cells_by(runs, cell, lambda r: to_loss(r, target, "time"), log=True)
     batches = sorted({b for _, b in loss})
-    rows = [[b] + [loss[(k, b)].text() if (k, b) in loss else "" for k in ("fixed FOVs", "fixed steps")] +
-            [seconds[(k, b)].text(".0f") if (k, b) in seconds else "" for k in ("fixed FOVs", "fixed steps")]
-            for b in batches]
+    text = lambda cells, k, b, fmt=".3f": cells[(k, b)].text(fmt) if (k, b) in cells else ""
+    rows = [[b, text(loss, "fixed FOVs", b), text(loss, "fixed steps", b), text(seconds, "fixed FOVs", b, ".0f"),
+             text(to_target, "fixed FOVs", b, ".1f"), text(seconds, "fixed steps", b, ".0f")] for b in batches]
     lines = [markdown(["batch", f"final loss, {fov_budget} FOVs", f"final loss, {step_budget} steps",
-                       "train s, fixed FOVs", "train s, fixed steps"], rows), "", seeds_line(runs), ""]
+                       "train s, fixed FOVs", f"train s to loss {target}, fixed FOVs", "train s, fixed steps"],
+                      rows), "", seeds_line(runs), ""]
     lo_b, hi_b = batches[0], batches[-1]
-    per_fov = per_step = None
-    if ("fixed FOVs", lo_b) in loss and ("fixed FOVs", hi_b) in loss:
-        a, b = loss[("fixed FOVs", lo_b)], loss[("fixed FOVs", hi_b)]
-        lines.append(f"- {fov_budget} FOVs: " + compare(a, b, f"batch {lo_b}", f"batch {hi_b}"))
-        per_fov = winner(a, b)
-    if ("fixed steps", lo_b) in loss and ("fixed steps", hi_b) in loss:
-        a, b = loss[("fixed steps", lo_b)], loss[("fixed steps", hi_b)]
-        lines.append(f"- {step_budget} steps: " + compare(a, b, f"batch {lo_b}", f"batch {hi_b}"))
-        per_step = winner(a, b)
+    verdicts = {}
+    for name, cells, k, what in (("per FOV", loss, "fixed FOVs", f"{fov_budget} FOVs: final loss"),
+                                 ("per step", loss, "fixed steps", f"{step_budget} steps: final loss"),
+                                 ("in wall time", to_target, "fixed FOVs", f"train s to loss {target}")):
+        verdicts[name] = None
+        if (k, lo_b) in cells and (k, hi_b) in cells:
+            a, b = cells[(k, lo_b)], cells[(k, hi_b)]
+            lines.append("- " + compare(a, b, f"batch {lo_b}", f"batch {hi_b}", what))
+            verdicts[name] = winner(a, b)
     best = {k: min((b for kk, b in loss if kk == k), key=lambda b: loss[(k, b)].interval[0], default=None)
             for k in ("fixed FOVs", "fixed steps")}
     lines.append(f"- lowest mean final loss: batch {best['fixed FOVs']} at fixed FOVs, batch {best['fixed steps']} "
                  f"at fixed steps")
     names = {0: "small batches win", 1: "large batches win", None: "no difference"}
-    lines += ["", f"The paper's claim, small batches win per FOV and large batches in wall time (in steps on a "
-                  f"cluster, where a node's step takes the same time whatever the global batch): per FOV "
-                  f"{names[per_fov]}, per step {names[per_step]}; "
-                  + ("the data agree." if per_fov == 0 and per_step == 1 else "the data do not show both.")
-              + " On this one machine a step's time grows with its batch, so wall time follows FOVs, not steps."]
+    agree = verdicts["per FOV"] == 0 and 1 in (verdicts["per step"], verdicts["in wall time"])
+    lines += ["", "The paper's claim, small batches win per FOV and large batches in wall time (in steps on a "
+                  "cluster, where a node's step takes the same time whatever the global batch): "
+              + "; ".join(f"{k} {names[v]}" for k, v in verdicts.items()) + "; "
+              + ("the data agree." if agree else "the data do not show both.")]
     return {"loss": loss, "fov_budget": fov_budget, "step_budget": step_budget, "budget": budget}, lines
 
 

@@ -19,7 +19,7 @@ def run(strategy, workers, fields, losses, seed, **summary):
                 summary={"status": "complete", "strategy": strategy, "workers": workers, "train_s": 1.0,
                          "baselines": {"loss_constant": 0.69}, **summary},
                 fields={"strategy": strategy, "train.seed": seed, **fields})
-    r.__dict__["evals"] = [EvalRecord(step=10 * (i + 1), time=i, fovs_total=i, loss=v, loss_sem=0.01, accuracy=0,
+    r.__dict__["evals"] = [EvalRecord(step=10 * (i + 1), time=i + 1.0, fovs_total=i, loss=v, loss_sem=0.01, accuracy=0,
                                       precision=0, recall=0, f1=0, eval_s=0) for i, v in enumerate(losses)]
     return r
 
@@ -72,7 +72,9 @@ def batch_runs():
 def test_batch_size_tells_the_two_budgets_apart():
     data, lines = studies.batch_size(batch_runs(), INDEX)
     assert data["fov_budget"] == 8192 and data["step_budget"] == 400
-    assert "per FOV small batches win, per step large batches win; the data agree." in lines[-1]
+    assert "per FOV small batches win; per step large batches win; in wall time " in lines[-1]
+    assert lines[-1].endswith("the data agree.")
+    assert any(line.startswith("- train s to loss 0.5, batch 1 vs batch 32") for line in lines)
 
 
 def sync_runs():
