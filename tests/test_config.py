@@ -64,3 +64,22 @@ def test_configs_readme_is_generated_from_the_schema():
     from ffnbench.bench.config import describe
     with open("configs/README.md") as f:
         assert f.read() == describe(), "configs/README.md is stale: run `ffnbench config --doc > configs/README.md`"
+
+
+def test_the_defaults_are_google_ffns_except_the_listed_deviations():
+    """google/ffn's train.py flags and its sample inference config; the README lists what differs
+    (train.optimizer adam, after Dong et al.; data.min_object_size for small volumes)."""
+    from ffnbench.bench.config import defaults
+    cfg = defaults()
+    assert (cfg["model"]["fov"], cfg["model"]["deltas"], cfg["model"]["depth"]) == ([33] * 3, [8] * 3, 12)
+    assert cfg["model"]["init"] == "glorot_uniform"
+    assert (cfg["data"]["image_mean"], cfg["data"]["image_stddev"]) == (128.0, 33.0)
+    train = cfg["train"]
+    assert (train["batch_size"], train["lr"], train["clip"]) == (4, 1e-3, 0.7)
+    assert (train["label_moves"], train["sample_background"], train["move_order"]) == (False, True, "run")
+    inference = cfg["inference"]
+    assert {k: inference[k] for k in ("init_activation", "pad_value", "move_threshold", "segment_threshold",
+                                      "min_segment_size", "min_boundary_dist", "disco_seed_threshold",
+                                      "batch_size")} == \
+        {"init_activation": 0.95, "pad_value": 0.05, "move_threshold": 0.9, "segment_threshold": 0.6,
+         "min_segment_size": 1000, "min_boundary_dist": [1, 1, 1], "disco_seed_threshold": 0.0, "batch_size": 1}
