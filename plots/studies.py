@@ -88,14 +88,16 @@ def lr_scaling(runs, data):
     return finish(fig, legend, "Learning-rate scaling rules as workers grow", runs)
 
 
-def mean_curve(runs, x_of):
-    """Mean held-out loss over seeds at each evaluation (seeds share their evaluation steps)."""
+def mean_curve(runs, x_of, shown=None):
+    """Mean held-out loss over seeds at each evaluation (seeds share their evaluation steps), drawn
+    at x_of, or at the seeds' mean of `shown` (e.g. their training seconds, which differ)."""
     by_x = defaultdict(list)
     for r in runs:
         for e in r.evals:
-            by_x[x_of(e)].append(e.loss)
+            by_x[x_of(e)].append(e)
     xs = sorted(by_x)
-    return xs, [np.mean(by_x[x]) for x in xs]
+    return ([np.mean([(shown or x_of)(e) for e in by_x[x]]) for x in xs],
+            [np.mean([e.loss for e in by_x[x]]) for x in xs])
 
 
 def batch_size(runs, data):
@@ -103,7 +105,7 @@ def batch_size(runs, data):
     loss, budget = data["loss"], data["budget"]
     batches = sorted({b for _, b in loss})
     colors = {b: plt.get_cmap("viridis")(0.9 * i / max(1, len(batches) - 1)) for i, b in enumerate(batches)}
-    fig, (ax_final, ax_fovs, ax_steps) = plt.subplots(1, 3, figsize=(16, 5), layout="constrained")
+    fig, (ax_final, ax_fovs, ax_time, ax_steps) = plt.subplots(1, 4, figsize=(21, 5), layout="constrained")
     legend = []
     for name, color, offset in (("fixed FOVs", "#2ca02c", 0.95), ("fixed steps", "#d62728", 1.05)):
         label = f"{data['fov_budget']} FOVs each" if name == "fixed FOVs" else f"{data['step_budget']} steps each"
@@ -113,15 +115,19 @@ def batch_size(runs, data):
     log2_workers_axis(ax_final, batches, "FOVs per step (batch size)")
     ax_final.set_ylabel("final held-out loss (mean of last 3 evaluations)")
     ax_final.set_title("Final loss at each budget")
-    for ax, name, x_of, xlabel in ((ax_fovs, "fixed FOVs", lambda e: e.fovs_total, "FOVs processed"),
-                                   (ax_steps, "fixed steps", lambda e: e.step, "optimizer steps")):
+    for ax, name, shown, xlabel, title in (
+            (ax_fovs, "fixed FOVs", None, "FOVs processed", "Per FOV: fixed FOVs"),
+            (ax_time, "fixed FOVs", lambda e: e.time, "training seconds on this machine (mean over seeds)",
+             "Per second: the same runs"),
+            (ax_steps, "fixed steps", None, "optimizer steps", "Per step: fixed steps")):
+        x_of = (lambda e: e.fovs_total) if name == "fixed FOVs" else (lambda e: e.step)
         for b in batches:
             members = [r for r in complete(runs) if budget(r) == name and r.fields["train.batch_size"] == b]
             if members:
-                ax.plot(*mean_curve(members, x_of), color=colors[b], marker="o", ms=3, lw=1.6)
+                ax.plot(*mean_curve(members, x_of, shown), color=colors[b], marker="o", ms=3, lw=1.6)
         ax.set_xlabel(xlabel)
         ax.set_ylabel("held-out loss (mean over seeds)")
-        ax.set_title(f"{'Per FOV' if name == 'fixed FOVs' else 'Per step'}: {name}")
+        ax.set_title(title)
     for b in batches:
         legend.append((Line2D([], [], color=colors[b], lw=1.6), f"batch {b}"))
     return finish(fig, legend, "Batch size at a fixed FOV budget and at a fixed step budget", runs)
