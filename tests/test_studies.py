@@ -73,7 +73,7 @@ def test_batch_size_tells_the_two_budgets_apart():
     data, lines = studies.batch_size(batch_runs(), INDEX)
     assert data["fov_budget"] == 8192 and data["step_budget"] == 400
     assert "per FOV small batches win; per step large batches win; in wall time " in lines[-1]
-    assert lines[-1].endswith("the data agree.")
+    assert lines[-1].endswith("the data agree per FOV and per step.")
     assert any(line.startswith("- train s to loss 0.5, batch 1 vs batch 32") for line in lines)
 
 
