@@ -82,7 +82,9 @@ def log2_workers_axis(ax, workers, label="workers"):
 def plain_log_yaxis(ax):
     """Log scale labelled 0.2, 0.3, 0.5, 1, 2 ... instead of 2×10⁻¹."""
     ax.set_yscale("log")
-    ax.yaxis.set_major_locator(LogLocator(subs=(1, 2, 3, 5)))
+    low, high = ax.get_ylim()
+    within_a_decade = high / low < 10  # then 1-2-3-5 would label one or two values
+    ax.yaxis.set_major_locator(LogLocator(subs=(1, 1.5, 2, 3, 4, 5, 6, 7, 8) if within_a_decade else (1, 2, 3, 5)))
     ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
     ax.yaxis.set_minor_formatter(NullFormatter())
 

@@ -41,16 +41,20 @@ def draw_cells(ax, xs, cells, color, label, offset=1.0, marker="o", ls="-"):
     return line
 
 
+#: behind a label drawn over the data, so whiskers do not run through it
+LABEL_BOX = dict(facecolor="white", alpha=0.8, edgecolor="none", pad=1.5)
+
+
 def paper_regions(ax, split=16):
     """Shade where the paper found each rule best (beyond `split` nodes: sqrt; below: linear)."""
     lo, hi = ax.get_xlim()
     ax.axvspan(lo, min(split, hi), color="#1f77b4", alpha=0.05, lw=0)
     ax.text(lo * 1.05, 0.98, "paper: linear + warmup best", transform=ax.get_xaxis_transform(), ha="left",
-            va="top", fontsize=8, color="#1f4e79")
+            va="top", fontsize=8, color="#1f4e79", bbox=LABEL_BOX)
     if hi > split:
         ax.axvspan(split, hi, color="#ff7f0e", alpha=0.07, lw=0)
         ax.text(split * 1.05, 0.98, "paper: sqrt best", transform=ax.get_xaxis_transform(), ha="left", va="top",
-                fontsize=8, color="#b35806")
+                fontsize=8, color="#b35806", bbox=LABEL_BOX)
     ax.set_xlim(lo, hi)
 
 
@@ -62,11 +66,12 @@ def lr_scaling(runs, data):
     legend = []
     for i, rule in enumerate(("none", "linear", "sqrt")):
         offset = (0.93, 1.0, 1.07)[i]
-        cells = [loss.get((rule, w)) if w > 1 else loss.get(("none", 1)) for w in workers]
+        at_one = rule == "none"  # one worker has no rule to scale by: one cell, drawn once
+        cells = [loss.get((rule, w)) if w > 1 else loss.get(("none", 1)) if at_one else None for w in workers]
         line = draw_cells(ax_loss, workers, cells, RULE_COLORS[rule], f"lr × {'1' if rule == 'none' else 'N' if rule == 'linear' else '√N'}", offset)
         if line:
             legend.append((line, line.get_label()))
-        cells = [steps.get((rule, w)) if w > 1 else steps.get(("none", 1)) for w in workers]
+        cells = [steps.get((rule, w)) if w > 1 else steps.get(("none", 1)) if at_one else None for w in workers]
         draw_cells(ax_steps, workers, cells, RULE_COLORS[rule], None, offset)
         for w, c in zip(workers, cells):  # seeds that never reached the target, along the bottom edge
             if c is not None and len(c.known) < len(c.values):
@@ -157,8 +162,9 @@ def sync_async(runs, data):
     for ax in (ax_loss, ax_tau):
         log2_workers_axis(ax, workers, "workers N (emulated; 4 FOVs per worker step, one FOV budget)")
         ax.axvline(32, color="0.3", ls=":", lw=1)
-    ax_loss.text(32, 0.98, " google/ffn: async suffers beyond ~32", transform=ax_loss.get_xaxis_transform(),
-                 fontsize=8, va="top", color="0.3")
+    ax_loss.text(32 * 0.97, 0.98, "google/ffn: async suffers beyond ~32 ", transform=ax_loss.get_xaxis_transform(),
+                 fontsize=8, va="top", ha="right", color="0.3", bbox=LABEL_BOX)
+    ax_loss.set_ylim(bottom=0)  # a loss is never negative; a 3-seed t interval can reach below 0
     ax_loss.set_ylabel("final held-out loss (mean of last 3 evaluations)")
     ax_loss.set_title("Held-out loss after the same FOVs (lower is better)")
     plain_log_yaxis(ax_tau)
