@@ -158,4 +158,4 @@ def test_every_study_run_has_a_directory_name_the_file_system_takes(study):
     if study == "sync_async":  # the long staleness histograms appear as hashes, the short one as itself
         histograms = [r["id"] for r in planned if "histogram=" in r["id"]]
         assert any("staleness_histogram=0x11x145x984x117x19x4," in i for i in histograms)
-        assert sum("staleness_histogram=sha256-" in i for i in histograms) == 2 * 3
+        assert sum("staleness_histogram=sha256-" in i for i in histograms) == 2 * 2 * 3  # 2 N, lr / tau or not
