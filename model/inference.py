@@ -1,46 +1,32 @@
-"""Flood-filling inference of a whole volume, as google/ffn's ffn/inference (inference.py,
-movement.py, seed.py) does it with its sample config.
+"""Flood-filling inference of a whole volume, as google/ffn's ffn/inference (inference.py's Canvas,
+movement.py's FaceMaxMovementPolicy, seed.py's PolicyPeaks) does it.
 
-One object at a time: seed a logit canvas, let the predictor grow the object
-FOV by FOV, moving by the face-max policy, then threshold the canvas into a
-segment. FFN's rules, each an option where FFN has one:
+One object at a time: seed a logit canvas, let the predictor grow the object FOV by FOV, then
+threshold the canvas into a segment. Each rule is google/ffn's, named after the code it follows:
 
-* Seeds (PolicyPeaks): Sobel gradient magnitude, thresholded against its own
-  Gaussian blur (sigma 49/6), distance transform, peaks at least 3 apart,
-  visited in coordinate (z, y, x) order.
-* A flood stops when its seed voxel falls below move_threshold, and a flood
-  whose seed ends there is rejected (FFN's weak seed).
-* A move is checked when it is taken, not when it is queued: the canvas at
-  the new centre must still be >= move_threshold, and the centre must not be
-  in an earlier segment (FFN's Canvas.is_valid_pos), so a flood cannot travel
-  through segmented objects.
-* disco_seed_threshold (FFN's default 0; negative turns it off): once more
-  than that fraction of a FOV is predicted >= move_threshold, voxels already
-  below 0.5 may not rise, which keeps a flood from reconnecting through
-  voxels it has given up.
-* Moves (FaceMaxMovementPolicy): the maximum of each face of the FOV's logits as
-  written to the canvas (after the disco rule), if >= move_threshold; each FOV's
-  moves are queued best first. A centre is skipped when taken if a FOV was
-  already predicted at its node of the deltas lattice anchored at the flood's
-  first centre (FFN's quantize_pos and done_rounded_coords).
-* The canvas is unvisited (NaN, fed to the network as pad_value) until
-  predicted, and one FOV is predicted at a time (batch_size 1).
+* Seeds (PolicyPeaks.init_coords): Sobel gradient magnitude of the normalised image, thresholded
+  against its own Gaussian blur (sigma 49/6); Euclidean distance to the nearest edge; its local
+  maxima at least 3 apart (peak_local_max with a RandomState(42) jitter of 1e-4, thresholds 0, its
+  default border exclusion), in (z, y, x) order, without those lacking a full FOV inside the volume
+  (BaseSeedPolicy.__next__).
+* A seed is skipped if its FOV does not fit, if it is already segmented, or if a segment lies
+  within min_boundary_dist of it (Canvas.segment_all).
+* A flood (Canvas.segment_at) stops when its seed voxel falls below move_threshold; such a flood
+  is rejected as a weak seed.
+* Moves (get_scored_move_offsets): the first maximum, in C order, of each face of the FOV's
+  logits as written to the canvas, if >= move_threshold; each FOV's moves are queued by score,
+  best first (ties: the larger offset first).
+* A queued centre is taken only if its node of the deltas lattice anchored at the seed
+  (quantize_pos) has not been predicted yet, and if is_valid_pos holds then: the canvas there is
+  not below move_threshold, the FOV fits inside the volume, and the voxel is not segmented.
+* disco_seed_threshold (google/ffn's default 0; negative turns it off): once more than that
+  fraction of a FOV is >= move_threshold, voxels already below 0.5 may not rise (update_at).
+* The canvas is NaN (fed to the network as pad_value) until predicted, and cleared between
+  floods. A segment is the voxels >= segment_threshold in the box the flood's FOVs covered that
+  no earlier segment holds, if there are at least min_segment_size of them.
 
-Deviations from google/ffn, chosen for speed or coverage:
-
-* ``batch_size > 1`` sends up to that many queued FOVs of the same object to
-  one predictor call; they all see the canvas as it was before the call, and
-  results are written back in queue order (later FOVs win where they overlap).
-* Face-max ties are broken towards the face centre, so a flat probability map
-  moves straight along the axis instead of drifting to one corner.
-* A move whose FOV would leave the volume is clamped inside it rather than
-  dropped, so objects are filled up to the volume edge.
-* Centres clamped against the volume edge get their own revisit key on that
-  axis, so clamping never hides a position that would cover the last voxels.
-* The volume's margin (fov // 2) counts as edge for the seeds, where FFN drops
-  seeds without a full FOV around them, so objects cut by the volume edge get
-  a seed; and no seed lies on an edge (FFN's peak threshold 0 lets its jitter
-  make peaks inside thick membranes, floods its network then refuses).
+One setting goes beyond google/ffn: ``batch_size > 1`` sends up to that many queued FOVs of the
+same object to one predictor call; they all see the canvas as it was before the call.
 """
 import time
 from collections import deque
@@ -52,8 +38,6 @@ from skimage.feature import peak_local_max
 from tqdm import tqdm
 
 from ffnbench.model.network import logit
-
-EDGE_KEY = 1 << 40  # lattice-key component of a centre clamped at a volume edge
 
 
 @dataclass
@@ -68,7 +52,6 @@ class InferenceOptions:
     min_boundary_dist: tuple = (1, 1, 1)
     disco_seed_threshold: float = 0.0
     batch_size: int = 1
-    max_steps_per_segment: int = 2000
     image_mean: float = 128.0
     image_stddev: float = 33.0
 
@@ -77,31 +60,28 @@ class InferenceOptions:
 EDGE_SIGMA = 49.0 / 6.0
 
 
-def seed_peaks(image, margin=(0, 0, 0), min_distance=3):
-    """PolicyPeaks: seeds at the centres of edge-free regions, in coordinate order.
+def normalise(image, options):
+    """google/ffn's Runner.make_canvas: (image - image_mean) / image_stddev in float32."""
+    return (np.asarray(image).astype(np.float32) - options.image_mean) / options.image_stddev
 
-    An edge is a voxel whose Sobel gradient magnitude exceeds the Gaussian-blurred
-    magnitude around it (a local threshold, which follows the image's contrast).
-    Everything closer than ``margin`` to the volume edge also counts as edge (not
-    FFN, which drops seeds there), so an object cut by the volume edge keeps a
-    peak where a full FOV fits. Peaks of the distance to the nearest edge, broken
-    from plateaus by a fixed-seed jitter far below the distance resolution, at
-    least ``min_distance`` apart. Returns int (n, 3) coordinates sorted by (z, y, x).
-    """
+
+def seed_peaks(image, margin=(0, 0, 0), min_distance=3):
+    """PolicyPeaks' seeds of ``image`` (google/ffn passes the normalised image), in (z, y, x)
+    order, without those closer than ``margin`` to the volume edge. Returns int (n, 3)."""
     image = np.asarray(image, dtype=np.float32)
     magnitude = ndimage.generic_gradient_magnitude(image, ndimage.sobel)
-    edges = magnitude > ndimage.gaussian_filter(magnitude, EDGE_SIGMA, mode="reflect")
-    inside = tuple(slice(m, s - m) for m, s in zip(margin, image.shape))
-    outside = np.ones(image.shape, bool)
-    outside[inside] = False
-    edges |= outside
-    if edges.all():
+    blurred = np.zeros(magnitude.shape, dtype=np.float32)
+    ndimage.gaussian_filter(magnitude, EDGE_SIGMA, output=blurred, mode="reflect")
+    edges = magnitude > blurred
+    if edges.all() or not edges.any():  # no distance peaks (google/ffn: every distance is inf, or 0)
         return np.zeros((0, 3), dtype=np.int64)
-    dist = ndimage.distance_transform_edt(~edges)
-    dist += np.random.default_rng(42).random(dist.shape) * 1e-4
-    # every voxel off an edge is at least 1 away from one: edges themselves are never peaks
-    peaks = peak_local_max(dist, min_distance=min_distance, threshold_abs=0.5, exclude_border=False)
-    return peaks[np.lexsort(peaks.T[::-1])].astype(np.int64).reshape(-1, 3)
+    dist = ndimage.distance_transform_edt(~edges).astype(np.float32)
+    jitter = np.random.RandomState(seed=42).rand(*dist.shape) * 1e-4
+    peaks = peak_local_max(dist + jitter, min_distance=min_distance, threshold_abs=0, threshold_rel=0)
+    peaks = np.array(sorted(tuple(p) for p in peaks), dtype=np.int64).reshape(-1, 3)
+    margin = np.asarray(margin)
+    inside = np.all((peaks - margin >= 0) & (peaks + margin < image.shape), axis=1)
+    return peaks[inside]
 
 
 def _validate(image, options):
@@ -120,171 +100,165 @@ def _validate(image, options):
     for name in ("init_activation", "pad_value", "move_threshold", "segment_threshold"):
         if not 0.0 < getattr(options, name) < 1.0:
             raise ValueError(f"{name} must be a probability in (0, 1), got {getattr(options, name)}")
-    if options.batch_size < 1 or options.max_steps_per_segment < 1:
-        raise ValueError("batch_size and max_steps_per_segment must be >= 1")
+    if options.batch_size < 1:
+        raise ValueError("batch_size must be >= 1")
 
 
-class _Filler:
-    """State shared by all floods of one volume: canvas, segmentation, counters."""
+def scored_moves(logits, deltas, threshold):
+    """get_scored_move_offsets, sorted as FaceMaxMovementPolicy.update sorts them: (score, offset
+    from the FOV centre) for the first maximum of each face at +-deltas, if >= threshold."""
+    centre = np.asarray(logits.shape) // 2
+    box = [slice(c - d, c + d + 1) for c, d in zip(centre, deltas)]
+    found = set()
+    for axis, delta in enumerate(deltas):
+        if delta == 0:
+            continue
+        for offset in (-delta, delta):
+            sel = list(box)
+            sel[axis] = centre[axis] + offset
+            face = logits[tuple(sel)]
+            at = np.unravel_index(face.argmax(), face.shape)
+            if face[at] < threshold:
+                continue
+            relative = [at[0] - face.shape[0] // 2, at[1] - face.shape[1] // 2]
+            relative.insert(axis, offset)
+            found.add((face[at], tuple(int(r) for r in relative)))
+    return sorted(found, reverse=True)
+
+
+class _Canvas:
+    """google/ffn's Canvas for one volume: the logit canvas of the current flood, the
+    segmentation, and the counters."""
 
     def __init__(self, image, predict, options):
         self.o = options
         self.predict = predict
-        self.image = (image.astype(np.float32) - options.image_mean) / options.image_stddev
+        self.image = normalise(image, options)
         self.shape = np.asarray(image.shape)
-        self.radius = np.asarray(options.fov) // 2
+        self.margin = np.asarray(options.fov) // 2
         self.deltas = np.asarray(options.deltas)
-        self.pad_logit = logit(options.pad_value)
-        self.move_logit = logit(options.move_threshold)
-        self.canvas = np.full(image.shape, np.nan, dtype=np.float32)  # NaN: not predicted in this flood
+        # google/ffn keeps its thresholds in a proto's float32 fields, as probabilities for the
+        # movement policy (score_threshold, float64 logit) and as logits for the canvas
+        self.move_score = logit(float(np.float32(options.move_threshold)))
+        self.move_logit, self.pad_logit, self.init_logit, self.segment_logit = (
+            np.float32(logit(float(np.float32(p)))) for p in (
+                options.move_threshold, options.pad_value, options.init_activation, options.segment_threshold))
+        self.canvas = np.full(image.shape, np.nan, dtype=np.float32)
         self.seg = np.zeros(image.shape, dtype=np.int32)
         self.fov_predictions = 0
         self.predict_calls = 0
-        self.truncated = 0
-        self.weak = 0
-        self.face_order = [self._face_order(axis) for axis in range(3)]
-
-    def _face_order(self, axis):
-        """Face voxel indices sorted by distance from the face centre (tie-break)."""
-        dims = [2 * d + 1 for i, d in enumerate(self.deltas) if i != axis]
-        grid = np.indices(dims).reshape(2, -1) - np.array([d // 2 for d in dims])[:, None]
-        return np.argsort((grid ** 2).sum(0), kind="stable")
+        self.predict_seconds = 0.0  # inside the predictor (google/ffn's predict-time-ms)
 
     def fov_slices(self, centre):
-        return tuple(slice(c - r, c + r + 1) for c, r in zip(centre, self.radius))
+        return tuple(slice(c - r, c + r + 1) for c, r in zip(centre, self.margin))
 
-    def lattice_key(self, centre, start):
-        """Visited-set key of a FOV centre: FFN's quantize_pos, (centre - start + deltas // 2) // deltas
-        (see module docstring for centres clamped at the volume edge)."""
-        centre = np.asarray(centre)
-        node = (centre - start + self.deltas // 2) // np.maximum(self.deltas, 1)
-        node[centre == self.radius] = -EDGE_KEY
-        node[centre == self.shape - 1 - self.radius] = EDGE_KEY
+    def fits(self, pos):
+        return bool(np.all(pos - self.margin >= 0) and np.all(pos + self.margin < self.shape))
+
+    def is_valid_pos(self, pos, ignore_move_threshold=False):
+        """Canvas.is_valid_pos (a NaN canvas value, as there, is not below the threshold)."""
+        if not ignore_move_threshold and self.canvas[pos] < self.move_logit:
+            return False
+        return self.fits(np.asarray(pos)) and self.seg[pos] <= 0
+
+    def quantize(self, pos, start):
+        """FaceMaxMovementPolicy.quantize_pos: the node of the deltas lattice anchored at ``start``."""
+        node = (np.asarray(pos) - start + self.deltas // 2) // np.maximum(self.deltas, 1)
         return tuple(int(k) for k in node)
 
-    def moves(self, centre, logits):
-        """FOV centres to visit next, best first (FFN sorts each FOV's moves by score): the face maxima
-        of the logits as written to the canvas, clamped into the volume."""
-        r, d = self.radius, self.deltas
-        box = [slice(ri - di, ri + di + 1) for ri, di in zip(r, d)]
-        scored = []
-        for axis in range(3):
-            if d[axis] == 0:
-                continue
-            for step in (-d[axis], d[axis]):
-                sel = list(box)
-                sel[axis] = r[axis] + step
-                face = logits[tuple(sel)]
-                flat, order = face.ravel(), self.face_order[axis]
-                best = order[np.argmax(flat[order])]
-                if flat[best] < self.move_logit:
-                    continue
-                offset = list(np.unravel_index(best, face.shape) - np.delete(d, axis))
-                offset.insert(axis, step)
-                point = np.clip(np.asarray(centre) + offset, r, self.shape - 1 - r)
-                scored.append((-float(flat[best]), len(scored), tuple(int(c) for c in point)))
-        return [point for _, _, point in sorted(scored)]
-
-    def valid_move(self, centre):
-        """FFN's Canvas.is_valid_pos when a move is taken: still confident there, and not already
-        part of a segment."""
-        return bool(self.canvas[centre] >= self.move_logit) and self.seg[centre] == 0
-
     def write(self, sel, logits):
-        """Put a FOV's prediction on the canvas and return what was written: with disco_seed_threshold
-        >= 0 (FFN's disconnected seed rule), voxels already below 0.5 may not rise once the FOV is
-        confident enough, and the moves are chosen from those frozen values, as in FFN."""
+        """update_at: put a FOV's prediction on the canvas, with the disconnected-seed rule, and
+        return what was written (the moves are chosen from it)."""
         disco = self.o.disco_seed_threshold
         if disco >= 0 and np.mean(logits >= self.move_logit) > disco:
             old = self.canvas[sel]
-            frozen = (old < 0.0) & (logits > old)  # logit(0.5) = 0; unvisited (NaN) is never frozen
+            with np.errstate(invalid="ignore"):
+                frozen = (old < 0.0) & (logits > old)  # logit(0.5) = 0; NaN (unvisited) never freezes
             logits = np.where(frozen, old, logits)
         self.canvas[sel] = logits
         return logits
 
-    def flood(self, seed):
-        """Grow one object from ``seed``; return the bounding box of the FOVs touched."""
-        seed = tuple(int(c) for c in seed)
-        self.canvas[seed] = logit(self.o.init_activation)
-        start = tuple(int(c) for c in np.clip(seed, self.radius, self.shape - 1 - self.radius))
+    def flood(self, start):
+        """segment_at: grow one object from ``start``. Returns (FOVs predicted, lowest and highest
+        FOV centre)."""
+        self.canvas[start] = self.init_logit
         queue = deque([start])
-        done = set()  # lattice nodes a FOV was predicted at (FFN's done_rounded_coords)
-        lo, hi = np.asarray(seed), np.asarray(seed) + 1
-        steps = 0
-        while queue and steps < self.o.max_steps_per_segment:
-            if not self.canvas[seed] >= self.move_logit:
-                break  # the seed got too weak: this flood is over (and will be rejected)
-            n = min(self.o.batch_size, self.o.max_steps_per_segment - steps)
+        done = set()  # lattice nodes predicted at (done_rounded_coords)
+        lo, hi = np.asarray(start), np.asarray(start)
+        iters = 0
+        while True:
             centres = []
-            while queue and len(centres) < n:
-                centre = queue.popleft()
-                key = self.lattice_key(centre, start)
-                if key not in done and (centre == start or self.valid_move(centre)):
+            while queue and len(centres) < self.o.batch_size:
+                pos = queue.popleft()
+                key = self.quantize(pos, start)
+                if key not in done and self.is_valid_pos(pos):
                     done.add(key)
-                    centres.append(centre)
-            if not centres:
-                break
+                    centres.append(pos)
+            if not centres or self.canvas[start] < self.move_logit:
+                break  # nothing left to visit, or the seed got too weak
             slices = [self.fov_slices(c) for c in centres]
             images = np.stack([self.image[s] for s in slices])[..., None]
             seeds = np.stack([self.canvas[s] for s in slices])[..., None]
             seeds[np.isnan(seeds)] = self.pad_logit
+            t = time.perf_counter()
             out = np.asarray(self.predict(images, seeds), dtype=np.float32)
+            self.predict_seconds += time.perf_counter() - t
             if out.shape != seeds.shape:
                 raise ValueError(f"predictor returned shape {out.shape}, expected {seeds.shape}")
             self.predict_calls += 1
-            steps += len(centres)
+            iters += len(centres)
             for centre, sel, logits in zip(centres, slices, out[..., 0]):
                 written = self.write(sel, logits)
-                lo = np.minimum(lo, [s.start for s in sel])
-                hi = np.maximum(hi, [s.stop for s in sel])
-                queue.extend(c for c in self.moves(centre, written) if self.lattice_key(c, start) not in done)
-        if queue and steps >= self.o.max_steps_per_segment:
-            self.truncated += 1
-        self.fov_predictions += steps
-        return tuple(slice(a, b) for a, b in zip(lo, hi))
+                lo, hi = np.minimum(lo, centre), np.maximum(hi, centre)
+                for _, offset in scored_moves(written, self.deltas, self.move_score):
+                    queue.append(tuple(int(c + o) for c, o in zip(centre, offset)))
+        self.fov_predictions += iters
+        return iters, lo, hi
 
     def near_segment(self, seed):
         m = np.asarray(self.o.min_boundary_dist)
         box = tuple(slice(max(c - d, 0), c + d + 1) for c, d in zip(seed, m))
-        return bool(self.seg[box].any())
+        return bool((self.seg[box] > 0).any())
 
 
 def segment_volume(image, predict, options, progress=True, seeds=None):
-    """Flood-fill segmentation of ``image`` (z, y, x) with ``predict``.
+    """Flood-fill segmentation of ``image`` (z, y, x) with ``predict`` (images, seed logits ->
+    logits, each (B, z, y, x, 1)), as google/ffn's Canvas.segment_all.
 
-    ``seeds`` defaults to ``seed_peaks`` with a fov//2 margin, in its
-    coordinate order. Each distinct seed is tried at most once, so a rejected
-    (too small or weak) object is not regrown from the same seed. Returns
-    (int32 segmentation with 0 = unassigned, stats dict).
+    ``seeds`` defaults to ``seed_peaks`` of the normalised image; each distinct seed is tried at
+    most once, in the order given. Returns (int32 segmentation, 0 = unsegmented; stats dict).
     """
     _validate(image, options)
     t0 = time.perf_counter()
-    filler = _Filler(image, predict, options)
+    c = _Canvas(image, predict, options)
     if seeds is None:
-        seeds = seed_peaks(image, margin=tuple(filler.radius))
+        seeds = seed_peaks(c.image, margin=tuple(c.margin))
     seeds = np.asarray(seeds, dtype=np.int64)
     if seeds.ndim != 2 or seeds.shape[1] != 3:
         raise ValueError(f"seeds must be an (n, 3) array of (z, y, x) voxels, got shape {seeds.shape}")
-    if np.any(seeds < 0) or np.any(seeds >= filler.shape):
+    if np.any(seeds < 0) or np.any(seeds >= c.shape):
         raise ValueError(f"seeds must lie inside the image of shape {image.shape}")
     _, first = np.unique(seeds, axis=0, return_index=True)
     seeds = seeds[np.sort(first)]
-    seg_logit = logit(options.segment_threshold)
+    half_fov = c.margin
     tried = rejected = weak = segments = 0
     for seed in tqdm(seeds, desc="seeds", unit="seed", disable=not progress):
-        if filler.near_segment(seed):
+        seed = tuple(int(s) for s in seed)
+        if not c.is_valid_pos(seed, ignore_move_threshold=True) or c.near_segment(seed):
             continue
         tried += 1
-        box = filler.flood(seed)
-        mask = (filler.canvas[box] >= seg_logit) & (filler.seg[box] == 0)
-        if not filler.canvas[tuple(seed)] >= filler.move_logit:
-            weak += 1  # FFN rejects a flood whose own seed it no longer believes in
-        elif mask.sum() >= options.min_segment_size:
-            segments += 1
-            filler.seg[box][mask] = segments
-        else:
-            rejected += 1
-        filler.canvas[box] = np.nan
+        iters, lo, hi = c.flood(seed)
+        box = tuple(slice(max(a, 0), b + 1) for a, b in zip(lo - half_fov, hi + half_fov))
+        if iters and c.canvas[seed] < c.move_logit:
+            weak += 1  # google/ffn rejects a flood whose own seed it no longer believes in
+        elif iters:
+            mask = (c.canvas[box] >= c.segment_logit) & (c.seg[box] <= 0)
+            if mask.sum() >= options.min_segment_size:
+                segments += 1
+                c.seg[box][mask] = segments
+            else:
+                rejected += 1
+        c.canvas[box] = np.nan
     stats = {
         "seeds": int(len(seeds)),
         "seeds_tried": tried,
@@ -292,9 +266,9 @@ def segment_volume(image, predict, options, progress=True, seeds=None):
         "segments": segments,
         "rejected": rejected,
         "weak_seeds": weak,
-        "truncated": filler.truncated,
-        "fov_predictions": filler.fov_predictions,
-        "predict_calls": filler.predict_calls,
+        "fov_predictions": c.fov_predictions,
+        "predict_calls": c.predict_calls,
+        "predict_seconds": c.predict_seconds,
         "seconds": time.perf_counter() - t0,
     }
-    return filler.seg, stats
+    return c.seg, stats
