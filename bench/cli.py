@@ -177,21 +177,24 @@ def cmd_plot(args):
 
 
 def cmd_evaluate(args):
-    from ffnbench.bench.segmentation_eval import evaluate, evaluate_checkpoint, table
+    from ffnbench.bench.segmentation_eval import evaluate, evaluate_checkpoint, speed_line, table
     from ffnbench.plots.segmentation import plot_segmentation
     if args.checkpoint:
         if args.run_dir or not args.config:
             raise ValueError("evaluate: give RUN_DIR, or --checkpoint PREFIX with --config CONFIG")
-        result, drawn, out_dir = evaluate_checkpoint(args.checkpoint, args.config, args.out, args.volume, args.set)
+        result, drawn, out_dir = evaluate_checkpoint(args.checkpoint, args.config, args.out, args.volume, args.set,
+                                                     reference=args.reference)
     elif args.run_dir and not (args.config or args.out):
-        result, drawn = evaluate(args.run_dir, args.volume, args.set)
+        result, drawn = evaluate(args.run_dir, args.volume, args.set, reference=args.reference)
         out_dir = args.run_dir
     else:
         raise ValueError("evaluate: give RUN_DIR (no --config/--out), or --checkpoint PREFIX with --config CONFIG")
     figure = plot_segmentation(drawn.image, drawn.gt, drawn.seg, os.path.join(out_dir, "segmentation.png"),
-                               title=drawn.title)
+                               title=drawn.title, reference=drawn.reference)
     print(table(result))
-    print(f"evaluated {result['volume']} in {result['seconds']:.1f}s; wrote {figure}")
+    print(speed_line(result["speed"]))
+    print(f"evaluated {result['volume']} in {result['seconds']:.1f}s; wrote {figure} and "
+          f"{os.path.join(out_dir, 'segmentation.h5')}")
     print(os.path.join(out_dir, "eval.json"))
     return 0
 
@@ -396,6 +399,8 @@ def parser():
     v.add_argument("--config", help="with --checkpoint: the network and inference settings (e.g. configs/ffn_fib25.yaml)")
     v.add_argument("--out", help="with --checkpoint: where eval.json goes (default: a new directory under run.out)")
     v.add_argument("--volume", help="file.h5:image,file.h5:labels (default: the run's held-out volume)")
+    v.add_argument("--reference", metavar="FILE.h5:DATASET",
+                   help="another segmentation of the same volume (e.g. google/ffn's) to score ours against")
     v.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config field, e.g. inference.min_segment_size=200")
     v.set_defaults(fn=cmd_evaluate)

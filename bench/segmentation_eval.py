@@ -3,6 +3,7 @@ the segmentation (ARE, VOI) against ground truth, next to two trivial segmentati
 
 Named apart from the model's held-out voxel metrics (FFNModel.evaluate): this scores whole
 segmentations. The CLI draws the figure from what it returns."""
+import json
 import os
 import time
 from dataclasses import dataclass
@@ -22,6 +23,7 @@ class Segmentation:
     gt: np.ndarray
     seg: np.ndarray
     title: str
+    reference: np.ndarray = None
 
 
 FIELDS = ("are", "voi", "voi_split", "voi_merge", "rand_precision", "rand_recall", "segments", "gt_segments")
@@ -61,8 +63,9 @@ def trivial_segmentations(image, gt):
     return {"one_segment": one, "threshold_components": connected_components(cells, connectivity=1)}
 
 
-def evaluate(run_dir, volume_spec=None, overrides=(), progress=True):
-    """Segment the volume with the run's final checkpoint, score it, write RUN_DIR/eval.json.
+def evaluate(run_dir, volume_spec=None, overrides=(), progress=True, reference=None):
+    """Segment the volume with the run's final checkpoint, score it, write RUN_DIR/eval.json and
+    RUN_DIR/segmentation.h5.
 
     Returns:
         (result as written to eval.json, Segmentation to draw).
@@ -72,11 +75,12 @@ def evaluate(run_dir, volume_spec=None, overrides=(), progress=True):
         raise ConfigError(f"{run_dir}: not a run directory (no config.yaml)")
     with open(config_path) as f:
         cfg = load(base=yaml.safe_load(f), overrides=overrides)
-    return evaluate_weights(cfg, checked_weights(cfg, os.path.join(run_dir, "checkpoints")), run_dir, volume_spec,
-                            progress)
+    weights = checked_weights(cfg, os.path.join(run_dir, "checkpoints"))
+    return evaluate_weights(cfg, weights, run_dir, read_volumes(cfg, volume_spec, reference), progress)
 
 
-def evaluate_checkpoint(checkpoint, config_path, out=None, volume_spec=None, overrides=(), progress=True):
+def evaluate_checkpoint(checkpoint, config_path, out=None, volume_spec=None, overrides=(), progress=True,
+                        reference=None):
     """As evaluate, for a checkpoint without a training run (e.g. google/ffn's): the network and the
     inference settings come from `config_path`; eval.json goes to `out` (new or empty), else to a new
     directory under run.out. Returns (result, Segmentation, the directory written)."""
@@ -87,6 +91,7 @@ def evaluate_checkpoint(checkpoint, config_path, out=None, volume_spec=None, ove
         out = next(f"{base}-{k}" if k else base for k in range(1000) if not os.path.exists(f"{base}-{k}" if k else base))
     if os.path.isdir(out) and os.listdir(out):
         raise ConfigError(f"--out {out}: not empty; evaluating a checkpoint writes into a new or empty directory")
+    volumes = read_volumes(cfg, volume_spec, reference)  # before anything is written
     try:
         os.makedirs(out, exist_ok=True)
     except OSError as e:
@@ -94,7 +99,7 @@ def evaluate_checkpoint(checkpoint, config_path, out=None, volume_spec=None, ove
     # what was evaluated, with which settings (not config.yaml: this is no training run)
     with open(os.path.join(out, "evaluated.yaml"), "w") as f:
         yaml.safe_dump({**cfg, "model": {**cfg["model"], "init_from": os.path.abspath(checkpoint)}}, f, sort_keys=False)
-    result, drawn = evaluate_weights(cfg, weights, out, volume_spec, progress)
+    result, drawn = evaluate_weights(cfg, weights, out, volumes, progress)
     return result, drawn, out
 
 
@@ -108,37 +113,106 @@ def checked_weights(cfg, checkpoint):
         raise ConfigError(str(e))
 
 
-def evaluate_weights(cfg, checked, out_dir, volume_spec, progress):
-    """Flood-fill and score with `checked` weights (checked_weights' result)."""
+def read_volumes(cfg, volume_spec, reference_spec):
+    """((image, labels, source), reference segmentation or None, reference_spec), each checked."""
+    from ffnbench.model.synthetic import read_h5_dataset
+    image, gt, source = load_eval_volume(cfg, volume_spec)
+    if not reference_spec:
+        return (image, gt, source), None, None
+    try:
+        reference = read_h5_dataset(reference_spec)
+    except (ValueError, FileNotFoundError, KeyError) as e:
+        raise ConfigError(f"--reference: {str(e).strip(chr(34))}")
+    if not np.issubdtype(reference.dtype, np.integer):
+        raise ConfigError(f"--reference {reference_spec}: a segmentation holds integer ids, not {reference.dtype}")
+    if reference.shape != image.shape:
+        raise ConfigError(f"--reference {reference_spec}: shape {reference.shape} differs from the volume's "
+                          f"{image.shape}")
+    return (image, gt, source), reference, reference_spec
+
+
+def write_segmentation(path, seg, attrs):
+    """The segmentation as HDF5 (dataset `segmentation`, uint64, z y x, 0 = unsegmented), written to a
+    temporary name and renamed, so a reader never sees half of it."""
+    import h5py
+    tmp = f"{path}.{os.getpid()}.tmp"
+    with h5py.File(tmp, "w") as f:
+        ds = f.create_dataset("segmentation", data=seg.astype(np.uint64), compression="gzip", chunks=True)
+        for key, value in attrs.items():
+            ds.attrs[key] = value
+    os.replace(tmp, path)
+    return path
+
+
+def inference_speed(stats, model_cfg, precision, peak_flops_per_s):
+    """FOVs per second of prediction and of the whole flood fill, and the forward pass's share of the
+    matmul peak of the precision it computes in (MFU; above 1 would mean the peak is wrong)."""
+    from ffnbench.model.network import forward_flops_per_fov
+    flops = forward_flops_per_fov(model_cfg["fov"], model_cfg["depth"], model_cfg["features"])
+    per_s = stats["fov_predictions"] / stats["predict_seconds"] if stats["predict_seconds"] else 0.0
+    return {"precision": precision, "fov_predictions": stats["fov_predictions"],
+            "predict_seconds": stats["predict_seconds"], "fovs_per_s": per_s,
+            "fovs_per_s_overall": stats["fov_predictions"] / stats["seconds"] if stats["seconds"] else 0.0,
+            "forward_flops_per_fov": flops, "model_flops_per_s": per_s * flops,
+            "peak_flops_per_s": peak_flops_per_s, "mfu": per_s * flops / peak_flops_per_s}
+
+
+def speed_line(speed):
+    """tf_cnn_benchmarks-style summary of a flood fill."""
+    return (f"inference: {speed['fov_predictions']} FOVs in {speed['predict_seconds']:.1f}s of prediction: "
+            f"{speed['fovs_per_s']:.2f} FOVs/sec ({speed['fovs_per_s_overall']:.2f} over the whole flood fill), "
+            f"{speed['model_flops_per_s'] / 1e9:.0f} GFLOP/s = {100 * speed['mfu']:.1f}% of the "
+            f"{speed['precision']} matmul peak {speed['peak_flops_per_s'] / 1e9:.0f} GFLOP/s (MFU)")
+
+
+def evaluate_weights(cfg, checked, out_dir, volumes, progress):
+    """Flood-fill and score with `checked` weights (checked_weights' result) on `volumes`
+    (read_volumes' result)."""
+    from ffnbench.bench.peak import PEAK_DTYPE, matmul_peak
     from ffnbench.model import ffn_checkpoint as fc
     from ffnbench.model.api import FFNModel
     from ffnbench.model.inference import InferenceOptions, segment_volume
-    from ffnbench.model.seg_metrics import segmentation_scores
+    from ffnbench.model.seg_metrics import agreement, segmentation_scores
+    (image, gt, source), reference, reference_spec = volumes
     weights, fmt, prefix = checked
-    m, d = cfg["model"], cfg["data"]
-    model = FFNModel(m["fov"], m["depth"], m["features"], precision=cfg["train"]["precision"])
+    m, d, precision = cfg["model"], cfg["data"], cfg["train"]["precision"]
+    model = FFNModel(m["fov"], m["depth"], m["features"], precision=precision)
     model.set_flat(fc.flat(weights, [v.name for v in model.variables]))
-    image, gt, source = load_eval_volume(cfg, volume_spec)
+    peak = matmul_peak(seconds=2.0, dtype=PEAK_DTYPE[precision])  # before, with the same threads
     opts = InferenceOptions(fov=tuple(m["fov"]), deltas=tuple(m["deltas"]), image_mean=d["image_mean"],
                             image_stddev=d["image_stddev"],
                             **{k: (tuple(v) if isinstance(v, list) else v) for k, v in cfg["inference"].items()})
     start = time.time()
     seg, stats = segment_volume(image, model.predict, opts, progress=progress)
     seconds = time.time() - start
+    seg_path = write_segmentation(os.path.join(out_dir, "segmentation.h5"), seg, {
+        "volume": source, "checkpoint": prefix, "inference": json.dumps(cfg["inference"]), "precision": precision})
     margin = [f // 2 for f in m["fov"]]
     gt_in = inner(gt, margin)
     result = {**segmentation_scores(inner(seg, margin), gt_in), "seconds": seconds, "volume": source,
               "checkpoint": {"path": prefix, "format": fmt},
-              "scored_region": "voxels at least fov//2 from every edge", "inference": stats,
+              "scored_region": "voxels at least fov//2 from every edge",
+              "whole_volume": segmentation_scores(seg, gt),
+              "segmentation": f"{os.path.basename(seg_path)}:segmentation",
+              "inference": stats, "speed": inference_speed(stats, m, precision, peak),
               "baselines": {name: segmentation_scores(inner(s, margin), gt_in)
                             for name, s in trivial_segmentations(image, gt).items()}}
+    if reference is not None:
+        result["reference"] = {"path": reference_spec, **agreement(seg, reference)}
     write_json_atomic(os.path.join(out_dir, "eval.json"), result)
-    return result, Segmentation(image, gt, seg, f"{cfg['name']} ({fmt} weights): FFN flood fill on {source}")
+    return result, Segmentation(image, gt, seg, f"{cfg['name']} ({fmt} weights): FFN flood fill on {os.path.basename(source)}",
+                                reference)
 
 
 def table(result):
-    rows = ["| segmentation | ARE | VOI | VOI split | VOI merge | segments |", "|---|---|---|---|---|---|"]
-    for name, r in [("trained FFN", result), *result["baselines"].items()]:
-        rows.append(f"| {name} | {r['are']:.4f} | {r['voi']:.4f} | {r['voi_split']:.4f} | {r['voi_merge']:.4f} "
-                    f"| {r['segments']} (gt {r['gt_segments']}) |")
+    rows = ["| segmentation | region | ARE | VOI | VOI split | VOI merge | segments |", "|---|---|---|---|---|---|---|"]
+    for name, region, r in [("FFN", "whole volume", result["whole_volume"]), ("FFN", "interior", result),
+                            *((n, "interior", b) for n, b in result["baselines"].items())]:
+        rows.append(f"| {name} | {region} | {r['are']:.4f} | {r['voi']:.4f} | {r['voi_split']:.4f} | "
+                    f"{r['voi_merge']:.4f} | {r['segments']} (gt {r['gt_segments']}) |")
+    if "reference" in result:
+        r = result["reference"]
+        rows.append(f"| FFN against {r['path']} | whole volume | {r['are']:.4f} | {r['voi']:.4f} | "
+                    f"{r['voi_split']:.4f} | {r['voi_merge']:.4f} | {r['segments']} (reference "
+                    f"{r['reference_segments']}) |")
     return "\n".join(rows)

@@ -49,3 +49,16 @@ def segmentation_scores(seg, gt):
         "segments": int(np.count_nonzero(np.unique(seg))),
         "gt_segments": int(np.count_nonzero(np.unique(gt))),
     }
+
+
+def agreement(seg, reference):
+    """How far two segmentations of one volume differ (e.g. ours and google/ffn's): VOI and ARE with
+    every label counted, 0 (unsegmented) included, ``reference`` in the ground truth's place."""
+    seg, reference = np.asarray(seg), np.asarray(reference)
+    if seg.shape != reference.shape:
+        raise ValueError(f"segmentation shape {seg.shape} != reference shape {reference.shape}")
+    split, merge = variation_of_information(image0=reference, image1=seg)
+    are = adapted_rand_error(image_true=reference, image_test=seg, ignore_labels=())[0]
+    return {"voi": float(split + merge), "voi_split": float(split), "voi_merge": float(merge), "are": float(are),
+            "segments": int(np.count_nonzero(np.unique(seg))),
+            "reference_segments": int(np.count_nonzero(np.unique(reference)))}
