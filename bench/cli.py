@@ -103,6 +103,15 @@ def cmd_data_synth(args):
     return 0
 
 
+def cmd_data_import_flyem(args):
+    import numpy as np
+    from ffnbench.model.flyem import import_flyem
+    raw, labels = import_flyem(args.dir, args.out)
+    print(f"wrote {args.out}: raw {raw.shape} uint8 (mean {raw.mean():.1f}, stddev {raw.std():.1f}), labels "
+          f"{len(np.unique(labels[labels > 0]))} bodies (use data.image: {args.out}:raw, data.labels: {args.out}:labels)")
+    return 0
+
+
 def cmd_strategies(args):
     from ffnbench import strategies
     for name in strategies.names():
@@ -356,6 +365,11 @@ def parser():
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--density", type=float, default=1.0)
     s.set_defaults(fn=cmd_data_synth)
+    fl = d.add_parser("import-flyem", help="convert FlyEM's layout (janelia-flyem/neuroproof_examples: "
+                      "grayscale_maps/*.png, groundtruth.h5[.gz] stack + transforms) to HDF5 raw, labels")
+    fl.add_argument("dir", help="a sample directory, e.g. neuroproof_examples/training_sample2")
+    fl.add_argument("--out", required=True, help="the HDF5 file to write")
+    fl.set_defaults(fn=cmd_data_import_flyem)
     g = sub.add_parser("strategies", help="list the strategies")
     g.set_defaults(fn=cmd_strategies)
     f = sub.add_parser("config", help="describe the config fields")

@@ -6,7 +6,7 @@ import pytest
 
 from ffnbench.bench.segmentation_eval import FIELDS
 
-EVAL_FIELDS = set(FIELDS) | {"seconds"}
+EVAL_FIELDS = set(FIELDS) | {"seconds", "whole_volume", "speed", "segmentation", "inference"}
 
 
 @pytest.fixture(scope="module")
@@ -28,7 +28,10 @@ def test_evaluate_writes_every_field_and_a_figure(run_cli, smoke_run):
     assert set(result["baselines"]) == {"one_segment", "threshold_components"}
     assert result["baselines"]["one_segment"]["voi_split"] == 0.0  # one segment never splits
     assert (smoke_run / "segmentation.png").stat().st_size > 10_000
-    assert "| trained FFN |" in r.stdout
+    with h5py.File(smoke_run / "segmentation.h5") as f:
+        assert f["segmentation"].dtype == np.uint64 and f["segmentation"].ndim == 3
+        assert len(np.unique(f["segmentation"][()])) - 1 == result["whole_volume"]["segments"]
+    assert "| FFN | whole volume |" in r.stdout and "FOVs/sec" in r.stdout
 
 
 def test_missing_checkpoint_is_one_clear_line(run_cli, smoke_run, tmp_path):
@@ -49,3 +52,15 @@ def test_volume_shape_mismatch_is_one_clear_line(run_cli, smoke_run, tmp_path):
     assert r.returncode == 2
     lines = r.stderr.strip().splitlines()
     assert len(lines) == 1 and "differs from labels shape" in lines[0]
+
+
+def test_reference_of_another_shape_is_one_line_and_writes_nothing(run_cli, smoke_run, tmp_path):
+    path = tmp_path / "ref.h5"
+    with h5py.File(path, "w") as f:
+        f["seg"] = np.zeros((3, 4, 5), np.uint64)
+    out = tmp_path / "out"
+    r = run_cli("evaluate", "--checkpoint", str(smoke_run / "checkpoints"), "--config", str(smoke_run / "config.yaml"),
+                "--reference", f"{path}:seg", "--out", str(out))
+    lines = r.stderr.strip().splitlines()
+    assert r.returncode == 2 and len(lines) == 1 and "shape (3, 4, 5) differs from the volume's" in lines[0], r.stderr
+    assert not out.exists()
