@@ -130,8 +130,9 @@ class _Canvas:
     """google/ffn's Canvas for one volume: the logit canvas of the current flood, the
     segmentation, and the counters."""
 
-    def __init__(self, image, predict, options):
+    def __init__(self, image, predict, options, on_predict=None):
         self.o = options
+        self.on_predict = on_predict or (lambda: None)
         self.predict = predict
         self.image = normalise(image, options)
         self.shape = np.asarray(image.shape)
@@ -206,6 +207,7 @@ class _Canvas:
             if out.shape != seeds.shape:
                 raise ValueError(f"predictor returned shape {out.shape}, expected {seeds.shape}")
             self.predict_calls += 1
+            self.on_predict()
             iters += len(centres)
             for centre, sel, logits in zip(centres, slices, out[..., 0]):
                 written = self.write(sel, logits)
@@ -230,7 +232,14 @@ def segment_volume(image, predict, options, progress=True, seeds=None):
     """
     _validate(image, options)
     t0 = time.perf_counter()
-    c = _Canvas(image, predict, options)
+    shown = [time.perf_counter()]
+
+    def show_fovs():  # one object can take minutes: the bar also counts FOVs, every 2 s
+        if progress and time.perf_counter() - shown[0] > 2.0:
+            shown[0] = time.perf_counter()
+            bar.set_postfix(fovs=c.fov_predictions, refresh=True)
+
+    c = _Canvas(image, predict, options, show_fovs)
     if seeds is None:
         seeds = seed_peaks(c.image, margin=tuple(c.margin))
     seeds = np.asarray(seeds, dtype=np.int64)
@@ -242,7 +251,8 @@ def segment_volume(image, predict, options, progress=True, seeds=None):
     seeds = seeds[np.sort(first)]
     half_fov = c.margin
     tried = rejected = weak = segments = 0
-    for seed in tqdm(seeds, desc="seeds", unit="seed", disable=not progress):
+    bar = tqdm(seeds, desc="seeds", unit="seed", disable=not progress)
+    for seed in bar:
         seed = tuple(int(s) for s in seed)
         if not c.is_valid_pos(seed, ignore_move_threshold=True) or c.near_segment(seed):
             continue
