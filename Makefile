@@ -1,5 +1,5 @@
 # The README's two commands. Each sets up whatever is missing (apt MPI, the cached pinned venv).
-.PHONY: setup test demo study clean
+.PHONY: setup test test-fast demo study clean
 DEMO := results/sweeps/demo
 
 setup:
@@ -7,6 +7,10 @@ setup:
 
 test: setup
 	.venv/bin/python -m pytest -q tests
+
+# the edit loop: every test not marked slow (a few minutes)
+test-fast: setup
+	.venv/bin/python -m pytest -q -m "not slow" tests
 
 # single vs Horovod all-reduce x2 vs async PS 1+2 on one FOV budget (re-running resumes; `make clean` restarts)
 demo: setup

@@ -31,6 +31,7 @@ def test_seeds_are_google_ffns_policy_peaks(where, ffn_seeds):
     assert len(seeds) == ffn_seeds
 
 
+@pytest.mark.slow
 def test_evaluate_segments_the_crop_as_google_ffn_does(run_cli, tmp_path):
     """FOV predictions, segments and VOI against google/ffn's own segmentation of the crop, within the
     bounds of issue 24 (5 %, 10 %, 0.3); measured 2026-12-06 on an Intel Xeon: identical (304 FOVs,
