@@ -199,7 +199,7 @@ def cmd_evaluate(args):
     else:
         raise ValueError("evaluate: give RUN_DIR (no --config/--out), or --checkpoint PREFIX with --config CONFIG")
     figure = plot_segmentation(drawn.image, drawn.gt, drawn.seg, os.path.join(out_dir, "segmentation.png"),
-                               title=drawn.title, reference=drawn.reference)
+                               title=drawn.title, reference=drawn.reference, reference_name=drawn.reference_name)
     print(table(result))
     print(speed_line(result["speed"]))
     print(f"evaluated {result['volume']} in {result['seconds']:.1f}s; wrote {figure} and "

@@ -24,6 +24,7 @@ class Segmentation:
     seg: np.ndarray
     title: str
     reference: np.ndarray = None
+    reference_name: str = ""
 
 
 FIELDS = ("are", "voi", "voi_split", "voi_merge", "rand_precision", "rand_recall", "segments", "gt_segments")
@@ -131,6 +132,11 @@ def read_volumes(cfg, volume_spec, reference_spec):
     return (image, gt, source), reference, reference_spec
 
 
+def short(spec):
+    """`dir/a.h5:raw,dir/a.h5:labels` as `a.h5:raw,a.h5:labels`, for titles."""
+    return ",".join(os.path.basename(part) for part in spec.split(","))
+
+
 def write_segmentation(path, seg, attrs):
     """The segmentation as HDF5 (dataset `segmentation`, uint64, z y x, 0 = unsegmented), written to a
     temporary name and renamed, so a reader never sees half of it."""
@@ -203,8 +209,8 @@ def evaluate_weights(cfg, checked, out_dir, volumes, progress):
     if reference is not None:
         result["reference"] = {"path": reference_spec, **agreement(seg, reference)}
     write_json_atomic(os.path.join(out_dir, "eval.json"), result)
-    return result, Segmentation(image, gt, seg, f"{cfg['name']} ({fmt} weights): FFN flood fill on {os.path.basename(source)}",
-                                reference)
+    return result, Segmentation(image, gt, seg, f"{cfg['name']} ({fmt} weights): FFN flood fill on {short(source)}",
+                                reference, short(reference_spec or ""))
 
 
 def table(result):
