@@ -122,10 +122,12 @@ def read_volumes(cfg, volume_spec, reference_spec):
         return (image, gt, source), None, None
     try:
         reference = read_h5_dataset(reference_spec)
-    except (ValueError, FileNotFoundError, KeyError) as e:
+    except (ValueError, OSError, KeyError) as e:  # OSError: h5py's "not an HDF5 file"
         raise ConfigError(f"--reference: {str(e).strip(chr(34))}")
     if not np.issubdtype(reference.dtype, np.integer):
         raise ConfigError(f"--reference {reference_spec}: a segmentation holds integer ids, not {reference.dtype}")
+    if reference.size and reference.min() < 0:  # e.g. google/ffn's -1 markers, which its runner removes
+        raise ConfigError(f"--reference {reference_spec}: holds negative ids ({reference.min()}); 0 is unsegmented")
     if reference.shape != image.shape:
         raise ConfigError(f"--reference {reference_spec}: shape {reference.shape} differs from the volume's "
                           f"{image.shape}")
@@ -142,11 +144,15 @@ def write_segmentation(path, seg, attrs):
     temporary name and renamed, so a reader never sees half of it."""
     import h5py
     tmp = f"{path}.{os.getpid()}.tmp"
-    with h5py.File(tmp, "w") as f:
-        ds = f.create_dataset("segmentation", data=seg.astype(np.uint64), compression="gzip", chunks=True)
-        for key, value in attrs.items():
-            ds.attrs[key] = value
-    os.replace(tmp, path)
+    try:
+        with h5py.File(tmp, "w") as f:
+            ds = f.create_dataset("segmentation", data=seg.astype(np.uint64), compression="gzip", chunks=True)
+            for key, value in attrs.items():
+                ds.attrs[key] = value
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
     return path
 
 

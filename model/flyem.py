@@ -23,13 +23,19 @@ def read_grayscale(directory):
         raise ValueError(f"{folder}: no PNG slices (FlyEM's layout: grayscale_maps/*.png)")
     numbers = [int(m.group(1)) if (m := re.search(r"(\d+)\.png$", n, re.I)) else None for n in names]
     if None not in numbers:
+        if numbers != sorted(numbers):
+            raise ValueError(f"{folder}: the slices' name order is not their numeric order (unpadded numbers?), "
+                             f"e.g. {names[0]} .. {names[-1]}")
         gaps = sorted(set(range(numbers[0], numbers[-1] + 1)) - set(numbers))
         if gaps:
             raise ValueError(f"{folder}: {len(gaps)} slice(s) missing between {names[0]} and {names[-1]}, "
                              f"the first numbered {gaps[0]}")
     slices = []
     for name in names:
-        image = imread(os.path.join(folder, name))
+        try:
+            image = imread(os.path.join(folder, name))
+        except (OSError, ValueError) as e:
+            raise ValueError(f"{folder}/{name}: not a readable PNG ({e})")
         if image.ndim != 2 or image.dtype != np.uint8:
             raise ValueError(f"{folder}/{name}: expected an 8-bit grayscale slice, got {image.dtype} {image.shape}")
         if slices and image.shape != slices[0].shape:
@@ -61,6 +67,10 @@ def read_bodies(directory):
         raise ValueError(f"{path}: expected a 3-D stack and an (N, 2) transforms table, got {stack.shape} and "
                          f"{transforms.shape}")
     supervoxels, bodies = transforms[:, 0].astype(np.int64), transforms[:, 1].astype(np.uint64)
+    listed, first = np.unique(supervoxels, return_index=True)
+    if len(listed) < len(supervoxels):
+        twice = np.setdiff1d(np.arange(len(supervoxels)), first)[0]
+        raise ValueError(f"{path}: supervoxel {supervoxels[twice]} is listed more than once in transforms")
     if 0 not in supervoxels:
         supervoxels, bodies = np.append(supervoxels, 0), np.append(bodies, np.uint64(0))
     order = np.argsort(supervoxels)
@@ -84,11 +94,15 @@ def import_flyem(directory, out):
         raise ValueError(f"{directory}: the PNG stack is {raw.shape} (z, y, x) but groundtruth's stack is "
                          f"{labels.shape}")
     tmp = f"{out}.{os.getpid()}.tmp"
-    with h5py.File(tmp, "w") as f:
-        f.create_dataset("raw", data=raw, compression="gzip", chunks=True)
-        f.create_dataset("labels", data=labels, compression="gzip", chunks=True)
-        f.attrs["axes"] = "zyx"
-        f.attrs["source"] = f"FlyEM layout at {os.path.abspath(directory)} (grayscale_maps/*.png; groundtruth stack " \
-                            f"mapped through transforms)"
-    os.replace(tmp, out)
+    try:
+        with h5py.File(tmp, "w") as f:
+            f.create_dataset("raw", data=raw, compression="gzip", chunks=True)
+            f.create_dataset("labels", data=labels, compression="gzip", chunks=True)
+            f.attrs["axes"] = "zyx"
+            f.attrs["source"] = f"FlyEM layout at {os.path.abspath(directory)} (grayscale_maps/*.png; groundtruth " \
+                                f"stack mapped through transforms)"
+        os.replace(tmp, out)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
     return raw, labels

@@ -54,13 +54,26 @@ def test_volume_shape_mismatch_is_one_clear_line(run_cli, smoke_run, tmp_path):
     assert len(lines) == 1 and "differs from labels shape" in lines[0]
 
 
-def test_reference_of_another_shape_is_one_line_and_writes_nothing(run_cli, smoke_run, tmp_path):
+@pytest.mark.parametrize("reference, match", [
+    (np.zeros((3, 4, 5), np.uint64), "shape (3, 4, 5) differs from the volume's"),
+    ("held-out shape, -1 inside", "holds negative ids (-1)"),
+    (np.zeros((3, 4, 5), np.float32), "a segmentation holds integer ids, not float32"),
+    (b"not hdf5", "--reference: "),
+])
+def test_a_bad_reference_is_one_line_and_writes_nothing(run_cli, smoke_run, tmp_path, reference, match):
     path = tmp_path / "ref.h5"
-    with h5py.File(path, "w") as f:
-        f["seg"] = np.zeros((3, 4, 5), np.uint64)
+    if isinstance(reference, bytes):
+        path.write_bytes(reference)
+    else:
+        if isinstance(reference, str):  # google/ffn's -1 markers, as its canvas holds them before saving
+            import yaml
+            reference = np.zeros(yaml.safe_load(open(smoke_run / "config.yaml"))["data"]["shape"], np.int32)
+            reference[1, 2, 3] = -1
+        with h5py.File(path, "w") as f:
+            f["seg"] = reference
     out = tmp_path / "out"
     r = run_cli("evaluate", "--checkpoint", str(smoke_run / "checkpoints"), "--config", str(smoke_run / "config.yaml"),
                 "--reference", f"{path}:seg", "--out", str(out))
     lines = r.stderr.strip().splitlines()
-    assert r.returncode == 2 and len(lines) == 1 and "shape (3, 4, 5) differs from the volume's" in lines[0], r.stderr
+    assert r.returncode == 2 and len(lines) == 1 and match in lines[0], r.stderr
     assert not out.exists()

@@ -12,18 +12,22 @@ from skimage.io import imsave
 SHAPE = (5, 12, 10)
 
 
-def make_sample(root, gz=True, drop_slice=None, extra_slice=False, unknown_supervoxel=False):
+def make_sample(root, gz=True, drop_slice=None, extra_slice=False, unknown_supervoxel=False, twice=False,
+                unpadded=False, bad_png=False):
     """A small sample in FlyEM's layout; returns (raw, bodies) it encodes."""
     rng = np.random.default_rng(0)
     raw = rng.integers(0, 256, SHAPE, dtype=np.uint8)
     supervoxels = rng.integers(1, 9, SHAPE).astype(np.int32)
-    transforms = np.array([[sv, 1000 + sv // 3] for sv in range(1, 9)], dtype=np.int64)
+    transforms = np.array([[sv, 1000 + sv // 3] for sv in range(1, 9)] + ([[3, 5]] if twice else []), dtype=np.int64)
     if unknown_supervoxel:
         supervoxels[2, 3, 4] = 77
     os.makedirs(root / "grayscale_maps")
     for z in range(SHAPE[0] + (1 if extra_slice else 0)):
+        name = root / "grayscale_maps" / (f"iso.{8 + z}.png" if unpadded else f"iso.{2600 + z}.png")
         if z != drop_slice:
-            imsave(root / "grayscale_maps" / f"iso.{2600 + z}.png", raw[min(z, SHAPE[0] - 1)], check_contrast=False)
+            imsave(name, raw[min(z, SHAPE[0] - 1)], check_contrast=False)
+        if bad_png and z == 1:
+            name.write_bytes(b"not a png")
     with h5py.File(root / "groundtruth.h5", "w") as f:
         f["stack"], f["transforms"] = supervoxels, transforms
     if gz:
@@ -49,6 +53,9 @@ def test_import_writes_the_stack_and_the_bodies(run_cli, tmp_path, gz):
     ({"drop_slice": 2}, "slice(s) missing between iso.2600.png and iso.2604.png, the first numbered 2602"),
     ({"extra_slice": True}, "the PNG stack is (6, 12, 10) (z, y, x) but groundtruth's stack is (5, 12, 10)"),
     ({"unknown_supervoxel": True}, "1 supervoxel id(s) of stack are not in transforms, e.g. 77"),
+    ({"twice": True}, "supervoxel 3 is listed more than once in transforms"),
+    ({"unpadded": True}, "the slices' name order is not their numeric order"),
+    ({"bad_png": True}, "iso.2601.png: not a readable PNG"),
 ])
 def test_bad_input_is_one_line_and_writes_nothing(run_cli, tmp_path, fault, match):
     make_sample(tmp_path / "sample", **fault)

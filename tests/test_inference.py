@@ -249,3 +249,24 @@ def test_moves_are_chosen_from_the_logits_the_disco_rule_froze():
                    seeds=[(4, 12, 8)])
     assert predictor.centres[:2] == [(12, 8), (15, 8)]
     assert (17, 11) in predictor.centres and (15, 11) not in predictor.centres
+
+
+@pytest.mark.parametrize("distance, tried", [((1, 1, 1), 1), ((0, 0, 0), 2)])
+def test_a_seed_within_min_boundary_dist_of_a_segment_is_skipped(distance, tried):
+    """google/ffn's segment_all: a seed with a segmented voxel within min_boundary_dist is not tried.
+    The first flood segments x <= 10; the second seed, at x = 11, touches it."""
+    image = x_ramp((9, 9, 30))
+    predictor = Scripted(lambda flood, call, x: x <= 10 if flood == 0 else x >= 11)
+    _, stats = segment_volume(image, predictor, options(min_segment_size=10, min_boundary_dist=distance),
+                              progress=False, seeds=[(4, 4, 6), (4, 4, 11)])
+    assert stats["seeds_tried"] == tried
+
+
+def test_one_fov_per_node_of_the_deltas_lattice_anchored_at_the_seed():
+    """FaceMaxMovementPolicy.quantize_pos: a move into a lattice node that was already predicted is
+    skipped, so a flood over a uniform object predicts each node at most once."""
+    predictor = Located(lambda call, y, x: np.full(x.shape, True))
+    segment_volume(yx_image((9, 30, 30)), predictor, options(min_segment_size=10), progress=False,
+                   seeds=[(4, 13, 13)])
+    nodes = [((y - 13 + 1) // 3, (x - 13 + 1) // 3) for y, x in predictor.centres]
+    assert len(predictor.centres) > 4 and len(set(nodes)) == len(nodes)
