@@ -35,7 +35,7 @@ def read_grayscale(directory):
         try:
             image = imread(os.path.join(folder, name))
         except (OSError, ValueError) as e:
-            raise ValueError(f"{folder}/{name}: not a readable PNG ({e})")
+            raise ValueError(f"{folder}/{name}: not a readable PNG ({(str(e).splitlines() or ['?'])[0]})")
         if image.ndim != 2 or image.dtype != np.uint8:
             raise ValueError(f"{folder}/{name}: expected an 8-bit grayscale slice, got {image.dtype} {image.shape}")
         if slices and image.shape != slices[0].shape:
