@@ -142,17 +142,11 @@ def short(spec):
 def write_segmentation(path, seg, attrs):
     """The segmentation as HDF5 (dataset `segmentation`, uint64, z y x, 0 = unsegmented), written to a
     temporary name and renamed, so a reader never sees half of it."""
-    import h5py
-    tmp = f"{path}.{os.getpid()}.tmp"
-    try:
-        with h5py.File(tmp, "w") as f:
-            ds = f.create_dataset("segmentation", data=seg.astype(np.uint64), compression="gzip", chunks=True)
-            for key, value in attrs.items():
-                ds.attrs[key] = value
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    from ffnbench.model.synthetic import atomic_h5
+    with atomic_h5(path) as f:
+        ds = f.create_dataset("segmentation", data=seg.astype(np.uint64), compression="gzip", chunks=True)
+        for key, value in attrs.items():
+            ds.attrs[key] = value
     return path
 
 

@@ -86,23 +86,17 @@ def read_bodies(directory):
 def import_flyem(directory, out):
     """Write FlyEM's sample at `directory` to `out` as HDF5 `raw` (uint8) and `labels` (uint64), z y x.
     Nothing is written unless every check passes; the file appears in one rename."""
-    import h5py
+    from ffnbench.model.synthetic import atomic_h5
     if not os.path.isdir(directory):
         raise ValueError(f"{directory}: not a directory")
     raw, labels = read_grayscale(directory), read_bodies(directory)
     if raw.shape != labels.shape:
         raise ValueError(f"{directory}: the PNG stack is {raw.shape} (z, y, x) but groundtruth's stack is "
                          f"{labels.shape}")
-    tmp = f"{out}.{os.getpid()}.tmp"
-    try:
-        with h5py.File(tmp, "w") as f:
-            f.create_dataset("raw", data=raw, compression="gzip", chunks=True)
-            f.create_dataset("labels", data=labels, compression="gzip", chunks=True)
-            f.attrs["axes"] = "zyx"
-            f.attrs["source"] = f"FlyEM layout at {os.path.abspath(directory)} (grayscale_maps/*.png; groundtruth " \
-                                f"stack mapped through transforms)"
-        os.replace(tmp, out)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    with atomic_h5(out) as f:
+        f.create_dataset("raw", data=raw, compression="gzip", chunks=True)
+        f.create_dataset("labels", data=labels, compression="gzip", chunks=True)
+        f.attrs["axes"] = "zyx"
+        f.attrs["source"] = f"FlyEM layout at {os.path.abspath(directory)} (grayscale_maps/*.png; groundtruth " \
+                            f"stack mapped through transforms)"
     return raw, labels

@@ -6,6 +6,7 @@ nearest seed (a Voronoi packing that fills space), the result is smoothly
 warped so boundaries are not planar, and boundaries become dark membranes.
 """
 
+import contextlib
 import os
 
 import numpy as np
@@ -197,6 +198,21 @@ def write_h5(path, image, labels, image_ds="image", labels_ds="labels"):
     with h5py.File(path, "w") as f:
         f.create_dataset(image_ds, data=image, compression="gzip")
         f.create_dataset(labels_ds, data=labels, compression="gzip")
+
+
+@contextlib.contextmanager
+def atomic_h5(path):
+    """An h5py file written under a temporary name and renamed to `path` when the block ends
+    without error, so no reader sees half of it; on an error the temporary file is removed."""
+    import h5py
+    tmp = f"{path}.{os.getpid()}.tmp"
+    try:
+        with h5py.File(tmp, "w") as f:
+            yield f
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
 
 
 def read_h5_dataset(spec):
