@@ -1,7 +1,7 @@
 """`ffnbench calibrate`: this machine's MPI alpha/beta, a raw Allreduce of one gradient, and the costs
 of the strategies' own machinery (e.g. a parameter server's update), for the simulator.
 
-The ping-pong runs in two ranks that `calibrate` starts through strategies/comm.py, with the same MCA
+The ping-pong runs in two ranks that `calibrate` starts through bench/processes.py, with the same MCA
 settings as the strategies it is a yardstick for; the parent process never becomes an MPI rank.
 """
 import json
@@ -13,6 +13,7 @@ import numpy as np
 
 from ffnbench import strategies
 from ffnbench.bench.summary import write_json_atomic
+from ffnbench.bench import control, processes
 from ffnbench.strategies import comm
 
 
@@ -72,7 +73,7 @@ def ranks_main(out, params):
     """Under mpirun -np 2: fit alpha and beta, and time a raw MPI Allreduce of one gradient
     (`params` float32), the yardstick for the strategies' comm_s; rank 0 writes `out`."""
     from mpi4py import MPI
-    world = comm.init_world()
+    world = control.init_world()
     result = calibrate_network(world)
     grad, summed, times = np.ones(params, np.float32), np.empty(params, np.float32), []
     for _ in range(30):
@@ -91,9 +92,9 @@ def calibrate(out, cfg, params, timeout_s=120):
     from ffnbench.bench.context import training_settings
     from ffnbench.bench.launcher import cli_command
     tmp = out + ".ranks"
-    proc = comm.launch_ranks(2, cli_command("calibrate", "--ranks-part", tmp, "--params", str(params)),
+    proc = processes.launch_ranks(2, cli_command("calibrate", "--ranks-part", tmp, "--params", str(params)),
                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    _, _, err = comm.finish(proc, timeout_s, "the calibration ranks")
+    _, _, err = processes.finish(proc, timeout_s, "the calibration ranks")
     if proc.returncode != 0 or not os.path.exists(tmp):
         last = (err.strip().splitlines() or ["no output"])[-1]
         raise RuntimeError(f"calibration ranks failed: {last}")

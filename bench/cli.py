@@ -31,7 +31,7 @@ def cmd_train(args):
     run_dir = args.run_dir or scheduler_run_dir(cfg)
     os.makedirs(run_dir, exist_ok=True)
     record_config(cfg, run_dir)
-    ctl = lambda: control.for_launch(context.layout_of(cfg).launch, cfg["run"]["timeout_s"])
+    ctl = lambda: control.for_launch(context.layout_of(cfg).traits.launch, cfg["run"]["timeout_s"])
     if scheduler_job_id():  # a scheduler stops a job with SIGTERM to every rank: the summary must say so
         signal.signal(signal.SIGTERM, _interrupt)
     def interrupted(e):
@@ -493,7 +493,7 @@ def main(argv=None):
     mpi4py.rc.threads = True
     args = parser().parse_args(argv)
     from ffnbench.bench.config import ConfigError
-    from ffnbench.strategies.base import LayoutError
+    from ffnbench.strategies.declare import LayoutError
     try:
         return args.fn(args)
     except (ConfigError, LayoutError, FileNotFoundError, KeyError, ValueError, RuntimeError) as e:

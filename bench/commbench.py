@@ -29,6 +29,7 @@ import time
 import numpy as np
 from tqdm import tqdm
 
+from ffnbench.bench import control, processes
 from ffnbench.strategies import comm
 
 #: plain MPI's ways to all-reduce (the yardstick's candidates), each run under both yield settings
@@ -45,8 +46,6 @@ HOROVOD_SETTINGS = {
     "cycle 0.1 ms, fusion off": {"HOROVOD_CYCLE_TIME": "0.1", "HOROVOD_FUSION_THRESHOLD": "0"},
     "cycle 5 ms": {"HOROVOD_CYCLE_TIME": "5"},
 }
-#: Horovod's ways of taking the per-variable gradient
-HOROVOD_WAYS = ("per variable", "grouped_allreduce", "one flat buffer", "one flat buffer, eager")
 #: the prefix of rank 0's one result line on stdout
 RESULT = "commbench-result "
 #: a ratio below this is not noise: the yardstick does not bound ours from below
@@ -76,7 +75,7 @@ def _report(world, results):
 def raw_main(params, way):
     """One rank of a raw all-reduce run: plain MPI's `way` on `params` float32."""
     from mpi4py import MPI
-    world = comm.init_world()
+    world = control.init_world()
     flat, out = np.ones(params, np.float32), np.empty(params, np.float32)
     if way == "Allreduce":
         def allreduce():
@@ -94,7 +93,7 @@ def raw_main(params, way):
 
 def raw_p2p_main(params, way):
     """One rank of a raw round trip between ranks 0 and 1: `params` float32 each way."""
-    world = comm.init_world()
+    world = control.init_world()
     peer = 1 - world.rank
     out, back = np.ones(params, np.float32), np.empty(params, np.float32)
     if way == "Sendrecv":
@@ -126,39 +125,38 @@ def _gradient(cfg):
 
 
 def mpi_allreduce_main(cfg):
-    """One rank: mpi_allreduce's exchange, as it trains."""
-    world = comm.init_world()
-    params = _params(cfg)
-    flat, out = np.ones(params, np.float32), np.empty(params, np.float32)
-    _report(world, {"mpi_allreduce (Iallreduce + bounded wait)": timed_median(
-        world, lambda: comm.sum_allreduce(world, flat, out, 60, "the all-reduce"))})
+    """One rank: mpi_allreduce's own exchange, as it trains."""
+    from ffnbench import strategies
+    world = control.init_world()
+    ways = strategies.get("mpi_allreduce").exchange_benchmarks(world, _gradient(cfg))
+    _report(world, {"mpi_allreduce (Iallreduce + bounded wait)": timed_median(world, ways["float32"])})
+
+
+#: allreduce's exchange option values, as commbench names them
+HOROVOD_WAY_NAMES = {"per_variable": "per variable", "grouped": "grouped_allreduce", "flat": "one flat buffer",
+                     "flat_eager": "one flat buffer, eager"}
 
 
 def horovod_main(cfg):
-    """One rank: Horovod's ways of all-reducing the gradient, under the settings in the environment;
-    a 4-byte all-reduce (Horovod's floor) and the same tf.function without Horovod (TF's dispatch)."""
-    world = comm.init_world()
+    """One rank: allreduce's own ways of all-reducing the gradient (built as training builds them),
+    under the Horovod settings in the environment; a 4-byte all-reduce (Horovod's floor) and the same
+    tf.function without Horovod (TF's dispatch)."""
+    from ffnbench import strategies
+    world = control.init_world()
+    grads = _gradient(cfg)
+    ways = strategies.get("allreduce").exchange_benchmarks(world, grads)
     import horovod.tensorflow as hvd
     import tensorflow as tf
-    grads = _gradient(cfg)
-    hvd.init(comm=world)
-    exchanges = {
-        "per variable": tf.function(lambda gs: [hvd.allreduce(g, op=hvd.Average) for g in gs]),
-        "grouped_allreduce": tf.function(lambda gs: hvd.grouped_allreduce(gs, op=hvd.Average)),
-        "one flat buffer": tf.function(lambda gs: hvd.allreduce(tf.concat([tf.reshape(g, [-1]) for g in gs], 0),
-                                                                op=hvd.Average)),
-        "4 bytes": tf.function(lambda gs: hvd.allreduce(gs[-1][:1], op=hvd.Average)),
-        "no Horovod": tf.function(lambda gs: [tf.identity(g) for g in gs]),
-    }
     flat = tf.concat([tf.reshape(g, [-1]) for g in grads], 0)
-    exchanges.update({  # eager ops, no tf.function
-        "one flat buffer, eager": lambda gs: hvd.allreduce(flat, op=hvd.Average),
-        "4 bytes, eager": lambda gs: hvd.allreduce(flat[:1], op=hvd.Average),
-        "no Horovod, eager": lambda gs: tf.identity(flat)})
+    floors = {
+        "4 bytes": tf.function(lambda: hvd.allreduce(grads[-1][:1], op=hvd.Average)),
+        "no Horovod": tf.function(lambda: [tf.identity(g) for g in grads]),
+        "4 bytes, eager": lambda: hvd.allreduce(flat[:1], op=hvd.Average),  # eager ops, no tf.function
+        "no Horovod, eager": lambda: tf.identity(flat)}
     results = {}
-    for name, exchange in exchanges.items():
-        exchange(grads)  # trace
-        results[name] = timed_median(world, lambda: exchange(grads))
+    for name, exchange in {**{HOROVOD_WAY_NAMES[w]: call for w, call in ways.items()}, **floors}.items():
+        exchange()  # trace
+        results[name] = timed_median(world, exchange)
     hvd.shutdown()
     _report(world, results)
 
@@ -168,7 +166,7 @@ def ps_main(cfg):
     PS protocol, and the server's optimizer step on it, timed apart."""
     from ffnbench import strategies
     from ffnbench.bench.context import training_settings
-    world = comm.init_world()
+    world = control.init_world()
     params = _params(cfg)
     settings = training_settings(cfg)
     ps = strategies.get("ps_async")
@@ -194,8 +192,8 @@ def ranks_main(part, cfg):
 def _run_ranks(ranks, argv, mca=None, env=None, timeout_s=600):
     """Launch one mpirun of commbench ranks; rank 0's results."""
     import subprocess
-    proc = comm.launch_ranks(ranks, argv, mca=mca, env_extra=env, stdout=subprocess.PIPE, text=True)
-    status, out, _ = comm.finish(proc, timeout_s, "commbench")
+    proc = processes.launch_ranks(ranks, argv, mca=mca, env_extra=env, stdout=subprocess.PIPE, text=True)
+    status, out, _ = processes.finish(proc, timeout_s, "commbench")
     lines = [ln for ln in (out or "").splitlines() if ln.startswith(RESULT)]
     if status != 0 or not lines:
         raise RuntimeError(f"commbench ranks exited with status {status} and no result")
@@ -204,7 +202,7 @@ def _run_ranks(ranks, argv, mca=None, env=None, timeout_s=600):
 
 def _yields():
     for yield_when_idle in ("1", "0"):
-        yield f"yield {'on' if yield_when_idle == '1' else 'off'}", {**comm.MCA_DEFAULTS,
+        yield f"yield {'on' if yield_when_idle == '1' else 'off'}", {**processes.MCA_DEFAULTS,
                                                                      "mpi_yield_when_idle": yield_when_idle}
 
 
@@ -252,7 +250,7 @@ def print_table(results, params, ranks):
           f"fastest raw way ({best_name}):")
     ours = dict(results["mpi_allreduce"])
     for setting, times in horovod.items():
-        ours.update({f"Horovod {way}, {setting}": times[way] for way in HOROVOD_WAYS})
+        ours.update({f"Horovod {way}, {setting}": times[way] for way in HOROVOD_WAY_NAMES.values()})
     for name, seconds in {**raw, **ours}.items():
         _row(name, seconds, best)
     fastest = min((name for name in ours if name.startswith("Horovod")), key=ours.get)

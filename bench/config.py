@@ -10,7 +10,7 @@ import yaml
 
 from ffnbench import strategies
 from ffnbench.model.network import BF16_FLAGS, INITS, PRECISIONS, bf16_flags
-from ffnbench.strategies.base import LR_SCALING_RULES, OPTIMIZERS, OptimizerSettings
+from ffnbench.strategies.settings import LR_SCALING_RULES, OPTIMIZERS, OptimizerSettings
 
 _OPTIMIZER = OptimizerSettings()
 
@@ -310,9 +310,9 @@ def describe():
     options = {}  # (option, default, meaning) -> strategies, in registry order
     for name in strategies.names():
         cls = strategies.get(name)
-        for option, default in cls.options.items():
-            shown = yaml.safe_dump(default, default_flow_style=True).splitlines()[0]
-            options.setdefault((option, shown, cls.option_docs[option]), []).append(name)
+        for option, declared in cls.options.items():
+            shown = yaml.safe_dump(declared.default, default_flow_style=True).splitlines()[0]
+            options.setdefault((option, shown, declared.doc), []).append(name)
     for (option, default, doc), names in options.items():
         rows.append(f"| {', '.join(names)} | {option} | {default} | {doc} |")
     return "\n".join(rows) + "\n"

@@ -1,12 +1,44 @@
-"""From a validated config to what a strategy is given: settings, layout, model, data, context.
+"""From a validated config, and what the launcher handed over, to what a strategy is given:
+settings, layout, model, data, context.
 
 Strategies see only what this builds (resolved values, never the raw config); rank.py also reads the
 model section for FLOPs and the steps for the final checkpoint.
 """
+import json
 import os
+from dataclasses import asdict, dataclass, field
+from typing import Any, Dict, Optional
 
 from ffnbench import strategies
-from ffnbench.strategies.base import OptimizerSettings, TrainingContext, TrainingSettings
+from ffnbench.strategies.settings import OptimizerSettings, TrainingSettings
+
+#: what the launcher hands every rank beside config.yaml (no environment variables)
+HANDOFF = "launch.json"
+
+
+@dataclass(frozen=True)
+class Handoff:
+    """What the launcher decided before any rank started. resume_from: the checkpoint directory a
+    resumed run continues from; synthetic_npz: volumes made once (a sweep's); node_peak: the matmul
+    peak measured before the ranks started; strategy: the strategy's launch_info()."""
+    resume_from: Optional[str] = None
+    synthetic_npz: Optional[str] = None
+    node_peak: Optional[Dict[str, Any]] = None
+    strategy: Dict[str, Any] = field(default_factory=dict)
+
+
+def write_handoff(run_dir, handoff):
+    with open(os.path.join(run_dir, HANDOFF), "w") as f:
+        json.dump(asdict(handoff), f, indent=2)
+
+
+def read_handoff(run_dir):
+    """The launcher's Handoff; an empty one for ranks started by another launcher (srun, aprun)."""
+    path = os.path.join(run_dir, HANDOFF)
+    if not os.path.exists(path):
+        return Handoff()
+    with open(path) as f:
+        return Handoff(**json.load(f))
 
 
 def optimizer_settings(cfg) -> OptimizerSettings:
@@ -27,9 +59,8 @@ def layout_of(cfg):
     return strategies.layout(cfg["strategy"], cfg["ranks"], cfg["strategy_options"])
 
 
-def fovs_per_update(cfg, layout=None):
-    layout = layout or layout_of(cfg)
-    return strategies.get(cfg["strategy"]).fovs_per_update(layout, cfg["train"]["batch_size"])
+def fovs_per_update(cfg, layout):
+    return strategies.get(layout.strategy).fovs_per_update(layout, cfg["train"]["batch_size"])
 
 
 def build_model(cfg):
@@ -77,11 +108,11 @@ def load_initial_weights(cfg, model, resuming):
 class Data:
     """The training volume, the example streams of (logical) workers, and the fixed held-out FOVs."""
 
-    def __init__(self, cfg):
+    def __init__(self, cfg, synthetic_npz=None):
         from ffnbench.model.data import heldout_batch, load_volumes
         self.cfg = cfg
         m, d = cfg["model"], cfg["data"]
-        self.train_volume, heldout_volume = load_volumes(d, os.environ.get(SYNTHETIC_ENV))
+        self.train_volume, heldout_volume = load_volumes(d, synthetic_npz)
         self.heldout = heldout_batch(heldout_volume, m["fov"], m["deltas"], cfg["eval"]["fovs"], d["seed"],
                                      d["min_object_size"], cfg["train"]["sample_background"])
 
@@ -93,19 +124,3 @@ class Data:
         return ExampleStream(self.train_volume, m["fov"], m["deltas"], range(worker_index * b, (worker_index + 1) * b),
                              t["seed"], d["min_object_size"], t["augment"], t["move_threshold"], t["label_moves"],
                              t["sample_background"], t["move_order"])
-
-
-#: the launcher's .npz of the synthetic volumes (model.data.save_synthetic), so ranks need not remake them
-SYNTHETIC_ENV = "FFNBENCH_SYNTHETIC_NPZ"
-
-
-def build_context(cfg, layout, rank, comm, recorder, run_dir, data):
-    """The TrainingContext of one rank (model and stream are added by the caller, see rank.py).
-
-    `data` is None on ranks that hold no data (servers other than rank 0)."""
-    def make_stream(worker_index):
-        if data is None:
-            raise RuntimeError(f"rank {rank} holds no training data")
-        return data.stream(worker_index)
-    return TrainingContext(settings=training_settings(cfg), layout=layout, rank=rank, comm=comm,
-                           recorder=recorder, run_dir=os.path.abspath(run_dir), make_stream=make_stream)

@@ -20,7 +20,7 @@ import numpy as np
 
 from ffnbench.bench import context
 from ffnbench.bench.launcher import cli_command
-from ffnbench.bench.results import read_records, read_summary, stored_config
+from ffnbench.bench.results import COMPLETE, read_records, read_summary, stored_config
 
 
 def rank_pids(run_dir):
@@ -99,12 +99,12 @@ def measure(config, overrides, out, victim, kill_after, timeout_s=1800):
     log.close()
     result = {"strategy": strategy, "victim": victim, "kill_after_steps": kill_after,
               "wall_undisturbed_s": wall_a, "job_ended_after_kill_s": ended_at - killed_at}
-    if layout.survives_lost_workers:
+    if layout.traits.survives_lost_workers:
         summary = read_summary(hit)
-        if summary["status"] != "complete" or not summary["lost_workers"]:
+        if summary["status"] != COMPLETE or not summary["lost_workers"]:
             raise RuntimeError(f"the run with a killed worker did not go on without it: {summary.get('error')}")
         stall, median = survivors_stall(read_records(hit).steps, victim, cfg["run"]["timeout_s"])
-        result.update(mode="elastic: the ring shrinks" if layout.launch == "horovodrun_elastic"
+        result.update(mode="elastic: the ring shrinks" if layout.traits.launch == "horovodrun_elastic"
                       else "async: the others go on", status=summary["status"],
                       wall_with_failure_s=ended_at - start, survivors_longest_gap_s=stall,
                       survivors_median_step_s=median, time_lost_s=stall - median,

@@ -1,4 +1,5 @@
 """`ffnbench run`: resolve the config, make the run directory, start the ranks, report the outcome."""
+import dataclasses
 import hashlib
 import json
 import os
@@ -15,9 +16,8 @@ import yaml
 from ffnbench import strategies
 from ffnbench.bench import context, peak, summary as summ
 from ffnbench.bench.config import ConfigError
-from ffnbench.bench.context import SYNTHETIC_ENV
 from ffnbench.bench.results import is_complete, read_summary
-from ffnbench.strategies import comm
+from ffnbench.bench import processes
 
 # Open MPI's multi-line banners around an abort add nothing to our one-line error.
 _MPI_NOISE = re.compile(r"^(-{20,}|MPI_ABORT|NOTE: invoking|You may or may not|exactly when|with errorcode|"
@@ -30,7 +30,7 @@ def cli_command(*args):
     return [sys.executable, "-m", "ffnbench.bench.cli", *args]
 
 
-def check_inputs(cfg, resuming=False, here=True):
+def check_inputs(cfg, layout, resuming=False, here=True):
     """Fail before launching anything (ConfigError, one line) when an input cannot work: a missing or
     malformed HDF5 volume, or more ranks than this machine's memory holds (the layout is checked with
     the config), or model.init_from's weights do not fit (unless `resuming`: then the run's own
@@ -48,8 +48,8 @@ def check_inputs(cfg, resuming=False, here=True):
             raise ConfigError(str(e))
     if cfg["model"]["init_from"] and not resuming:  # a resumed run starts from its own checkpoint
         context.initial_weights(cfg)  # ConfigError naming the first tensor that does not fit
-    if context.layout_of(cfg).launch == "horovodrun_elastic":
-        names = comm.local_host_names()
+    if layout.traits.launch == "horovodrun_elastic":
+        names = processes.local_host_names()
         if cfg["ranks"] > len(names):
             raise ConfigError(f"config field ranks: elastic allreduce runs at most {len(names)} workers on this "
                               f"machine, one per name it answers to ({', '.join(names)}), got {cfg['ranks']}")
@@ -204,14 +204,13 @@ def synthetic_volumes(cfg, directory):
     return path
 
 
-def launch(cfg, run_dir, node_peak=None, env=None):
+def launch(cfg, layout, run_dir, env=None):
     """Run the job; returns (exit status, first error line or None, the signal that stopped it or None).
 
     SIGTERM, SIGINT and SIGHUP reach the whole job: mpirun or horovodrun (in its own session) gets
     SIGTERM and takes its ranks down, and is killed with them if it has not within STOP_GRACE_S. The
     job also dies with the launcher.
     """
-    layout = context.layout_of(cfg)
     argv = cli_command("train", os.path.join(run_dir, "config.yaml"), "--run-dir", run_dir)
     received, job = [], []
 
@@ -223,15 +222,13 @@ def launch(cfg, run_dir, node_peak=None, env=None):
     in_main = threading.current_thread() is threading.main_thread()
     previous = {sig: signal.signal(sig, forward) for sig in FORWARDED} if in_main else {}
     try:
-        popen = dict(stderr=subprocess.PIPE, start_new_session=True, preexec_fn=_die_with_parent,
-                     env_extra={**(peak.environment(node_peak) if node_peak else {}),
-                                **strategies.get(cfg["strategy"]).launch_environment(layout), **(env or {})})
-        if layout.launch == "horovodrun_elastic":
+        popen = dict(stderr=subprocess.PIPE, start_new_session=True, preexec_fn=_die_with_parent, env_extra=env)
+        if layout.traits.launch == "horovodrun_elastic":
             hosts = write_host_discovery(run_dir, cfg["ranks"])
-            proc = comm.launch_elastic(cfg["ranks"], argv, hosts, cfg["run"]["timeout_s"], stdout=subprocess.PIPE,
+            proc = processes.launch_elastic(cfg["ranks"], argv, hosts, cfg["run"]["timeout_s"], stdout=subprocess.PIPE,
                                        **popen)
         else:
-            proc = comm.launch_ranks(cfg["ranks"], argv, **popen)
+            proc = processes.launch_ranks(cfg["ranks"], argv, **popen)
         job.append(proc)
         if received:  # a signal came while it started
             proc.send_signal(signal.SIGTERM)
@@ -241,7 +238,7 @@ def launch(cfg, run_dir, node_peak=None, env=None):
             for line in _lines(proc.stderr):
                 if line.startswith("ffnbench: error"):
                     errors.append(line.strip())
-                    if layout.launch == "horovodrun_elastic" and proc.poll() is None:
+                    if layout.traits.launch == "horovodrun_elastic" and proc.poll() is None:
                         # the elastic ring goes on without a worker that died, not one that reported a
                         # failure (divergence, an exception, a stall): that ends the job
                         proc.send_signal(signal.SIGTERM)
@@ -312,7 +309,7 @@ def write_host_discovery(run_dir, ranks):
     path = os.path.join(run_dir, "horovod_hosts.sh")
     with open(path, "w") as f:
         f.write("#!/bin/sh\n# one slot per name of this machine (elastic Horovod drops a failed worker's host)\n")
-        f.writelines(f"echo {name}:1\n" for name in comm.local_host_names()[:ranks])
+        f.writelines(f"echo {name}:1\n" for name in processes.local_host_names()[:ranks])
     os.chmod(path, 0o755)
     return path
 
@@ -326,7 +323,7 @@ def failure(error_line, status, signum):
         return "interrupted", f"interrupted by {signal.Signals(signum).name}; the job was stopped"
     if error_line:
         match = _STATUS.match(error_line)
-        if match and match.group(1) in comm.FAILURES:
+        if match and match.group(1) in processes.FAILURES:
             return match.group(1), error_line.split("error: ", 1)[1]
         return "failed", error_line.split("error: ", 1)[1]
     return "failed", f"mpirun exited with status {status}"
@@ -345,23 +342,25 @@ def run_experiment(cfg, out=None, node_peak=None, volumes_dir=None):
     Raises:
         Interrupted: a signal stopped the job (after its summary was written).
     """
-    check_inputs(cfg)
+    layout = context.layout_of(cfg)
+    check_inputs(cfg, layout)
     node_peak = node_peak or peak.node_peak(during="before any rank started")
     run_dir, lock = make_run_dir(cfg, out)
-    return _train(cfg, run_dir, lock, node_peak, volumes_dir, {})
+    return _train(cfg, layout, run_dir, lock, context.Handoff(node_peak=node_peak), volumes_dir)
 
 
 def resume_experiment(run_dir, node_peak=None, volumes_dir=None):
     """Continue an interrupted run from its newest complete checkpoint; as run_experiment."""
     from ffnbench.bench import checkpoints, config
     cfg = config.load(os.path.join(run_dir, "config.yaml"))
-    if not context.layout_of(cfg).resumable:
-        able = ", ".join(n for n in strategies.names() if strategies.get(n).resumable)
+    layout = context.layout_of(cfg)
+    if not layout.traits.resumable:
+        able = ", ".join(n for n in strategies.names() if strategies.get(n).traits.resumable)
         raise ConfigError(f"{run_dir}: strategy {cfg['strategy']} with these options cannot resume (resumable: "
                           f"{able}; elastic allreduce recovers in memory instead)")
     if is_complete(run_dir):
         raise ConfigError(f"{run_dir}: the run is already complete")
-    check_inputs(cfg, resuming=True)
+    check_inputs(cfg, layout, resuming=True)
     node_peak = node_peak or peak.node_peak(during="before any rank started")
     lock = claim(run_dir)
     checkpoint = checkpoints.latest(run_dir)
@@ -369,12 +368,10 @@ def resume_experiment(run_dir, node_peak=None, volumes_dir=None):
         os.remove(lock)
         raise ConfigError(f"{run_dir}: no complete checkpoint to resume from (run.checkpoint_every is "
                           f"{cfg['run']['checkpoint_every']})")
-    step = checkpoints.read_meta(checkpoint)["step"]
-    keep_records_before(run_dir, checkpoint)
     if os.path.exists(os.path.join(run_dir, "summary.json")):
         os.remove(os.path.join(run_dir, "summary.json"))
-    print(f"resuming {run_dir} after step {step}", flush=True)
-    return _train(cfg, run_dir, lock, node_peak, volumes_dir, {checkpoints.RESUME_ENV: checkpoint})
+    print(f"resuming {run_dir} after step {checkpoints.read_meta(checkpoint)['step']}", flush=True)
+    return _train(cfg, layout, run_dir, lock, context.Handoff(resume_from=checkpoint, node_peak=node_peak), volumes_dir)
 
 
 #: Open MPI 4.1 (ORTE) ends the whole job when one process dies, unless recovery is enabled
@@ -387,55 +384,18 @@ def can_resume(run_dir):
     from ffnbench.bench.results import stored_config
     cfg = stored_config(run_dir)
     return bool(cfg and not is_complete(run_dir) and cfg.get("strategy") in strategies.names()
-                and context.layout_of(cfg).resumable and checkpoints.latest(run_dir))
+                and context.layout_of(cfg).traits.resumable and checkpoints.latest(run_dir))
 
 
-def keep_records_before(run_dir, checkpoint):
-    """Drop the records an interrupted attempt wrote after `checkpoint` (they are redone): steps from
-    its step on, each server's updates from the version it saved, and workers lost after it (they
-    train again)."""
-    from ffnbench.bench import checkpoints
-    step = checkpoints.read_meta(checkpoint)["step"]
-    versions, lost = {}, {}
-    for name in os.listdir(checkpoint):
-        part = re.fullmatch(r"rank(\d+)\.npz", name)
-        if not part:
-            continue
-        with np.load(os.path.join(checkpoint, name), allow_pickle=False) as z:  # reads only what is asked
-            if "strategy.version" in z.files:
-                versions[int(part.group(1))] = int(z["strategy.version"])
-                lost[int(part.group(1))] = set(z["strategy.lost"].tolist())
-    path = os.path.join(run_dir, "metrics.jsonl")
-    if not os.path.exists(path):
-        return
-    kept = []
-    with open(path) as f:
-        for line in filter(str.strip, f):
-            try:
-                record = json.loads(line)
-            except ValueError:
-                continue  # a line cut short by the interruption
-            kind = record["kind"]
-            if (kind == "server" or kind == "step" and record["step"] >= step  # servers total the resumed run
-                    or kind in ("eval", "resume") and record["step"] > step
-                    or kind == "update" and record["version"] >= versions.get(record["rank"], float("inf"))
-                    or kind == "lost" and record["worker"] not in lost.get(record["rank"], {record["worker"]})):
-                continue
-            kept.append(line if line.endswith("\n") else line + "\n")
-    tmp = f"{path}.{os.getpid()}.tmp"
-    with open(tmp, "w") as f:
-        f.writelines(kept)
-    os.replace(tmp, path)
-
-
-def _train(cfg, run_dir, lock, node_peak, volumes_dir, env):
+def _train(cfg, layout, run_dir, lock, handoff, volumes_dir):
     try:
         print(f"run directory: {run_dir}", flush=True)
         if volumes_dir and cfg["data"]["source"] == "synthetic":
-            env = {**env, SYNTHETIC_ENV: synthetic_volumes(cfg, volumes_dir)}
-        if context.layout_of(cfg).survives_lost_workers:
-            env = {**env, **RECOVERY_ENV}
-        status, error, signum = launch(cfg, run_dir, node_peak, env)
+            handoff = dataclasses.replace(handoff, synthetic_npz=synthetic_volumes(cfg, volumes_dir))
+        context.write_handoff(run_dir, dataclasses.replace(
+            handoff, strategy=strategies.get(layout.strategy).launch_info(layout)))
+        env = RECOVERY_ENV if layout.traits.survives_lost_workers else {}
+        status, error, signum = launch(cfg, layout, run_dir, env)
         if signum is None and is_complete(run_dir):
             # every rank's records were in before the summary: a nonzero status after it is a lost
             # worker's, or ranks stopped while finalizing

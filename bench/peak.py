@@ -4,16 +4,13 @@ the peak of the precision its convolutions compute in).
 Measured with all of a node's cores in a fresh process (its own TensorFlow threads), where nothing
 else of the job runs: by `ffnbench run` before any rank starts (a sweep also measures once before its
 first run, and each run keeps the higher of the two, since a disturbed measurement only reads low),
-and handed to the ranks in $FFNBENCH_NODE_PEAK; a job started by another launcher (srun, aprun)
+and handed to the ranks in the run directory (bench/context.py Handoff); a job started by another launcher (srun, aprun)
 measures it on rank 0 after set-up, while the other ranks sleep.
 """
 import json
 import os
 import subprocess
 import time
-
-ENV = "FFNBENCH_NODE_PEAK"
-
 
 #: the matmul dtype whose peak bounds a run of each train.precision
 PEAK_DTYPE = {"float32": "float32", "mixed_bfloat16": "bfloat16"}
@@ -53,14 +50,3 @@ def node_peak(during, timeout_s=120.0):
     result["how"] = (f"tf.matmul {result['n']}x{result['n']}, best of 2 s per dtype, {cores} threads in a fresh "
                      f"process, {during}")
     return result
-
-
-def environment(measured):
-    """The environment entry that hands a measured peak to the ranks."""
-    return {ENV: json.dumps(measured)}
-
-
-def given():
-    """The peak the launcher measured, or None."""
-    text = os.environ.get(ENV)
-    return json.loads(text) if text else None

@@ -18,10 +18,9 @@ import numpy as np
 from ffnbench import strategies
 from ffnbench.bench import checkpoints, context, control as controls, peak, summary as summ
 from ffnbench.bench.config import ConfigError
-from ffnbench.bench.peak import PEAK_DTYPE
 from ffnbench.bench.recorder import Recorder
 from ffnbench.model.network import bf16_flags
-from ffnbench.strategies import comm as mpi
+from ffnbench.strategies.base import TrainingContext
 
 
 def threads_for(cfg, local_compute_ranks):
@@ -107,14 +106,16 @@ class RankDuties:
     when it is a worker), so their time leaks into no rank's communication or waiting; TensorBoard
     scalars (rank 0 and the first worker)."""
 
-    def __init__(self, cfg, ctx, control, strategy, data, fovs_per_update):
+    def __init__(self, cfg, ctx, control, strategy, data, save_part):
+        """save_part(step, arrays): this rank's part of the checkpoint after `step` steps."""
         self.cfg, self.ctx, self.control, self.strategy, self.data = cfg, ctx, control, strategy, data
-        self.fovs_per_update = fovs_per_update
+        self.fovs_per_update = context.fovs_per_update(cfg, ctx.layout)
+        self.save_part = save_part
         workers = ctx.layout.worker_ranks
         self.leader, self.followers = workers[0], workers[1:]
         self.eval_every = cfg["eval"]["every"]
         self.checkpoint_every = cfg["run"]["checkpoint_every"]
-        self.resumable = ctx.layout.resumable
+        self.resumable = ctx.layout.traits.resumable
         self.progress = None
         self.checkpointer = None
         self.watchdog = Watchdog(control, ctx.settings.timeout_s)
@@ -160,8 +161,7 @@ class RankDuties:
             train_time = rec.now()
             with rec.pause("checkpoint"), self.watchdog.disarmed():
                 if self.resumable:  # the workers' state, and the other ranks' that snapshot() has saved
-                    state = checkpoints.join(model=ctx.model.state(), stream=ctx.stream.state())
-                    checkpoints.save_rank(ctx.run_dir, done, ctx.rank, state)
+                    self.save_part(done, checkpoints.join(model=ctx.model.state(), stream=ctx.stream.state()))
                     self.strategy.snapshot(done)  # returns once every rank's part is saved
                 if ctx.rank == self.leader:  # the weights the first worker holds (for PS: its last pull)
                     self.save_weights(done)
@@ -197,12 +197,12 @@ class RankDuties:
 
 def train(cfg, run_dir):
     """Run one rank. Returns the summary on rank 0 (None elsewhere)."""
+    handoff = context.read_handoff(run_dir)
     layout = context.layout_of(cfg)
-    cls = strategies.get(cfg["strategy"])
-    timeout = cfg["run"]["timeout_s"]
-    control = controls.for_launch(layout.launch, timeout)
-    if control.size != cfg["ranks"]:
-        raise ConfigError(f"config field ranks: is {cfg['ranks']} but the job has {control.size} ranks")
+    cls = strategies.get(layout.strategy)
+    control = controls.for_launch(layout.traits.launch, cfg["run"]["timeout_s"])
+    if control.size != layout.ranks:
+        raise ConfigError(f"config field ranks: is {layout.ranks} but the job has {control.size} ranks")
     rank = control.rank
     role = layout.roles[rank]
     local_workers, nodes = control.census(role == "worker")
@@ -210,29 +210,41 @@ def train(cfg, run_dir):
     configure_threads(threads)
 
     recorder = Recorder(run_dir, rank)
-    holds_data = role == "worker" or rank == 0
-    data = context.Data(cfg) if holds_data else None
-    ctx = context.build_context(cfg, layout, rank, control.world, recorder, run_dir, data)
+    data = context.Data(cfg, handoff.synthetic_npz) if role == "worker" or rank == 0 else None
+    settings = context.training_settings(cfg)
+    with cls.model_scope(layout, rank, settings, handoff.strategy):
+        model = context.build_model(cfg)
+        init_from = context.load_initial_weights(cfg, model, handoff.resume_from is not None)
+    stream = data.stream(layout.worker_ranks.index(rank)) if role == "worker" else None
+    if stream is not None:
+        model.trace()
+    resumed, saved, start_step = resume(handoff.resume_from, rank, layout, settings.steps, model, stream)
+
+    def save_part(step, arrays):
+        """This rank's part of the checkpoint after `step` steps, and its commit record."""
+        checkpoints.save_rank(run_dir, step, rank, arrays)
+        recorder.commit(step)
+
+    def make_stream(worker_index):
+        if data is None:
+            raise RuntimeError(f"rank {rank} holds no training data")
+        return data.stream(worker_index)
+    ctx = TrainingContext(settings=settings, layout=layout, rank=rank, comm=control.world, recorder=recorder,
+                          run_dir=os.path.abspath(run_dir), model=model, make_stream=make_stream, stream=stream,
+                          start_step=start_step, save_state=lambda step, arrays: save_part(step, checkpoints.join(
+                              strategy=arrays)), launch_info=handoff.strategy)
     strategy = cls(ctx)
-    with strategy.model_scope():
-        ctx.model = context.build_model(cfg)
-        init_from = context.load_initial_weights(cfg, ctx.model, bool(os.environ.get(checkpoints.RESUME_ENV)))
-    if role == "worker":
-        ctx.stream = data.stream(layout.worker_ranks.index(rank))
-        ctx.model.trace()
-    ctx.save_state = lambda step, arrays: checkpoints.save_rank(run_dir, step, rank,
-                                                                checkpoints.join(strategy=arrays))
-    resumed, saved = resume(ctx, os.environ.get(checkpoints.RESUME_ENV))
-    duties = RankDuties(cfg, ctx, control, strategy, data, context.fovs_per_update(cfg, layout))
+    duties = RankDuties(cfg, ctx, control, strategy, data, save_part)
 
     manifest = None
     if rank == 0:
-        manifest = {"config": cfg, "strategy": cfg["strategy"], "ranks": control.size, "roles": list(layout.roles),
-                    "role_counts": layout.role_counts(), "workers": layout.workers, "emulated": cls.emulated,
-                    "threads_per_rank": threads, "params": ctx.model.num_params, **versions(),
-                    "host": socket.gethostname(), "cpu": cpu_model(), "cores": os.cpu_count(), "nodes": nodes,
-                    "precision": {"train": cfg["train"]["precision"], "forced": cfg["train"]["force_precision"],
-                                  "cpu_bf16_flags": bf16_flags()},
+        manifest = {"config": cfg, "strategy": layout.strategy, "ranks": control.size, "roles": list(layout.roles),
+                    "role_counts": layout.role_counts(), "workers": layout.workers,
+                    "emulated": layout.traits.emulated, "threads_per_rank": threads, "params": model.num_params,
+                    **versions(), "host": socket.gethostname(), "cpu": cpu_model(), "cores": os.cpu_count(),
+                    "nodes": nodes, "precision": {"train": cfg["train"]["precision"],
+                                                  "forced": cfg["train"]["force_precision"],
+                                                  "cpu_bf16_flags": bf16_flags()},
                     "init_from": init_from,
                     "start_time": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "git_commit": git_commit()}
     strategy.setup()
@@ -240,12 +252,12 @@ def train(cfg, run_dir):
         strategy.load_state(checkpoints.split(saved, "strategy"))
     control.barrier("all ranks to finish set-up")
     if rank == 0:  # measured now only when the launcher did not; the others sleep in the next barrier
-        manifest["peak"] = {**(peak.given() or peak.node_peak(during="while the other ranks slept in a barrier")),
+        manifest["peak"] = {**(handoff.node_peak or peak.node_peak(during="while the other ranks slept in a barrier")),
                             "nodes": nodes}
         summ.write_json_atomic(os.path.join(run_dir, "manifest.json"), manifest)
     control.barrier("rank 0 to measure the matmul peak")
     recorder.start_clock(control.start_time() - (resumed["train_time"] if resumed else 0.0))
-    if resumed and rank == 0:
+    if saved is not None:
         recorder.resume(resumed["step"])
     duties.attach(recorder)
     duties.watchdog.start()
@@ -257,36 +269,35 @@ def train(cfg, run_dir):
     lost = final.lost_ranks if rank == 0 else ()
     control.report_in(lost, "every rank to write its last records")
     if rank == 0:
-        ctx.model.set_flat(final.weights)
-        duties.save_weights(cfg["train"]["steps"])
+        model.set_flat(final.weights)
+        duties.save_weights(settings.steps)
         duties.evaluate(final.model_version)
         recorder.close()
-        finish_run(cfg, duties.data, run_dir, manifest)
+        summ.write_complete(run_dir, manifest, duties.data.heldout.labels)
     control.release(lost, "rank 0 to write the summary")
 
 
-def resume(ctx, directory):
+def resume(directory, rank, layout, steps, model, stream):
     """Load a worker's model and stream from the checkpoint `directory` (None: a fresh start).
 
     Returns:
-        (its state.json, or None; this rank's saved arrays, or None). A worker lost before the
-        checkpoint has none: it resumes with no steps left, and the others go on without it.
+        (its state.json, or None; this rank's saved arrays, or None; the step training starts at).
+        A worker lost before the checkpoint has no part: it resumes with no steps left, and the
+        others go on without it.
     """
     if not directory:
-        return None, None
+        return None, None, 0
     meta = checkpoints.read_meta(directory)
-    ctx.start_step = meta["step"]
     try:
-        state = checkpoints.load_rank(directory, ctx.rank)
+        state = checkpoints.load_rank(directory, rank)
     except FileNotFoundError:
-        if ctx.role != "worker" or not ctx.layout.survives_lost_workers:
+        if layout.roles[rank] != "worker" or not layout.traits.survives_lost_workers:
             raise
-        ctx.start_step = ctx.settings.steps
-        return meta, None
-    if ctx.role == "worker":
-        ctx.model.load_state(checkpoints.split(state, "model"))
-        ctx.stream.load_state(checkpoints.split(state, "stream"))
-    return meta, state
+        return meta, None, steps
+    if stream is not None:
+        model.load_state(checkpoints.split(state, "model"))
+        stream.load_state(checkpoints.split(state, "stream"))
+    return meta, state, meta["step"]
 
 
 def cpu_model():
@@ -299,51 +310,3 @@ def cpu_model():
     except OSError:
         pass
     return platform.processor() or None
-
-
-def finish_run(cfg, data, run_dir, manifest):
-    """Baselines and MFU next to the records' summary, then summary.json with status complete (only
-    now, when every rank's records are in)."""
-    from ffnbench.model.network import train_flops_per_fov
-    p = float(np.mean(data.heldout.labels > 0.5))
-    flops = train_flops_per_fov(cfg["model"]["fov"], cfg["model"]["depth"], cfg["model"]["features"])
-    peak_dtype = PEAK_DTYPE[cfg["train"]["precision"]]
-    peak = manifest["peak"]["flops_per_s"][peak_dtype] * manifest["peak"]["nodes"]
-    result = {"status": "complete", **summ.summarize(run_dir, manifest), "params": manifest["params"]}
-    labels = data.heldout.labels.astype(np.float64)
-    q = labels.mean()  # the best constant prediction for the soft labels, and its cross-entropy
-    loss_constant = float(-np.mean(labels * np.log(q) + (1 - labels) * np.log(1 - q)))
-    result["baselines"] = {"f1_all_background": 0.0, "f1_all_foreground": 2 * p / (1 + p),
-                           "loss_constant": loss_constant}
-    result["model_flops_per_s"] = result["fovs_per_s"]["mean"] * flops
-    result["peak_flops_per_s"] = peak
-    result["peak_dtype"] = peak_dtype
-    result["mfu"] = result["model_flops_per_s"] / peak  # never clamped: above 1, the denominator is wrong
-    summ.write_json_atomic(os.path.join(run_dir, "summary.json"), result)
-    print_summary(result)
-    return result
-
-
-def print_summary(s):
-    fe = s["final_eval"] or {}
-    print(f"{s['strategy']} ranks={s['ranks']} workers={s['workers']} global_batch={s['global_batch']} "
-          f"steps={s['steps']} FOVs={s['fovs_total']} wall={s['wall_s']:.1f}s")
-    if fe:
-        b = s["baselines"]
-        print(f"held-out: loss={fe['loss']:.4f} F1={fe['f1']:.3f} precision={fe['precision']:.3f} "
-              f"recall={fe['recall']:.3f} (baselines F1: all-background {b['f1_all_background']:.3f}, "
-              f"all-foreground {b['f1_all_foreground']:.3f})")
-    for w in s["lost_workers"]:
-        print(f"lost worker: rank {w['worker']} at {w['time']:.1f}s after {w['steps_done']} steps; the others went "
-              f"on ({w['fovs_not_trained']} of its FOVs not trained)")
-    if s.get("staleness"):
-        st = s["staleness"]
-        print(f"staleness: mean={st['mean']:.2f} p50={st['p50']:.0f} p99={st['p99']:.0f} max={st['max']}")
-    print(f"model: {s['model_flops_per_s'] / 1e9:.2f} GFLOP/s = {100 * s['mfu']:.1f}% of the job's matmul peak "
-          f"{s['peak_dtype']} {s['peak_flops_per_s'] / 1e9:.1f} GFLOP/s (MFU)")
-    stalls = s["stalled_steps"]
-    if stalls["count"]:
-        print(f"warning: {stalls['count']} step(s) took over {summ.STALL_FACTOR:g}x the median step "
-              f"(slowest {stalls['max_step_s']:.1f}s); the run's FOVs / training time is "
-              f"{s['fovs_per_train_s']:.1f} FOVs/s")
-    print(summ.fovs_line(s["fovs_per_s"]))

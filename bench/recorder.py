@@ -1,6 +1,6 @@
 """Per-rank records: JSON lines appended to RUN_DIR/metrics.jsonl, and a chrome trace of step phases.
 
-Implements the `Recorder` of strategies/base.py, whose record classes are the schema. Each record is
+Implements the `Recorder` of strategies/records.py, whose record classes are the schema. Each record is
 one os.write on an O_APPEND descriptor, so ranks can share the file without locks. Bench reacts to
 what strategies record through listeners (progress bar, periodic evaluation, checkpoints), so a
 strategy only trains.
@@ -13,8 +13,8 @@ from dataclasses import asdict
 from typing import Callable, Dict, List, Optional
 
 from ffnbench.bench.results import strict_json
-from ffnbench.strategies.base import (PAUSES, PHASES, EvalRecord, LostRecord, ResumeRecord, ServerRecord,
-                                      StepRecord, UpdateRecord)
+from ffnbench.strategies.records import (PAUSES, PHASES, CommitRecord, EvalRecord, LostRecord, ResumeRecord,
+                                         ServerRecord, StepRecord, UpdateRecord)
 
 
 class Recorder:
@@ -39,7 +39,7 @@ class Recorder:
         return time.time() - self.t0 - self.paused
 
     def write(self, record) -> None:
-        """Append one record (a dataclass of strategies/base.py) as a JSON line."""
+        """Append one record (a dataclass of strategies/records.py) as a JSON line."""
         os.write(self.fd, (strict_json({"kind": record.kind, **asdict(record)}) + "\n").encode())
 
     @contextmanager
@@ -68,7 +68,7 @@ class Recorder:
 
     def step(self, step: int, fovs: int, loss: float, model_version: int, emulated: bool = False) -> None:
         """A worker step carrying the phases timed since the previous step; then the listeners.
-        Args as strategies.base.Recorder.step."""
+        Args as strategies.records.Recorder.step."""
         p = self.phases
         record = StepRecord(rank=self.rank, step=step, time=self.now(), fovs=int(fovs), loss=float(loss),
                             model_version=int(model_version), compute_s=p.get("compute", 0.0),
@@ -82,7 +82,7 @@ class Recorder:
     def update(self, worker: int, read: int, version: int, lr: Optional[float] = None,
                emulated: bool = False) -> None:
         """A gradient computed on version `read`, applied on `version`; then the listeners.
-        Args as strategies.base.Recorder.update."""
+        Args as strategies.records.Recorder.update."""
         record = UpdateRecord(rank=self.rank, time=self.now(), worker=int(worker), version=int(version),
                               read=int(read), staleness=int(version - read),
                               lr=None if lr is None else float(lr), emulated=emulated)
@@ -91,7 +91,7 @@ class Recorder:
             listener(record)
 
     def server(self, updates: int, dropped: int, wall_s: float, cpu_s: float) -> None:
-        """A server's totals (Args as strategies.base.Recorder.server)."""
+        """A server's totals (Args as strategies.records.Recorder.server)."""
         self.write(ServerRecord(rank=self.rank, time=self.now(), updates=int(updates), dropped=int(dropped),
                                 wall_s=wall_s, cpu_s=cpu_s, cpu_share=cpu_s / wall_s if wall_s else 0.0))
 
@@ -105,19 +105,24 @@ class Recorder:
         Returns:
             The record written.
         """
-        record = EvalRecord(step=int(step), time=self.now(), fovs_total=int(fovs_total), eval_s=eval_s, **metrics)
+        record = EvalRecord(step=int(step), time=self.now(), fovs_total=int(fovs_total), eval_s=eval_s,
+                            rank=self.rank, **metrics)
         self.write(record)
         for listener in self.on_eval:
             listener(record)
         return record
 
     def lost(self, worker: int, pushes: int) -> None:
-        """A server goes on without `worker` (strategies.base.Recorder.lost)."""
+        """A server goes on without `worker` (strategies.records.Recorder.lost)."""
         self.write(LostRecord(rank=self.rank, time=self.now(), worker=int(worker), pushes=int(pushes)))
 
-    def resume(self, step: int) -> None:
-        """The run continues here from its checkpoint after `step` steps."""
-        self.write(ResumeRecord(step=int(step), time=self.now()))
+    def commit(self, step: int) -> None:
+        """This rank's state after `step` steps is saved (strategies.records.Recorder.commit)."""
+        self.write(CommitRecord(rank=self.rank, step=int(step), time=self.now()))
+
+    def resume(self, step: int, rank: Optional[int] = None) -> None:
+        """A rank goes back to its state after `step` steps (strategies.records.Recorder.resume)."""
+        self.write(ResumeRecord(rank=self.rank if rank is None else int(rank), step=int(step), time=self.now()))
 
     def close(self) -> None:
         for listener in self.on_close:

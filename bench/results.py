@@ -1,11 +1,12 @@
 """The results layer: runs on disk, their records, and which runs belong together.
 
 `ffnbench report`, `ffnbench plot` and the summary read runs only through here. A run directory holds
-config.yaml, manifest.json, metrics.jsonl (records of the kinds declared in strategies/base.py),
+config.yaml, manifest.json, metrics.jsonl (records of the kinds declared in strategies/records.py),
 summary.json once it is complete, and eval.json after a segmentation evaluation. Runs that differ
 only by repeat are one experiment; runs that differ only in fields that do not change per-worker
 throughput share a 1-worker baseline.
 """
+import contextlib
 import json
 import os
 import socket
@@ -18,12 +19,13 @@ import yaml
 
 from ffnbench import strategies
 from ffnbench.bench.config import flatten
-from ffnbench.strategies.base import (RECORD_TYPES, EvalRecord, LostRecord, ResumeRecord, ServerRecord,
-                                      StepRecord, UpdateRecord, lr_scale)
+from ffnbench.strategies.records import (RECORD_TYPES, CommitRecord, EvalRecord, LostRecord, ResumeRecord,
+                                         ServerRecord, StepRecord, UpdateRecord)
+from ffnbench.strategies.settings import lr_scale
 
-#: held-out F1 a run must reach for `time to target` (a sweep's report.target_f1 overrides it)
 #: the status of a finished run in summary.json (anything else is not a result)
 COMPLETE = "complete"
+#: held-out F1 a run must reach for `time to target` (a sweep's report.target_f1 overrides it)
 DEFAULT_TARGET_F1 = 0.8
 #: fields that never change a result: repeats of one experiment may differ in these
 #: (train.seed too: a sweep's repeats are the same experiment from different seeds)
@@ -36,7 +38,7 @@ NOT_THROUGHPUT = NOT_THE_EXPERIMENT + ("strategy", "ranks", "strategy_options", 
 # ---------------------------------------------------------------- records
 
 class Records(NamedTuple):
-    """A run's records by kind, each list in file order."""
+    """A run's records by kind, each list in file order, without those a resume superseded."""
     steps: List[StepRecord]
     updates: List[UpdateRecord]
     servers: List[ServerRecord]
@@ -46,7 +48,11 @@ class Records(NamedTuple):
 
 
 def read_records(run_dir: str) -> Records:
-    """The records of RUN_DIR/metrics.jsonl as the dataclasses of strategies/base.py.
+    """The records of RUN_DIR/metrics.jsonl as the dataclasses of strategies/records.py.
+
+    The resume rule, applied here only: when a rank resumes from its state after step K (a resumed
+    run, or an elastic ring re-formed), what that rank recorded after its commit of step K is
+    superseded (it is done again). A line cut short by an interruption is skipped.
 
     Args:
         run_dir: a run directory (no metrics.jsonl: no records).
@@ -56,27 +62,42 @@ def read_records(run_dir: str) -> Records:
         ValueError: a record of an unknown kind, or one whose fields are not its kind's (written by
             another version of ffnbench).
     """
-    by_kind: Dict[str, list] = {kind: [] for kind in RECORD_TYPES}
+    kept: List[Any] = []  # records in file order; None where superseded
     path = os.path.join(run_dir, "metrics.jsonl")
-    if os.path.isfile(path):
-        with open(path) as f:
-            for line in filter(str.strip, f):
-                d = json.loads(line)
-                kind = d.get("kind")
-                if kind not in RECORD_TYPES:
-                    raise ValueError(f"{path}: record of unknown kind {kind!r} (kinds: {', '.join(RECORD_TYPES)})")
-                try:
-                    record = RECORD_TYPES[kind](**{k: v for k, v in d.items() if k != "kind"})
-                except TypeError:
-                    raise ValueError(f"{path}: a {kind} record whose fields are not those of this version of "
-                                     f"ffnbench (strategies/base.py); re-run it") from None
-                if kind == ResumeRecord.kind:  # training went back to this step: what came after is redone
-                    by_kind[StepRecord.kind] = [r for r in by_kind[StepRecord.kind] if r.step < record.step]
-                    by_kind[EvalRecord.kind] = [r for r in by_kind[EvalRecord.kind] if r.step <= record.step]
-                by_kind[kind].append(record)
+    with open(path) if os.path.isfile(path) else contextlib.nullcontext([]) as f:
+        lines = [line.strip() for line in f if line.strip()]
+    for line in lines:
+        if not line.endswith("}"):
+            continue  # cut short by an interruption
+        d = json.loads(line)
+        kind = d.get("kind")
+        if kind not in RECORD_TYPES:
+            raise ValueError(f"{path}: record of unknown kind {kind!r} (kinds: {', '.join(RECORD_TYPES)})")
+        try:
+            record = RECORD_TYPES[kind](**{k: v for k, v in d.items() if k != "kind"})
+        except TypeError:
+            raise ValueError(f"{path}: a {kind} record whose fields are not those of this version of "
+                             f"ffnbench (strategies/records.py); re-run it") from None
+        if kind == ResumeRecord.kind:
+            _supersede(kept, record)
+        kept.append(record)
+    by_kind: Dict[str, list] = {kind: [] for kind in RECORD_TYPES}
+    for record in filter(None, kept):
+        by_kind[record.kind].append(record)
     return Records(steps=by_kind[StepRecord.kind], updates=by_kind[UpdateRecord.kind],
                    servers=by_kind[ServerRecord.kind], evals=by_kind[EvalRecord.kind],
                    lost=by_kind[LostRecord.kind], resumes=by_kind[ResumeRecord.kind])
+
+
+def _supersede(kept: List[Any], resume: ResumeRecord) -> None:
+    """Blank out what `resume`'s rank recorded after its last commit of the step it resumes from."""
+    mine = [i for i, r in enumerate(kept) if r is not None and r.rank == resume.rank]
+    commits = [i for i in mine if isinstance(kept[i], CommitRecord) and kept[i].step == resume.step]
+    if not commits:
+        raise ValueError(f"rank {resume.rank} resumed from step {resume.step}, which it never committed")
+    for i in mine:
+        if i > commits[-1]:
+            kept[i] = None
 
 
 def staleness_values(records: Records) -> List[int]:
@@ -233,7 +254,7 @@ def load_run(run_dir: str, run_id: Optional[str] = None, status: Optional[str] =
     run.seg = read_json(os.path.join(run_dir, "eval.json"))
     run.config = stored_config(run_dir) or (run.manifest or {}).get("config")
     run.fields = flat_fields(run.config)
-    run.status = "complete" if run.complete else (status if status in ("failed", "pending") else "incomplete")
+    run.status = COMPLETE if run.complete else (status if status in ("failed", "pending") else "incomplete")
     run.error = error
     return run
 

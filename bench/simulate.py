@@ -1,6 +1,6 @@
 """`ffnbench simulate`: predicted throughput at N workers, and predicted vs measured for real runs.
 
-Each strategy declares the simulator model that describes it (`simulator_model` in strategies/base.py),
+Each strategy declares the simulator model that describes it (its traits.simulator_model, strategies/declare.py),
 so a new strategy is modelled without being named here.
 """
 import json
@@ -13,7 +13,7 @@ from ffnbench.bench.simulator import NETWORK_PRESETS, SimInputs, simulate
 
 def simulator_model(strategy):
     """The simulator model a registered strategy declares (None: it declares none)."""
-    return strategies.get(strategy).simulator_model
+    return strategies.get(strategy).traits.simulator_model
 
 
 def modelled_strategies():

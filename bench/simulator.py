@@ -18,7 +18,7 @@ from typing import Optional, Sequence
 import numpy as np
 
 from ffnbench.model.network import param_count
-from ffnbench.strategies.base import SIMULATOR_MODELS
+from ffnbench.strategies.declare import SIMULATOR_MODELS
 
 #: the paper's network: convstack_3d at depth 12 with 32 features (Dong et al. 2019, after google/ffn)
 PAPER_PARAMS = param_count(depth=12, features=32)

@@ -208,7 +208,7 @@ def batch_size(runs, index):
 
 def async_variant(run):
     """The sync_async study's series a run belongs to."""
-    if run.strategy == "emulated_sync":
+    if not run.summary.get("staleness"):  # no gradient was applied stale: a synchronous run
         return f"sync, lr x {run.fields.get('train.lr_scaling')}"
     options = {k.split(".", 1)[1]: v for k, v in run.fields.items() if k.startswith("strategy_options.")}
     delay = options.get("delay", "round_robin")

@@ -1,12 +1,14 @@
-"""summary.json from a run's records: the same math `ffnbench report` uses."""
+"""summary.json, assembled here only: a run's records reduced with the same math `ffnbench report`
+uses, with the status it ended in (complete only when rank 0 has every rank's records)."""
 import json
 import os
 from dataclasses import asdict
 
 import numpy as np
 
-from ffnbench.bench.results import read_records, staleness_values, strict_json
-from ffnbench.strategies.base import EvalRecord
+from ffnbench.bench.peak import PEAK_DTYPE
+from ffnbench.bench.results import COMPLETE, read_records, staleness_values, strict_json
+from ffnbench.strategies.records import EvalRecord
 
 STEP_TIMES = ("step_s", "compute_s", "comm_s", "data_s", "wait_s")
 
@@ -104,6 +106,31 @@ def lost_workers(records, manifest):
     return out
 
 
+def write_complete(run_dir, manifest, heldout_labels):
+    """summary.json of a finished run (rank 0, once every rank's records are in): the records'
+    summary, its baselines and MFU; printed as tf_cnn_benchmarks prints its own."""
+    from ffnbench.model.network import train_flops_per_fov
+    cfg = manifest["config"]
+    result = {"status": COMPLETE, **summarize(run_dir, manifest), "params": manifest["params"]}
+    p = float(np.mean(heldout_labels > 0.5))
+    labels = heldout_labels.astype(np.float64)
+    q = labels.mean()  # the best constant prediction for the soft labels, and its cross-entropy
+    loss_constant = float(-np.mean(labels * np.log(q) + (1 - labels) * np.log(1 - q)))
+    result["baselines"] = {"f1_all_background": 0.0, "f1_all_foreground": 2 * p / (1 + p),
+                           "loss_constant": loss_constant}
+    m = cfg["model"]
+    peak_dtype = PEAK_DTYPE[cfg["train"]["precision"]]
+    peak = manifest["peak"]["flops_per_s"][peak_dtype] * manifest["peak"]["nodes"]
+    result["model_flops_per_s"] = result["fovs_per_s"]["mean"] * train_flops_per_fov(m["fov"], m["depth"],
+                                                                                     m["features"])
+    result["peak_flops_per_s"] = peak
+    result["peak_dtype"] = peak_dtype
+    result["mfu"] = result["model_flops_per_s"] / peak  # never clamped: above 1, the denominator is wrong
+    write_json_atomic(os.path.join(run_dir, "summary.json"), result)
+    print_summary(result)
+    return result
+
+
 def write_failure(run_dir, status, error):
     """summary.json of a run that did not complete: how it ended, and what its records reached."""
     result = {"status": status, "error": error}
@@ -128,3 +155,28 @@ def write_json_atomic(path, data):
 
 def fovs_line(rate):
     return f"FOVs/sec: {rate['mean']:.3f} +/- {rate['uncertainty']:.3f} (jitter = {rate['jitter']:.3f})"
+
+
+def print_summary(s):
+    fe = s["final_eval"] or {}
+    print(f"{s['strategy']} ranks={s['ranks']} workers={s['workers']} global_batch={s['global_batch']} "
+          f"steps={s['steps']} FOVs={s['fovs_total']} wall={s['wall_s']:.1f}s")
+    if fe:
+        b = s["baselines"]
+        print(f"held-out: loss={fe['loss']:.4f} F1={fe['f1']:.3f} precision={fe['precision']:.3f} "
+              f"recall={fe['recall']:.3f} (baselines F1: all-background {b['f1_all_background']:.3f}, "
+              f"all-foreground {b['f1_all_foreground']:.3f})")
+    for w in s["lost_workers"]:
+        print(f"lost worker: rank {w['worker']} at {w['time']:.1f}s after {w['steps_done']} steps; the others went "
+              f"on ({w['fovs_not_trained']} of its FOVs not trained)")
+    if s.get("staleness"):
+        st = s["staleness"]
+        print(f"staleness: mean={st['mean']:.2f} p50={st['p50']:.0f} p99={st['p99']:.0f} max={st['max']}")
+    print(f"model: {s['model_flops_per_s'] / 1e9:.2f} GFLOP/s = {100 * s['mfu']:.1f}% of the job's matmul peak "
+          f"{s['peak_dtype']} {s['peak_flops_per_s'] / 1e9:.1f} GFLOP/s (MFU)")
+    stalls = s["stalled_steps"]
+    if stalls["count"]:
+        print(f"warning: {stalls['count']} step(s) took over {STALL_FACTOR:g}x the median step "
+              f"(slowest {stalls['max_step_s']:.1f}s); the run's FOVs / training time is "
+              f"{s['fovs_per_train_s']:.1f} FOVs/s")
+    print(fovs_line(s["fovs_per_s"]))

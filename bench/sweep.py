@@ -42,7 +42,7 @@ import time
 
 from ffnbench.bench import config, launcher, peak
 from ffnbench.bench.context import layout_of
-from ffnbench.bench.results import DEFAULT_TARGET_F1, is_complete, stored_config
+from ffnbench.bench.results import COMPLETE, DEFAULT_TARGET_F1, is_complete, stored_config
 from ffnbench.bench.config import ConfigError
 from ffnbench.bench.summary import write_json_atomic
 
@@ -185,11 +185,12 @@ def plan(sweep, here=True):
                     # the held-out volume and FOVs depend on data.seed only, so they stay the same
                     overrides["train.seed"] = cfg["train"]["seed"] + rep
                     cfg["train"]["seed"] += rep
+                    layout = layout_of(cfg)
                     if sweep["fov_budget"]:
-                        steps = math.ceil(sweep["fov_budget"] / (layout_of(cfg).workers * cfg["train"]["batch_size"]))
+                        steps = math.ceil(sweep["fov_budget"] / (layout.workers * cfg["train"]["batch_size"]))
                         overrides["train.steps"] = steps
                         cfg["train"]["steps"] = steps
-                    launcher.check_inputs(cfg, here=here)
+                    launcher.check_inputs(cfg, layout, here=here)
                 except ValueError as e:
                     raise ConfigError(f"sweep run {rid}: {e}")
                 planned.append({"id": rid, "overrides": overrides, "config": cfg})
@@ -282,18 +283,18 @@ def run_sweep(path, out=None, overrides=()):
         run_dir = os.path.join(sweep_dir, run["id"])
         done = is_complete(run_dir)
         entries.append({"id": run["id"], "overrides": run["overrides"], "run_dir": run_dir,
-                        "status": "complete" if done else "pending", "error": None})
+                        "status": COMPLETE if done else "pending", "error": None})
     write_index(sweep, sweep_dir, entries)
     print(f"sweep {sweep['name']}: {len(planned)} runs in {sweep_dir}", flush=True)
     # measured once, while nothing else of the sweep runs, and given to every run (MFU's denominator)
     node_peak = peak.node_peak(during="before the sweep's runs started") if any(
-        e["status"] != "complete" for e in entries) else None
+        e["status"] != COMPLETE for e in entries) else None
     signal.signal(signal.SIGTERM, _stop)  # between runs too: the index records the interruption
     console = os.fdopen(os.dup(1), "w")  # stays on the terminal while runs write to their logs
     failed = 0
     with tqdm(total=len(planned), desc=sweep["name"], unit="run", file=console, dynamic_ncols=True) as bar:
         for run, entry in zip(planned, entries):
-            if entry["status"] == "complete":
+            if entry["status"] == COMPLETE:
                 bar.write(f"{run['id']}: skipped (already complete)")
                 bar.update(1)
                 continue
@@ -313,7 +314,7 @@ def run_sweep(path, out=None, overrides=()):
                 raise
             except ValueError as e:
                 error = str(e)
-            entry["status"], entry["error"] = ("failed", error) if error else ("complete", None)
+            entry["status"], entry["error"] = ("failed", error) if error else (COMPLETE, None)
             failed += bool(error)
             write_index(sweep, sweep_dir, entries)
             outcome = f"FAILED: {error}" if error else f"complete in {time.time() - start:.0f} s"

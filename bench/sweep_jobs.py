@@ -17,7 +17,7 @@ import time
 from ffnbench.bench import launcher
 from ffnbench.bench.config import ConfigError
 from ffnbench.bench.jobs import render_job
-from ffnbench.bench.results import is_complete, read_json, read_summary
+from ffnbench.bench.results import COMPLETE, is_complete, read_json, read_summary
 from ffnbench.bench.sweep import prepare, write_index
 
 POLL_S = 5.0
@@ -82,7 +82,7 @@ def run_sweep_on_slurm(path, out=None, overrides=(), options=None):
     previous = {e["id"]: e for e in (read_json(os.path.join(sweep_dir, "index.json")) or {}).get("runs", [])}
     still = queued({e["job"] for e in previous.values() if e.get("job")})
     entries = [{"id": run["id"], "overrides": run["overrides"], "run_dir": os.path.join(sweep_dir, run["id"]),
-                "status": "complete", "error": None, "job": previous.get(run["id"], {}).get("job")} for run in planned]
+                "status": COMPLETE, "error": None, "job": previous.get(run["id"], {}).get("job")} for run in planned]
     jobs = {}
     for run, entry in zip(planned, entries):
         if is_complete(entry["run_dir"]):
@@ -108,8 +108,8 @@ def run_sweep_on_slurm(path, out=None, overrides=(), options=None):
             for job in waiting - queued(waiting):
                 entry = jobs[job]
                 summary = read_summary(entry["run_dir"])
-                ok = summary.get("status") == "complete"
-                entry.update(status="complete" if ok else summary.get("status", "failed"),
+                ok = summary.get("status") == COMPLETE
+                entry.update(status=COMPLETE if ok else summary.get("status", "failed"),
                              error=None if ok else summary.get("error") or
                              f"Slurm job {job} ended without a summary; see {entry['run_dir']}/job-{job}.out")
                 bar.write(f"{entry['id']}: {'complete' if ok else 'FAILED: ' + entry['error']} (job {job})")
@@ -120,7 +120,7 @@ def run_sweep_on_slurm(path, out=None, overrides=(), options=None):
         jobs[job]["error"] = f"Slurm job {job} still queued or running when the sweep stopped waiting; re-run to collect it"
         print(f"{jobs[job]['id']}: {jobs[job]['error']}", flush=True)
     write_index(sweep, sweep_dir, entries)
-    return sweep_dir, sum(e["status"] != "complete" for e in entries)
+    return sweep_dir, sum(e["status"] != COMPLETE for e in entries)
 
 
 def ffnbench_dir():

@@ -3,7 +3,7 @@
 metrics, and the servers' staleness per update."""
 import os
 
-from ffnbench.strategies.base import EvalRecord, StepRecord, UpdateRecord
+from ffnbench.strategies.records import EvalRecord, StepRecord, UpdateRecord
 
 
 class TensorBoard:

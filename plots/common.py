@@ -1,5 +1,4 @@
-"""What every figure shares: the runs, one colour per strategy (the registry's), titles that name the
-machine, saving."""
+"""What every figure shares: the runs, one colour per strategy, titles that name the machine, saving."""
 import math
 import os
 import textwrap
@@ -14,9 +13,20 @@ from matplotlib.ticker import (FixedFormatter, FixedLocator, FuncFormatter, LogL
 from ffnbench import strategies  # noqa: E402
 from ffnbench.bench.results import fields_text, machine, sortable, varying_fields  # noqa: E402
 
+#: each built-in strategy's colour in every figure (tab10's, one family of hues per family)
+STRATEGY_COLORS = {"single": "#4d4d4d", "allreduce": "#1f77b4", "mpi_allreduce": "#17becf",
+                   "tf_multiworker": "#9467bd", "ps_sync": "#2ca02c", "ps_async": "#d62728",
+                   "emulated_sync": "#9467bd", "emulated_async": "#e377c2"}
+#: colours for other strategies (tab10's that the built-ins leave), picked from the name
+SPARE_COLORS = ("#ff7f0e", "#8c564b", "#e377c2", "#bcbd22", "#7f7f7f")
 PHASE_COLORS = {"compute": "#4c72b0", "comm": "#dd8452", "data": "#55a868", "wait": "#c44e52"}
 LINESTYLES = ("-", "--", ":", "-.")
 MARKERS = ("o", "s", "^", "D", "v", "P")
+
+
+def strategy_color(name):
+    """A strategy's colour in every figure: its own, else a spare one picked from its name."""
+    return STRATEGY_COLORS.get(name) or SPARE_COLORS[sum(map(ord, name)) % len(SPARE_COLORS)]
 
 
 def style():
@@ -123,7 +133,7 @@ def styles_for(ordered):
     """
     per_strategy = {s: [label for s2, label in ordered if s2 == s] for s, _ in ordered}
     if len(per_strategy) > 1 and max(len(v) for v in per_strategy.values()) <= len(LINESTYLES):
-        return {label: (strategies.color(s), LINESTYLES[per_strategy[s].index(label)],
+        return {label: (strategy_color(s), LINESTYLES[per_strategy[s].index(label)],
                         MARKERS[per_strategy[s].index(label)]) for s, label in ordered}
     names = list(per_strategy)
     if len(ordered) <= 20:

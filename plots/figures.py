@@ -11,7 +11,7 @@ from ffnbench.bench.results import (NOT_THROUGHPUT, aggregate_rates, baseline_ra
                                     staleness_values, varying_fields)
 from ffnbench.plots.common import (PHASE_COLORS, geometric_edges, label_keys, log2_workers_axis, plain_log_yaxis,
                                    run_sort_key, series_label, series_styles, side_legend, strategies_text,
-                                   styles_for, title, workers_text)
+                                   strategy_color, styles_for, title, workers_text)
 
 
 class Skip(Exception):
@@ -41,7 +41,7 @@ def scaling(runs, targets=None):
         base, base_strategy = (None, None) if members[0].emulated else baseline_rate(members, runs)
         if base:
             ideal = sorted({1, *workers})  # from the baseline's point, in the baseline's colour
-            ax_rate.plot(ideal, [base * w for w in ideal], color=strategies.color(base_strategy), ls=(0, (2, 2)), lw=1,
+            ax_rate.plot(ideal, [base * w for w in ideal], color=strategy_color(base_strategy), ls=(0, (2, 2)), lw=1,
                          alpha=0.6)
             ax_eff.plot(workers, [m / (base * w) for m, w in zip(means, workers)], color=color, ls=ls,
                         marker=marker, lw=1.8)
@@ -142,10 +142,10 @@ def staleness(runs, targets=None):
             values = np.asarray(by_workers[n][s])
             share = np.bincount(values, minlength=top + 1) / values.size
             bars = ax.bar(np.arange(top + 1) + (i - (len(names) - 1) / 2) * width, share, width,
-                          color=strategies.color(s), alpha=0.85)
+                          color=strategy_color(s), alpha=0.85)
             legend.append((bars, s))
             ax.text(0.97, 0.95 - 0.08 * i, f"{s}: mean {values.mean():.2f}, p99 {np.percentile(values, 99):.0f}",
-                    transform=ax.transAxes, ha="right", va="top", color=strategies.color(s), fontsize=9)
+                    transform=ax.transAxes, ha="right", va="top", color=strategy_color(s), fontsize=9)
         ax.axvline(n - 1, color="0.3", ls="--", lw=1)
         ax.set_title(workers_text(n))
         ax.set_xlabel("staleness τ (versions)")

@@ -8,7 +8,7 @@ from matplotlib.lines import Line2D
 
 from ffnbench import strategies
 from ffnbench.bench.studies import async_variant, final_loss
-from ffnbench.plots.common import log2_workers_axis, plain_log_yaxis, side_legend, style, title
+from ffnbench.plots.common import log2_workers_axis, plain_log_yaxis, side_legend, strategy_color, style, title
 
 RULE_COLORS = {"none": "0.45", "linear": "#1f77b4", "sqrt": "#ff7f0e"}
 
@@ -182,7 +182,7 @@ def segmentation(runs, data):
         means = [cells[m].interval[0] for m in methods]
         errs = np.array([[m - (lo if lo is not None else m), (hi if hi is not None else m) - m]
                          for m, (_, lo, hi) in zip(means, (cells[k].interval for k in methods))]).T
-        colors = [strategies.color(m.split(" x")[0]) for m in methods]  # labels are "STRATEGY xWORKERS"
+        colors = [strategy_color(m.split(" x")[0]) for m in methods]  # labels are "STRATEGY xWORKERS"
         ax.bar(x, means, yerr=errs, capsize=4, color=colors, alpha=0.45, edgecolor=colors, label="trained FFN (mean)")
         for xi, m, c in zip(x, methods, colors):
             ax.plot([xi] * len(cells[m].known), cells[m].known, "o", color=c, ms=4)

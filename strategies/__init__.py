@@ -2,18 +2,17 @@
 
 Every module in this package is imported, so a new strategy is one file with a @register'ed class
 and nothing else to edit; modules named in $FFNBENCH_STRATEGIES (comma-separated, importable) are
-imported too, for strategies kept outside this package. Names, display order and colours of
-strategies everywhere (report, plots, simulator) come from here.
+imported too, for strategies kept outside this package. Tables and figures list strategies in the
+order `names()` gives, derived from what each declares.
 """
 import importlib
 import os
 import pkgutil
 
-from ffnbench.strategies.base import REGISTRY, Layout, LayoutError, Strategy  # noqa: F401
+from ffnbench.strategies.base import REGISTRY, Strategy  # noqa: F401
+from ffnbench.strategies.declare import Layout, LayoutError  # noqa: F401
 
 PLUGINS_ENV = "FFNBENCH_STRATEGIES"
-# Colours for strategies that do not pick one (tab10's, skipping those the built-ins use).
-_SPARE_COLORS = ("#ff7f0e", "#8c564b", "#e377c2", "#bcbd22", "#7f7f7f")
 
 
 def _import_all():
@@ -28,6 +27,9 @@ def _import_all():
 
 _import_all()
 
+#: families in display order: ring all-reduces, synchronous servers, asynchronous servers, the rest
+_FAMILIES = ("ring_allreduce", "sync_ps", "async_ps", None)
+
 
 def get(name):
     """The strategy class called `name`; LayoutError naming the known ones otherwise."""
@@ -36,9 +38,25 @@ def get(name):
     return REGISTRY[name]
 
 
+def _display_key(name):
+    """The one-process reference first, then real multi-rank families, emulations last; then by name."""
+    traits = REGISTRY[name].traits
+    alone = not traits.emulated and _runs_alone(REGISTRY[name])
+    return (not alone, traits.emulated, _FAMILIES.index(traits.simulator_model), name)
+
+
+def _runs_alone(cls):
+    """Whether the strategy runs on one rank only."""
+    try:
+        cls.resolve_layout(2, {})
+    except LayoutError:
+        return True
+    return False
+
+
 def names():
-    """Strategy names in display order (simplest first)."""
-    return sorted(REGISTRY, key=lambda n: (REGISTRY[n].order, n))
+    """Strategy names in display order: the one-process reference first, then families, emulations last."""
+    return sorted(REGISTRY, key=_display_key)
 
 
 def reference():
@@ -48,18 +66,10 @@ def reference():
 
 def layout(name, ranks, options):
     """The Layout of strategy `name` on `ranks` ranks; LayoutError when impossible."""
-    return get(name).layout(ranks, options)
+    return get(name).resolve_layout(ranks, options)
 
 
 def order_key(name):
     """Sort key: registered strategies in display order, then unknown names alphabetically."""
     known = names()
     return (known.index(name), "") if name in known else (len(known), name)
-
-
-def color(name):
-    """A strategy's colour in every figure: its own, else a spare one picked from its name."""
-    cls = REGISTRY.get(name)
-    if cls is not None and cls.color:
-        return cls.color
-    return _SPARE_COLORS[sum(map(ord, name)) % len(_SPARE_COLORS)]

@@ -15,42 +15,65 @@ import os
 
 import numpy as np
 
-from ffnbench.strategies.base import SyncDataParallel, check_at_least, check_choice, register
+from ffnbench.strategies.base import SyncDataParallel, register
+from ffnbench.strategies.declare import Option, Traits
 
 EXCHANGES = ("per_variable", "grouped", "flat", "flat_eager")
+
+
+def build_exchange(hvd, way, compression):
+    """The call that averages a list of per-variable gradients over the ranks, `way` being one of
+    EXCHANGES: what training runs, and what commbench times."""
+    import tensorflow as tf
+
+    def per_variable(grads):
+        return [hvd.allreduce(g, op=hvd.Average, compression=compression) for g in grads]
+
+    def grouped(grads):
+        return hvd.grouped_allreduce(grads, op=hvd.Average, compression=compression)
+
+    def flat(grads):  # the model applies a flat gradient as it is
+        return hvd.allreduce(tf.concat([tf.reshape(g, [-1]) for g in grads], 0), op=hvd.Average,
+                             compression=compression)
+    if way == "flat_eager":
+        return flat
+    return tf.function({"per_variable": per_variable, "grouped": grouped, "flat": flat}[way])
 
 
 @register
 class HorovodAllreduce(SyncDataParallel):
     """Sync ring all-reduce with Horovod (hvd.allreduce per gradient inside a tf.function)."""
     name = "allreduce"
-    order, color = 10, "#1f77b4"
-    options = {"exchange": "flat", "fusion_threshold_mb": 128.0, "cycle_time_ms": 1.0, "fp16": False,
-               "timeline": False, "elastic": False, "commit_every": 10}
-    option_docs = {"exchange": "how the gradient is handed to Horovod: flat (one concatenated buffer; fastest in commbench), "
-                               "per_variable (hvd.allreduce each, fused by Horovod), grouped (hvd.grouped_allreduce) or "
-                               "flat_eager (flat, as eager ops rather than a tf.function)",
-                   "fusion_threshold_mb": "Horovod fusion buffer (HOROVOD_FUSION_THRESHOLD)",
-                   "cycle_time_ms": "Horovod cycle time (HOROVOD_CYCLE_TIME)",
-                   "fp16": "hvd.Compression.fp16 on the wire",
-                   "timeline": "Horovod's chrome-trace timeline in RUN_DIR/horovod_timeline.json",
-                   "elastic": "elastic Horovod (horovodrun over Gloo): a lost worker shrinks the ring",
-                   "commit_every": "elastic: steps between in-memory commits (the most a failure rolls back)"}
+    options = {
+        "exchange": Option("flat", "how the gradient is handed to Horovod: flat (one concatenated buffer; fastest in "
+                                   "commbench), per_variable (hvd.allreduce each, fused by Horovod), grouped "
+                                   "(hvd.grouped_allreduce) or flat_eager (flat, as eager ops rather than a tf.function)",
+                           choices=EXCHANGES),
+        "fusion_threshold_mb": Option(128.0, "Horovod fusion buffer (HOROVOD_FUSION_THRESHOLD)", at_least=0),
+        "cycle_time_ms": Option(1.0, "Horovod cycle time (HOROVOD_CYCLE_TIME)", at_least=0),
+        "fp16": Option(False, "hvd.Compression.fp16 on the wire"),
+        "timeline": Option(False, "Horovod's chrome-trace timeline in RUN_DIR/horovod_timeline.json"),
+        "elastic": Option(False, "elastic Horovod (horovodrun over Gloo): a lost worker shrinks the ring"),
+        "commit_every": Option(10, "elastic: steps between in-memory commits (the most a failure rolls back)",
+                               at_least=1),
+    }
 
     @classmethod
-    def roles(cls, ranks, options):
-        check_choice(options, "exchange", EXCHANGES)
-        check_at_least(options, "commit_every", 1)
-        return super().roles(ranks, options)
-
-    @classmethod
-    def traits(cls, options):
+    def traits_with(cls, options):
         if not options["elastic"]:
-            return super().traits(options)
-        return {"launch": "horovodrun_elastic", "resumable": False, "survives_lost_workers": True}
+            return cls.traits
+        return Traits(launch="horovodrun_elastic", survives_lost_workers=True, simulator_model="ring_allreduce")
+
+    @classmethod
+    def exchange_benchmarks(cls, world, grads):
+        """{way: call}: one exchange of the per-variable `grads` each of EXCHANGES' ways, as training
+        builds it, for commbench to time (Horovod initialised on `world`; shut it down after)."""
+        import horovod.tensorflow as hvd
+        hvd.init(comm=world)
+        return {way: (lambda fn=build_exchange(hvd, way, hvd.Compression.none): fn(grads)) for way in EXCHANGES}
 
     def setup(self):
-        o = self.opts
+        o = self.ctx.layout.options
         os.environ["HOROVOD_FUSION_THRESHOLD"] = str(int(float(o["fusion_threshold_mb"]) * 1024 * 1024))
         os.environ["HOROVOD_CYCLE_TIME"] = str(float(o["cycle_time_ms"]))
         # A lost rank stalls Horovod's collectives: shut down after the run's wait bound.
@@ -59,25 +82,12 @@ class HorovodAllreduce(SyncDataParallel):
         if o["timeline"]:
             os.environ["HOROVOD_TIMELINE"] = os.path.join(self.ctx.run_dir, "horovod_timeline.json")
         import horovod.tensorflow as hvd
-        import tensorflow as tf
         if o["elastic"]:
             hvd.init()  # over Gloo; elastic.run broadcasts rank 0's state before training
         else:
             hvd.init(comm=self.comm)
             hvd.broadcast_variables(self.model.variables, root_rank=0)
-        compression = hvd.Compression.fp16 if o["fp16"] else hvd.Compression.none
-
-        def per_variable(grads):
-            return [hvd.allreduce(g, op=hvd.Average, compression=compression) for g in grads]
-
-        def grouped(grads):
-            return hvd.grouped_allreduce(grads, op=hvd.Average, compression=compression)
-
-        def flat(grads):  # the model applies a flat gradient as it is
-            return hvd.allreduce(tf.concat([tf.reshape(g, [-1]) for g in grads], 0), op=hvd.Average,
-                                 compression=compression)
-        self.allreduce = flat if o["exchange"] == "flat_eager" else tf.function(
-            {"per_variable": per_variable, "grouped": grouped, "flat": flat}[o["exchange"]])
+        self.allreduce = build_exchange(hvd, o["exchange"], hvd.Compression.fp16 if o["fp16"] else hvd.Compression.none)
         self.hvd = hvd
 
     def gradients(self, batch):
@@ -87,9 +97,10 @@ class HorovodAllreduce(SyncDataParallel):
         return self.allreduce(grads)
 
     def train(self):
-        if not self.opts["elastic"]:
+        if not self.ctx.layout.options["elastic"]:
             return super().train()
         state = elastic_state(self.hvd, self.model, self.ctx.start_step)
+        self.ctx.recorder.commit(state.step)
         self.ring = None
 
         @self.hvd.elastic.run
@@ -98,7 +109,8 @@ class HorovodAllreduce(SyncDataParallel):
             while state.step < self.ctx.settings.steps:
                 self.step(state.step, self.lr(state.step))
                 state.step += 1
-                if state.step % self.opts["commit_every"] == 0:
+                if state.step % self.ctx.layout.options["commit_every"] == 0:
+                    self.ctx.recorder.commit(state.step)  # before: commit() may end in a ring change
                     state.commit()
         train_elastic(state)
 
@@ -107,16 +119,17 @@ class HorovodAllreduce(SyncDataParallel):
         and rescale the learning rate to the workers left."""
         import tensorflow as tf
         ring = self.hvd.allgather(tf.constant([self.ctx.rank]), name="ffnbench_ring").numpy().tolist()
-        if self.ring is not None and self.ctx.rank == 0:
+        if self.ring is not None:
             self.ctx.recorder.resume(step)
-            for worker in sorted(set(self.ring) - set(ring)):
+            for worker in sorted(set(self.ring) - set(ring)) if self.ctx.rank == 0 else ():
+                self.ctx.recorder.resume(step, rank=worker)  # its steps since the commit are undone too
                 self.ctx.recorder.lost(worker, pushes=step)
         self.ring = ring
         self.lr = self.ctx.settings.lr_schedule(len(ring))
 
     def finish(self):
         final = super().finish()
-        if not self.opts["elastic"]:  # an elastic job's Horovod is bench's too, until the end (bench/control.py)
+        if not self.ctx.layout.options["elastic"]:  # an elastic job's Horovod is bench's too, until the end (bench/control.py)
             self.hvd.shutdown()
         return final
 

@@ -8,22 +8,20 @@ import heapq
 
 import numpy as np
 
-from ffnbench.strategies.base import Final, LayoutError, Strategy, check_choice, register, staleness_lr
+from ffnbench.strategies.base import Final, Strategy, register
+from ffnbench.strategies.declare import LayoutError, Option, Traits
+from ffnbench.strategies.settings import LR_STALENESS, MAX_STALENESS, staleness_lr
 from ffnbench.strategies.numpy_optimizers import ShardUpdater
 
 
 class _Emulated(Strategy):
-    options = {"workers": 2}
-    option_docs = {"workers": "logical workers inside one process"}
-    emulated = True
+    options = {"workers": Option(2, "logical workers inside one process", at_least=1)}
+    traits = Traits(emulated=True)
 
     @classmethod
     def roles(cls, ranks, options):
-        n = options["workers"]
         if ranks != 1:
             raise LayoutError(f"strategy {cls.name} runs in 1 rank (got ranks={ranks})")
-        if not isinstance(n, int) or isinstance(n, bool) or n < 1:
-            raise LayoutError(f"strategy_options.workers must be an integer >= 1 (got {n!r})")
         return ["worker"]
 
     @classmethod
@@ -38,7 +36,6 @@ class _Emulated(Strategy):
 class EmulatedSync(_Emulated):
     """Emulated sync data parallelism: each update averages N per-worker batch gradients."""
     name = "emulated_sync"
-    order, color, simulator_model = 60, "#9467bd", None
 
     def train(self):
         ctx, rec, model, n = self.ctx, self.ctx.recorder, self.model, self.ctx.layout.workers
@@ -70,28 +67,27 @@ class EmulatedAsync(_Emulated):
     `max_staleness` and `lr_staleness` are ps_async's SSP bound and 1/tau rule, applied the same way.
     """
     name = "emulated_async"
-    order, color, simulator_model = 70, "#e377c2", None
-    options = {"workers": 2, "delay": "round_robin", "worker_speeds": [], "staleness_histogram": [],
-               "max_staleness": None, "lr_staleness": "none"}
-    option_docs = {**_Emulated.option_docs, "delay": "round_robin (tau = N-1), speeds or histogram",
-                   "worker_speeds": "delay speeds: relative step rates, repeated over the workers (e.g. [1, 1, 1, 0.25])",
-                   "staleness_histogram": "delay histogram: counts for tau = 0, 1, ... (e.g. a real PS run's summary staleness.histogram)",
-                   "max_staleness": "SSP bound s, as ps_async: a worker more than s pushes ahead of the slowest waits",
-                   "lr_staleness": "`divide`: lr / tau, as ps_async"}
+    options = {**_Emulated.options,
+               "delay": Option("round_robin", "round_robin (tau = N-1), speeds or histogram",
+                               choices=("round_robin", "speeds", "histogram")),
+               "worker_speeds": Option([], "delay speeds: relative step rates, repeated over the workers "
+                                           "(e.g. [1, 1, 1, 0.25])", items=float, at_least=0),
+               "staleness_histogram": Option([], "delay histogram: counts for tau = 0, 1, ... (e.g. a real PS run's "
+                                                 "summary staleness.histogram)", items=float, at_least=0),
+               "max_staleness": MAX_STALENESS, "lr_staleness": LR_STALENESS}
 
     @classmethod
     def roles(cls, ranks, options):
-        check_choice(options, "delay", ("round_robin", "speeds", "histogram"))
-        check_choice(options, "lr_staleness", ("none", "divide"))
-        hist, speeds, bound = options["staleness_histogram"], options["worker_speeds"], options["max_staleness"]
-        if options["delay"] == "histogram" and (not hist or min(hist) < 0 or sum(hist) <= 0):
-            raise LayoutError("strategy_options.staleness_histogram must be non-negative counts for tau=0,1,...")
+        hist, speeds = options["staleness_histogram"], options["worker_speeds"]
+        if options["delay"] == "histogram" and sum(hist) <= 0:
+            raise LayoutError("config field strategy_options.staleness_histogram: must hold counts for tau=0,1,... "
+                              "for delay histogram")
         if options["delay"] == "speeds" and (not speeds or min(speeds) <= 0):
-            raise LayoutError("strategy_options.worker_speeds must be positive step rates, e.g. [1, 0.5]")
-        if bound is not None and (not isinstance(bound, int) or isinstance(bound, bool) or bound < 0):
-            raise LayoutError(f"strategy_options.max_staleness must be an integer >= 0 or null (got {bound!r})")
-        if bound is not None and options["delay"] == "histogram":
-            raise LayoutError("strategy_options.max_staleness needs delay round_robin or speeds (a histogram has no clocks)")
+            raise LayoutError("config field strategy_options.worker_speeds: must be positive step rates for delay "
+                              "speeds, e.g. [1, 0.5]")
+        if options["max_staleness"] is not None and options["delay"] == "histogram":
+            raise LayoutError("config field strategy_options.max_staleness: needs delay round_robin or speeds (a "
+                              "histogram has no clocks)")
         return super().roles(ranks, options)
 
     @classmethod
@@ -100,21 +96,22 @@ class EmulatedAsync(_Emulated):
 
     def setup(self):
         super().setup()
-        s, n = self.ctx.settings, self.ctx.layout.workers
+        s, n, o = self.ctx.settings, self.ctx.layout.workers, self.ctx.layout.options
         self.params = self.model.get_flat()
         self.updater = ShardUpdater(s.optimizer, self.model.num_params, s.clip)
         self.version = 0
-        speeds = self.opts["worker_speeds"] if self.opts["delay"] == "speeds" else [1.0]
+        speeds = o["worker_speeds"] if o["delay"] == "speeds" else [1.0]
         self.step_time = [1.0 / speeds[w % len(speeds)] for w in range(n)]
-        if self.opts["delay"] == "histogram":
-            hist = np.asarray(self.opts["staleness_histogram"], float)
+        if o["delay"] == "histogram":
+            hist = np.asarray(o["staleness_histogram"], float)
             self.tau_probs = hist / hist.sum()
             self.rng = np.random.default_rng([s.seed, 7])
 
     def train(self):
         ctx, rec, model, n = self.ctx, self.ctx.recorder, self.model, self.ctx.layout.workers
-        order = PushOrder(self.step_time, self.opts["max_staleness"])
-        histogram = self.opts["delay"] == "histogram"
+        o = ctx.layout.options
+        order = PushOrder(self.step_time, o["max_staleness"])
+        histogram = o["delay"] == "histogram"
         snapshots = {0: self.params.copy()}   # versions some worker may still read
         round_loss, round_fovs = 0.0, 0
         for t in range(ctx.settings.steps * n):
@@ -127,7 +124,7 @@ class EmulatedAsync(_Emulated):
                 model.set_flat(snapshots[read])
                 grad, loss, logits = model.flat_gradients(batch)
                 self.streams[worker].feedback(logits)
-                lr = staleness_lr(ctx.lr(self.version // n), self.version - read, self.opts["lr_staleness"])
+                lr = staleness_lr(ctx.lr(self.version // n), self.version - read, o["lr_staleness"])
                 rec.update(worker, read, self.version, lr=lr, emulated=True)
                 self.updater.apply(self.params, grad, lr)
                 self.version += 1

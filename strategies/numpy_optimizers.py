@@ -6,7 +6,7 @@ hyperparameters come from the same OptimizerSettings the TF model is built with.
 """
 import numpy as np
 
-from ffnbench.strategies.base import OptimizerSettings
+from ffnbench.strategies.settings import OptimizerSettings
 
 
 class SGD:

@@ -9,7 +9,8 @@ import time
 import numpy as np
 
 from ffnbench.strategies import comm
-from ffnbench.strategies.base import Final, LayoutError, Strategy, TrainingContext, check_choice
+from ffnbench.strategies.base import Final, Strategy, TrainingContext
+from ffnbench.strategies.declare import LayoutError, Option, Traits
 from ffnbench.strategies.numpy_optimizers import ShardUpdater
 from ffnbench.strategies.ps_protocol import shard_bounds
 from ffnbench.strategies.ps_server import ShardServer
@@ -17,25 +18,21 @@ from ffnbench.strategies.ps_worker import PSWorker
 
 
 class ParameterServerStrategy(Strategy):
-    resumable = True  # the workers' streams and the servers' shards, snapshotted together
-    options = {"servers": 1, "straggle_s": [], "gradient_wire": "float32"}
-    option_docs = {"servers": "the first `servers` ranks are parameter servers, the rest workers",
-                   "gradient_wire": "float32 | bfloat16: bfloat16 halves the bytes pushed (parameters are pulled "
-                                    "as float32); convergence not yet measured",
-                   "straggle_s": "injected delay in seconds per worker per step, to study stragglers (recorded as wait_s)"}
+    traits = Traits(resumable=True)  # the workers' streams and the servers' shards, snapshotted together
+    options = {"servers": Option(1, "the first `servers` ranks are parameter servers, the rest workers", at_least=1),
+               "gradient_wire": comm.GRADIENT_WIRE,
+               "straggle_s": Option([], "injected delay in seconds per worker per step, to study stragglers "
+                                        "(recorded as wait_s)", items=float, at_least=0)}
 
     @classmethod
     def roles(cls, ranks, options):
-        check_choice(options, "gradient_wire", comm.GRADIENT_WIRES)
         servers, straggle = options["servers"], options["straggle_s"]
-        if not isinstance(servers, int) or servers < 1:
-            raise LayoutError(f"strategy_options.servers must be an integer >= 1 (got {servers!r})")
         if ranks <= servers:
             raise LayoutError(f"strategy {cls.name} needs ranks > servers for at least one worker "
                               f"(got ranks={ranks}, servers={servers})")
-        if not isinstance(straggle, list) or straggle and len(straggle) != ranks - servers:
-            raise LayoutError(f"strategy_options.straggle_s must list one injected delay in seconds per "
-                              f"worker (got {straggle!r} for {ranks - servers} workers)")
+        if straggle and len(straggle) != ranks - servers:
+            raise LayoutError(f"config field strategy_options.straggle_s: must list one injected delay in seconds "
+                              f"per worker (got {straggle!r} for {ranks - servers} workers)")
         return ["server"] * servers + ["worker"] * (ranks - servers)
 
     @classmethod
@@ -58,8 +55,8 @@ class ParameterServerStrategy(Strategy):
         that also pulls, and the parameters back), on ranks 0 (the server, answering at once and
         dropping gradients: no optimizer step) and 1 (the worker) of `world`; every rank returns rank
         1's figure (commbench's yardstick compares it)."""
-        ctx = TrainingContext(settings=settings, layout=cls.layout(2, {}), rank=world.rank, comm=world,
-                              recorder=_Unrecorded(), run_dir=".", make_stream=None)
+        ctx = TrainingContext(settings=settings, layout=cls.resolve_layout(2, {}), rank=world.rank, comm=world,
+                              recorder=_Unrecorded(), run_dir=".", model=None, make_stream=None)
         bounds = shard_bounds(params, 1)
         own_core = not comm.oversubscribed(world)
         median = np.zeros(1)
@@ -83,17 +80,18 @@ class ParameterServerStrategy(Strategy):
 
     def setup(self):
         ctx = self.ctx
-        bounds = shard_bounds(self.model.num_params, self.opts["servers"])
+        o = ctx.layout.options
+        bounds = shard_bounds(self.model.num_params, o["servers"])
         weights = comm.broadcast(self.comm, self.model.get_flat(), ctx.settings.timeout_s, "initial weights")
         # the final shards travel on their own communicator: a server still serving never probes them
         self.final_comm = comm.duplicate(self.comm, ctx.settings.timeout_s, "every rank to set up")
         own_core = not comm.oversubscribed(self.comm)
         if ctx.role == "server":
-            self.server = ShardServer(ctx, bounds, weights, own_core, self.opts["gradient_wire"])
+            self.server = ShardServer(ctx, bounds, weights, own_core, o["gradient_wire"])
         else:
-            straggle = self.opts["straggle_s"]
+            straggle = o["straggle_s"]
             delay = straggle[ctx.layout.worker_ranks.index(ctx.rank)] if straggle else 0.0
-            self.worker = PSWorker(ctx, bounds, self.opts.get("prefetch", False), delay, self.opts["gradient_wire"])
+            self.worker = PSWorker(ctx, bounds, o.get("prefetch", False), delay, o["gradient_wire"])
 
     def train(self):
         if self.ctx.role == "server":
@@ -143,7 +141,6 @@ class _Unrecorded:
 
 class _TakeWithoutApplying:
     """Server hooks of a timed round trip: answer every pull at once, drop every gradient."""
-    survives_lost_workers = False
     server = None
 
     def on_pull(self, worker):

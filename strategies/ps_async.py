@@ -6,31 +6,21 @@ stale-synchronous parallel (Ho et al., "More Effective Distributed ML via a Stal
 Parameter Server", NIPS 2013): a worker more than s pushes ahead of the slowest unfinished worker has
 its pull held until the slowest catches up.
 """
-from ffnbench.strategies.base import LayoutError, register, staleness_lr
+from ffnbench.strategies.base import register
+from ffnbench.strategies.declare import Option, Traits
 from ffnbench.strategies.parameter_server import ParameterServerStrategy
+from ffnbench.strategies.settings import LR_STALENESS, MAX_STALENESS, staleness_lr
 
 
 @register
 class PSAsync(ParameterServerStrategy):
     """Async parameter server (mpi4py): gradients applied as they arrive, staleness measured."""
     name = "ps_async"
-    order, color, simulator_model = 50, "#d62728", "async_ps"
-    survives_lost_workers = True  # asynchrony's advantage: the others' gradients keep coming
-    options = {**ParameterServerStrategy.options, "prefetch": False, "lr_staleness": "none",
-               "max_staleness": None}
-    option_docs = {**ParameterServerStrategy.option_docs,
-                   "prefetch": "pull the next parameters during compute (more staleness, which is measured)",
-                   "lr_staleness": "`divide`: the server applies lr / tau (Zhang et al. 2016)",
-                   "max_staleness": "SSP bound s (Ho et al. 2013): a worker more than s pushes ahead of the slowest waits"}
-
-    @classmethod
-    def roles(cls, ranks, options):
-        if options["lr_staleness"] not in ("none", "divide"):
-            raise LayoutError(f"strategy_options.lr_staleness must be none or divide (got {options['lr_staleness']!r})")
-        s = options["max_staleness"]
-        if s is not None and (not isinstance(s, int) or s < 0):
-            raise LayoutError(f"strategy_options.max_staleness must be an integer >= 0 or null (got {s!r})")
-        return super().roles(ranks, options)
+    # asynchrony's advantage: when a worker is lost, the others' gradients keep coming
+    traits = Traits(resumable=True, survives_lost_workers=True, simulator_model="async_ps")
+    options = {**ParameterServerStrategy.options,
+               "prefetch": Option(False, "pull the next parameters during compute (more staleness, which is measured)"),
+               "lr_staleness": LR_STALENESS, "max_staleness": MAX_STALENESS}
 
     @classmethod
     def fovs_per_update(cls, layout, batch_size):
@@ -44,7 +34,7 @@ class PSAsync(ParameterServerStrategy):
         return worker in self.held
 
     def may_proceed(self, worker):
-        bound = self.opts["max_staleness"]
+        bound = self.ctx.layout.options["max_staleness"]
         gone = self.server.finished | self.server.lost
         clocks = self.server.pushes  # gradients received from each worker
         active = [c for w, c in clocks.items() if w not in gone] or [clocks[worker]]
@@ -59,7 +49,8 @@ class PSAsync(ParameterServerStrategy):
     def on_push(self, worker, read, grad):
         server = self.server
         staleness = server.version - read
-        lr = staleness_lr(self.ctx.lr(server.version // self.ctx.layout.workers), staleness, self.opts["lr_staleness"])
+        lr = staleness_lr(self.ctx.lr(server.version // self.ctx.layout.workers), staleness,
+                          self.ctx.layout.options["lr_staleness"])
         server.record(worker, read, lr)
         server.apply(grad, lr)
 

@@ -128,7 +128,7 @@ class ShardServer:
 
     def lose(self, worker, hooks, why):
         """Go on without `worker` if the strategy survives that; else abort the job."""
-        if not hooks.survives_lost_workers:
+        if not self.ctx.layout.traits.survives_lost_workers:
             comm.fail(self.comm, f"worker rank {worker} {why}", "lost_ranks")
         self.lost.add(worker)
         self.sends = [(w, r) for w, r in self.sends if w != worker]  # never taken: do not wait for them

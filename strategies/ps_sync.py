@@ -6,7 +6,8 @@ Synchronous SGD", 2016); with b = 0 it is plain sync SGD through servers.
 """
 import numpy as np
 
-from ffnbench.strategies.base import LayoutError, register
+from ffnbench.strategies.base import register
+from ffnbench.strategies.declare import LayoutError, Option, Traits
 from ffnbench.strategies.parameter_server import ParameterServerStrategy
 
 
@@ -14,18 +15,17 @@ from ffnbench.strategies.parameter_server import ParameterServerStrategy
 class PSSync(ParameterServerStrategy):
     """Sync parameter server (mpi4py): servers average N gradients per update; optional backups."""
     name = "ps_sync"
-    order, color, simulator_model = 40, "#2ca02c", "sync_ps"
-    options = {**ParameterServerStrategy.options, "backup_workers": 0}
-    option_docs = {**ParameterServerStrategy.option_docs,
-                   "backup_workers": "aggregate the first N-b of N gradients per round, drop the rest (Chen et al. 2016)"}
+    traits = Traits(resumable=True, simulator_model="sync_ps")
+    options = {**ParameterServerStrategy.options,
+               "backup_workers": Option(0, "aggregate the first N-b of N gradients per round, drop the rest "
+                                           "(Chen et al. 2016)", at_least=0)}
 
     @classmethod
     def roles(cls, ranks, options):
         roles = super().roles(ranks, options)
-        b = options["backup_workers"]
-        if not isinstance(b, int) or not 0 <= b < roles.count("worker"):
-            raise LayoutError(f"strategy_options.backup_workers must be an integer in [0, workers) "
-                              f"(got {b!r} with {roles.count('worker')} workers)")
+        if options["backup_workers"] >= roles.count("worker"):
+            raise LayoutError(f"config field strategy_options.backup_workers: must be below the workers "
+                              f"(got {options['backup_workers']} with {roles.count('worker')} workers)")
         return roles
 
     @classmethod
@@ -54,7 +54,7 @@ class PSSync(ParameterServerStrategy):
 
     def after_message(self):
         server, layout = self.server, self.ctx.layout
-        needed = layout.workers - self.opts["backup_workers"]
+        needed = layout.workers - layout.options["backup_workers"]
         may_still_push = [w for w in layout.worker_ranks
                           if w not in server.finished | server.lost | set(server.snapshot_asks) | set(self.pending)]
         if not self.pending or (len(self.pending) < needed and may_still_push):

@@ -1,12 +1,12 @@
 """One process, no communication: the reference every distributed strategy must reproduce."""
-from ffnbench.strategies.base import LayoutError, SyncDataParallel, register
+from ffnbench.strategies.base import SyncDataParallel, register
+from ffnbench.strategies.declare import LayoutError
 
 
 @register
 class Single(SyncDataParallel):
     """One process, no communication (the reference)."""
     name = "single"
-    order, color = 0, "#4d4d4d"
 
     @classmethod
     def roles(cls, ranks, options):

@@ -3,7 +3,7 @@ all-reduce over gRPC, as the peer that Horovod and raw MPI are measured against.
 
 The ranks start under mpirun like every other strategy (bench's census, pauses and checkpoints use
 MPI), but no gradient crosses MPI: each rank is one TF worker of a cluster on 127.0.0.1 ports, which
-`launch_environment` writes into TF_CONFIG before the job starts. One machine only.
+`launch_info` picks before the job starts and each rank writes into its TF_CONFIG. One machine only.
 
 The model is built outside the strategy's variable scope, on purpose: keras' optimizer under a
 distribution strategy aggregates gradients itself with a merge_call, which cannot cross the model
@@ -17,9 +17,13 @@ import socket
 
 import numpy as np
 
-from ffnbench.strategies.base import SyncDataParallel, check_at_least, register
+from ffnbench.strategies.base import SyncDataParallel, register
+from ffnbench.strategies.declare import Option
 
 CONFIG_ENV = "TF_CONFIG"
+#: this process's MultiWorkerMirroredStrategy and its communication options: TensorFlow allows one
+#: per process, made before its first op, so it is joined once, before the model is built
+_JOINED = {}
 
 
 def free_ports(count):
@@ -38,39 +42,33 @@ def free_ports(count):
 class TFMultiWorker(SyncDataParallel):
     """Sync all-reduce with tf.distribute.MultiWorkerMirroredStrategy (gRPC ring collectives)."""
     name = "tf_multiworker"
-    order, color = 25, "#9467bd"
-    options = {"bytes_per_pack_mb": 0.0}
-    option_docs = {"bytes_per_pack_mb": "CommunicationOptions.bytes_per_pack: gradients are all-reduced in packs "
-                                        "of this size (0: TF's own choice)"}
+    options = {"bytes_per_pack_mb": Option(0.0, "CommunicationOptions.bytes_per_pack: gradients are all-reduced in "
+                                                "packs of this size (0: TF's own choice)", at_least=0)}
 
     @classmethod
-    def roles(cls, ranks, options):
-        check_at_least(options, "bytes_per_pack_mb", 0)
-        return super().roles(ranks, options)
+    def launch_info(cls, layout):
+        return {"workers": [f"127.0.0.1:{port}" for port in free_ports(layout.ranks)]}
 
     @classmethod
-    def launch_environment(cls, layout):
-        workers = [f"127.0.0.1:{port}" for port in free_ports(layout.ranks)]
-        return {CONFIG_ENV: json.dumps({"cluster": {"worker": workers}})}
-
-    def model_scope(self):
+    def model_scope(cls, layout, rank, settings, launch_info):
         """Join the TF cluster as worker `rank`: MultiWorkerMirroredStrategy must exist before
         TensorFlow runs its first op, and the model is the first thing bench builds."""
         import tensorflow as tf
-        if CONFIG_ENV not in os.environ:
-            raise RuntimeError(f"strategy {self.name}: ${CONFIG_ENV} is not set (start it with `ffnbench run`)")
-        cluster = json.loads(os.environ[CONFIG_ENV])
-        cluster["task"] = {"type": "worker", "index": self.ctx.rank}
-        os.environ[CONFIG_ENV] = json.dumps(cluster)
-        self.communication = tf.distribute.experimental.CommunicationOptions(
-            bytes_per_pack=int(self.opts["bytes_per_pack_mb"] * 1024 * 1024),
-            timeout_seconds=self.ctx.settings.timeout_s,
+        if "workers" not in launch_info:
+            raise RuntimeError(f"strategy {cls.name}: no cluster in the run directory (start it with `ffnbench run`)")
+        os.environ[CONFIG_ENV] = json.dumps({"cluster": {"worker": launch_info["workers"]},
+                                             "task": {"type": "worker", "index": rank}})
+        communication = tf.distribute.experimental.CommunicationOptions(
+            bytes_per_pack=int(layout.options["bytes_per_pack_mb"] * 1024 * 1024),
+            timeout_seconds=settings.timeout_s,
             implementation=tf.distribute.experimental.CommunicationImplementation.RING)
-        self.strategy = tf.distribute.MultiWorkerMirroredStrategy(communication_options=self.communication)
-        return super().model_scope()
+        _JOINED.update(strategy=tf.distribute.MultiWorkerMirroredStrategy(communication_options=communication),
+                       communication=communication)
+        return super().model_scope(layout, rank, settings, launch_info)
 
     def setup(self):
         import tensorflow as tf
+        self.strategy, self.communication = _JOINED["strategy"], _JOINED["communication"]
 
         def reduce(op, values):  # in the replica context: inputs placed on this worker's device first
             values = [tf.identity(v) for v in values]

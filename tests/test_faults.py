@@ -147,7 +147,7 @@ def test_run_directories_are_unique_and_claimed(tmp_path):
 
 def test_a_stalled_step_is_flagged():
     from ffnbench.bench.summary import stall_stats
-    from ffnbench.strategies.base import StepRecord
+    from ffnbench.strategies.records import StepRecord
     steps = [StepRecord(rank=0, step=i, time=i, fovs=2, loss=0.5, model_version=i, compute_s=0.1, comm_s=0.0,
                         data_s=0.0, wait_s=0.0, step_s=150.0 if i == 7 else 0.1) for i in range(20)]
     stalls = stall_stats(steps)
@@ -333,10 +333,12 @@ def test_a_resumed_run_ends_with_bitwise_the_weights_of_an_uninterrupted_one(str
     assert r.returncode == 0, r.stderr
     a, b = final_weights(whole), final_weights(cut)
     assert a.keys() == b.keys() and all(np.array_equal(a[k], b[k]) for k in a), "not bitwise equal"
-    records = strict_json(str(cut / "metrics.jsonl"))
-    steps = sorted((x["rank"], x["step"]) for x in records if x["kind"] == "step")
-    assert steps == [(rank, s) for rank in workers for s in range(STEPS)]
-    assert [x["step"] for x in records if x["kind"] == "resume"] == [step]
+    # the file keeps both attempts; read through the resume rule, each step is there once
+    from ffnbench.bench.results import read_records
+    records = read_records(str(cut))
+    assert sorted((x.rank, x.step) for x in records.steps) == [(rank, s) for rank in workers for s in range(STEPS)]
+    assert sorted((x.rank, x.step) for x in records.resumes) == [(rank, step) for rank in range(ranks)]
+    assert len(strict_json(str(cut / "metrics.jsonl"))) > sum(map(len, records)), "the superseded records are kept"
     summary = strict_json(str(cut / "summary.json"))
     assert summary["status"] == "complete" and summary["fovs_total"] == strict_json(str(whole / "summary.json"))["fovs_total"]
 
@@ -354,10 +356,10 @@ def test_async_ps_resumes_from_a_consistent_snapshot(tmp_path):
     assert server["optimizer.m"].shape == server["shard"].shape and int(server["optimizer.t"]) == 2 * step
     r = ffnbench("resume", str(cut), timeout=300)
     assert r.returncode == 0, r.stderr
-    records = strict_json(str(cut / "metrics.jsonl"))
-    assert sorted(x["version"] for x in records if x["kind"] == "update") == list(range(2 * STEPS))
-    assert sorted((x["rank"], x["step"]) for x in records if x["kind"] == "step") == \
-        [(rank, s) for rank in (1, 2) for s in range(STEPS)]
+    from ffnbench.bench.results import read_records
+    records = read_records(str(cut))
+    assert sorted(x.version for x in records.updates) == list(range(2 * STEPS))
+    assert sorted((x.rank, x.step) for x in records.steps) == [(rank, s) for rank in (1, 2) for s in range(STEPS)]
     assert strict_json(str(cut / "summary.json"))["status"] == "complete"
 
 
@@ -397,7 +399,9 @@ def test_elastic_allreduce_shrinks_the_ring_when_a_worker_is_lost(tmp_path):
     assert summary["status"] == "complete" and [w["worker"] for w in summary["lost_workers"]] == [1]
     assert "lost worker: rank 1" in stdout
     records = strict_json(str(out / "metrics.jsonl"))
-    [resume] = [x["step"] for x in records if x["kind"] == "resume"]
+    # each survivor goes back to the last commit, and rank 0 takes the lost worker's steps since it back too
+    assert sorted(x["rank"] for x in records if x["kind"] == "resume") == [0, 1, 2]
+    [resume] = {x["step"] for x in records if x["kind"] == "resume"}
     [lost] = [x for x in records if x["kind"] == "lost"]
     assert resume % 7 == 0 and 0 < resume < 150 and lost["pushes"] == resume
     # the steps after the last commit were redone by the two left: each step once per worker that made it
@@ -426,7 +430,7 @@ def test_elastic_allreduce_refuses_more_workers_than_this_machine_has_names(tmp_
 
 def test_faultbench_charges_the_survivors_longest_wait_after_the_victims_last_step():
     from ffnbench.bench.faultbench import survivors_stall
-    from ffnbench.strategies.base import StepRecord
+    from ffnbench.strategies.records import StepRecord
 
     def step(rank, i, t):
         return StepRecord(rank=rank, step=i, time=t, fovs=2, loss=0.5, model_version=i + 1, compute_s=0.5,

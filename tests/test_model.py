@@ -3,7 +3,7 @@ import pytest
 import tensorflow as tf
 
 from ffnbench.model.api import Batch, FFNModel, voxel_metrics
-from ffnbench.strategies.base import OptimizerSettings
+from ffnbench.strategies.settings import OptimizerSettings
 from ffnbench.model.network import build_convstack_3d, logit, train_flops_per_fov
 
 

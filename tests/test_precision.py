@@ -9,7 +9,7 @@ from ffnbench.bench import config
 from ffnbench.bench.config import ConfigError
 from ffnbench.model import network
 from ffnbench.model.api import Batch, FFNModel
-from ffnbench.strategies.base import OptimizerSettings
+from ffnbench.strategies.settings import OptimizerSettings
 
 from conftest import ffnbench
 

@@ -14,14 +14,14 @@ THROWAWAY = textwrap.dedent('''
 
     from ffnbench.strategies import comm
     from ffnbench.strategies.base import SyncDataParallel, register
+    from ffnbench.strategies.declare import Option
 
 
     @register
     class Throwaway(SyncDataParallel):
         """Throwaway sync data parallelism: a summed all-reduce, then a division."""
         name = "throwaway_sync"
-        options = {"divide_by": 0}
-        option_docs = {"divide_by": "0: the number of ranks"}
+        options = {"divide_by": Option(0, "0: the number of ranks", at_least=0)}
 
         def setup(self):
             weights = comm.broadcast(self.comm, self.model.get_flat(), self.ctx.settings.timeout_s, "weights")
@@ -30,7 +30,7 @@ THROWAWAY = textwrap.dedent('''
 
         def average(self, grad):
             comm.sum_allreduce(self.comm, grad, self.summed, self.ctx.settings.timeout_s, "gradients")
-            return self.summed / np.float32(self.opts["divide_by"] or self.comm.size)
+            return self.summed / np.float32(self.ctx.layout.options["divide_by"] or self.comm.size)
 ''')
 
 
@@ -59,6 +59,10 @@ def test_a_registered_strategy_needs_no_other_edit(plugin_env, runs):
     bad = ffnbench("run", "configs/smoke.yaml", "--set", "strategy=throwaway_sync", "--set", "ranks=2",
                    "--set", "strategy_options.bogus=1", env=plugin_env)
     assert bad.returncode == 2 and "strategy_options.bogus: not an option of strategy throwaway_sync" in bad.stderr
+    for value, why in (("-1", "must be >= 0"), ("half", "must be an integer")):  # checked from the declaration
+        bad = ffnbench("run", "configs/smoke.yaml", "--set", "strategy=throwaway_sync", "--set", "ranks=2",
+                       "--set", f"strategy_options.divide_by={value}", env=plugin_env)
+        assert bad.returncode == 2 and f"strategy_options.divide_by: {why}" in bad.stderr, bad.stderr
 
     summary = json.loads((runs / "throwaway" / "summary.json").read_text())
     assert summary["strategy"] == "throwaway_sync" and summary["workers"] == 2 and summary["fovs_total"] == 48
@@ -103,6 +107,10 @@ def imported_modules(folder):
                 yield from ((path.name, f"{node.module}.{alias.name}") for alias in node.names)
 
 
+#: the modules of strategies/ that bench and plots may import: the contract and the MPI layer
+CONTRACT = ("base", "comm", "declare", "records", "settings")
+
+
 def test_bench_and_plots_see_only_the_registry_the_contract_and_the_mpi_layer():
     import pathlib
     submodules = {p.stem for p in (pathlib.Path(__file__).resolve().parents[1] / "strategies").glob("*.py")}
@@ -110,10 +118,53 @@ def test_bench_and_plots_see_only_the_registry_the_contract_and_the_mpi_layer():
         for name, module in imported_modules(folder):
             if module.startswith("ffnbench.strategies."):
                 submodule = module.split(".")[2]
-                assert submodule in ("base", "comm") or submodule not in submodules, f"{folder}/{name} imports {module}"
+                assert submodule in CONTRACT or submodule not in submodules, f"{folder}/{name} imports {module}"
     assert not [m for _, m in imported_modules("plots") if m.startswith("ffnbench.bench.report")]
     bench_to_plots = [(n, m) for n, m in imported_modules("bench") if m.startswith("ffnbench.plots")]
     assert {n for n, _ in bench_to_plots} <= {"cli.py"}, bench_to_plots
+
+
+def top_level_names(path):
+    import ast
+    tree = ast.parse(path.read_text())
+    return {n.name for n in tree.body if isinstance(n, (ast.FunctionDef, ast.ClassDef))} | {
+        t.id for n in tree.body if isinstance(n, ast.Assign) for t in n.targets if isinstance(t, ast.Name)}
+
+
+def test_the_mpi_layer_holds_only_what_strategies_call():
+    """strategies/comm.py is what a strategy calls: every name in it is used by a strategy (starting
+    ranks and bench's own messages live in bench/)."""
+    import pathlib
+    import re
+    here = pathlib.Path(__file__).resolve().parents[1] / "strategies"
+    comm = here / "comm.py"
+    others = "\n".join(p.read_text() for p in here.glob("*.py") if p != comm)
+    own = comm.read_text()
+    for name in top_level_names(comm):
+        used_by_strategies = re.search(rf"comm\.{name}\b", others)
+        used_inside = len(re.findall(rf"\b{name}\b", own)) > 1
+        assert used_by_strategies or used_inside, f"strategies/comm.py {name}: no strategy uses it"
+
+
+def test_no_module_outside_strategies_reads_a_strategys_saved_state():
+    """What a strategy saves (the dict its state() returns, handed to ctx.save_state) is opaque to
+    bench: none of its keys appears as a string anywhere in bench/, plots/ or model/."""
+    import ast
+    import pathlib
+    root = pathlib.Path(__file__).resolve().parents[1]
+    keys = set()
+    for path in (root / "strategies").glob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.FunctionDef) and node.name == "state":
+                keys |= {k.value for d in ast.walk(node) if isinstance(d, ast.Dict)
+                         for k in d.keys if isinstance(k, ast.Constant) and isinstance(k.value, str)}
+    assert {"shard", "version", "lost"} <= keys  # the parameter server's, found
+    for folder in ("bench", "plots", "model"):
+        for path in (root / folder).glob("*.py"):
+            strings = {n.value for n in ast.walk(ast.parse(path.read_text()))
+                       if isinstance(n, ast.Constant) and isinstance(n.value, str)}
+            read = sorted(s for s in strings if s.startswith("strategy.") and s.split(".", 1)[1] in keys)
+            assert not read, f"{folder}/{path.name} reads a strategy's saved state: {read}"
 
 
 def test_strategies_and_model_import_neither_bench_nor_each_other():

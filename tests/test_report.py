@@ -11,7 +11,7 @@ from ffnbench.bench import config
 from ffnbench.bench.report import build_report, efficiency, speedup, time_to_target
 from ffnbench.bench.results import aggregate_rates, read_records, staleness_values
 from ffnbench.bench.summary import rate_stats
-from ffnbench.strategies.base import EvalRecord, UpdateRecord
+from ffnbench.strategies.records import EvalRecord, UpdateRecord
 
 
 def eval_record(step, time, fovs_total, f1, loss=0.5):

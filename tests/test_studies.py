@@ -10,7 +10,7 @@ import yaml
 from conftest import ffnbench
 from ffnbench.bench import studies
 from ffnbench.bench.results import RunData
-from ffnbench.strategies.base import EvalRecord
+from ffnbench.strategies.records import EvalRecord
 
 
 def run(strategy, workers, fields, losses, seed, **summary):
