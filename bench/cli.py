@@ -336,13 +336,18 @@ def add_job_options(p):
     p.add_argument("--no-cpu-bind", action="store_true", help="slurm: no --cpu-bind=cores (for nodes without binding)")
 
 
+def add_overrides(p, help="override a config field (dotted.key=value; the value is YAML)"):
+    """The --set option of every command that takes a config."""
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help=help)
+
+
 def parser():
     from ffnbench.bench.simulator import PAPER_PARAMS
     p = argparse.ArgumentParser(prog="ffnbench", description="Distributed FFN training benchmarks")
     sub = p.add_subparsers(dest="command", required=True)
     r = sub.add_parser("run", help="run one experiment (launches mpirun for ranks > 1)")
     r.add_argument("config")
-    r.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config field")
+    add_overrides(r)
     r.add_argument("--out", help="run directory (default: run.out/NAME-STRATEGY-rRANKS-TIME)")
     r.set_defaults(fn=cmd_run)
     u = sub.add_parser("resume", help="continue an interrupted run from its newest checkpoint")
@@ -350,7 +355,7 @@ def parser():
     u.set_defaults(fn=cmd_resume)
     t = sub.add_parser("train", help="per-rank entry point, under mpirun/srun/aprun")
     t.add_argument("config")
-    t.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    add_overrides(t)
     t.add_argument("--run-dir", help="where records go (default inside a batch job: run.out/NAME-STRATEGY-rN-JOBID)")
     t.set_defaults(fn=cmd_train)
     k = sub.add_parser("peak", help="measure this machine's dense matmul FLOP/s")
@@ -378,8 +383,7 @@ def parser():
     w = sub.add_parser("sweep", help="run every experiment of a sweep file; re-running resumes")
     w.add_argument("sweep", help="sweep file (see configs/sweeps/)")
     w.add_argument("--out", help="sweep results directory (default: the file's out/name)")
-    w.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                   help="add to the sweep's shared overrides, e.g. train.seed=100 for another seed base")
+    add_overrides(w, "add to the sweep's shared overrides, e.g. train.seed=100 for another seed base")
     w.add_argument("--scheduler", choices=["slurm"], help="submit each run as a Slurm job (default: run here)")
     w.add_argument("--one-at-a-time", action="store_true",
                    help="slurm: the sweep's jobs run one after another (sbatch --dependency=singleton), e.g. to "
@@ -390,7 +394,7 @@ def parser():
                        "write its conclusions and figure; re-running resumes")
     y.add_argument("name", help="lr_scaling, batch_size, sync_async or segmentation (or a study file)")
     y.add_argument("--out", help="results directory (default: results/studies/NAME)")
-    y.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="as for sweep")
+    add_overrides(y, "as for sweep")
     y.add_argument("--analyse-only", action="store_true",
                    help="analyse the runs complete so far without running any (e.g. while a study runs)")
     y.add_argument("--archive", metavar="DIR",
@@ -415,8 +419,7 @@ def parser():
     v.add_argument("--volume", help="file.h5:image,file.h5:labels (default: the run's held-out volume)")
     v.add_argument("--reference", metavar="FILE.h5:DATASET",
                    help="another segmentation of the same volume (e.g. google/ffn's) to score ours against")
-    v.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a config field, e.g. inference.min_segment_size=200")
+    add_overrides(v, "override a config field, e.g. inference.min_segment_size=200")
     v.set_defaults(fn=cmd_evaluate)
     x = sub.add_parser("export", help="write a run's final weights as a google/ffn TF1 checkpoint")
     x.add_argument("run_dir")
@@ -427,8 +430,7 @@ def parser():
     j.add_argument("config")
     j.add_argument("--scheduler", required=True, choices=["slurm", "pbs", "cobalt"])
     j.add_argument("--nodes", type=int, required=True)
-    j.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a config field (ranks is always nodes x ranks-per-node)")
+    add_overrides(j, "override a config field (ranks is always nodes x ranks-per-node)")
     add_job_options(j)
     j.add_argument("--out", help="write the script here instead of printing it")
     j.set_defaults(fn=cmd_job)
@@ -467,7 +469,7 @@ def parser():
     m.set_defaults(fn=cmd_simulate)
     f = sub.add_parser("faultbench", help="the time one killed worker costs (async goes on; sync resumes)")
     f.add_argument("config")
-    f.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config field")
+    add_overrides(f)
     f.add_argument("--victim", type=int, help="the worker rank to kill (default: the last)")
     f.add_argument("--kill-after", type=int, default=20, help="kill it once it has done this many steps")
     f.add_argument("--out", help="default: run.out/faultbench/STRATEGY-rRANKS")

@@ -30,7 +30,6 @@ import numpy as np
 from tqdm import tqdm
 
 from ffnbench.bench import control, processes
-from ffnbench.strategies import comm
 
 #: plain MPI's ways to all-reduce (the yardstick's candidates), each run under both yield settings
 RAW_WAYS = ("Allreduce", "Iallreduce+Wait", "Iallreduce+Test loop")

@@ -177,17 +177,16 @@ def evaluate_weights(cfg, checked, out_dir, volumes, progress):
     from ffnbench.bench.peak import PEAK_DTYPE, matmul_peak
     from ffnbench.model import ffn_checkpoint as fc
     from ffnbench.model.api import FFNModel
-    from ffnbench.model.inference import InferenceOptions, segment_volume
+    from ffnbench.bench.config import typed
+    from ffnbench.model.inference import segment_volume
     from ffnbench.model.seg_metrics import agreement, segmentation_scores
     (image, gt, source), reference, reference_spec = volumes
     weights, fmt, prefix = checked
-    m, d, precision = cfg["model"], cfg["data"], cfg["train"]["precision"]
+    m, precision = cfg["model"], cfg["train"]["precision"]
     model = FFNModel(m["fov"], m["depth"], m["features"], precision=precision)
     model.set_flat(fc.flat(weights, [v.name for v in model.variables]))
     peak_before = matmul_peak(seconds=2.0, dtype=PEAK_DTYPE[precision])  # with the flood fill's threads
-    opts = InferenceOptions(fov=tuple(m["fov"]), deltas=tuple(m["deltas"]), image_mean=d["image_mean"],
-                            image_stddev=d["image_stddev"],
-                            **{k: (tuple(v) if isinstance(v, list) else v) for k, v in cfg["inference"].items()})
+    opts = typed(cfg)["inference"]
     start = time.time()
     seg, stats = segment_volume(image, model.predict, opts, progress=progress)
     seconds = time.time() - start

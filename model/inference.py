@@ -31,6 +31,7 @@ same object to one predictor call; they all see the canvas as it was before the 
 import time
 from collections import deque
 from dataclasses import dataclass
+from typing import Tuple
 
 import numpy as np
 from scipy import ndimage
@@ -38,22 +39,31 @@ from skimage.feature import peak_local_max
 from tqdm import tqdm
 
 from ffnbench.model.network import logit
+from ffnbench.model.typed import declared, problem, setting
 
 
-@dataclass
+@dataclass(frozen=True)
 class InferenceOptions:
-    fov: tuple = (33, 33, 33)
-    deltas: tuple = (8, 8, 8)
-    init_activation: float = 0.95
-    pad_value: float = 0.05
-    move_threshold: float = 0.9
-    segment_threshold: float = 0.6
-    min_segment_size: int = 1000
-    min_boundary_dist: tuple = (1, 1, 1)
-    disco_seed_threshold: float = 0.0
-    batch_size: int = 1
-    image_mean: float = 128.0
-    image_stddev: float = 33.0
+    """The flood fill's settings: google/ffn's (its inference.proto's defaults), and the config's
+    `inference` section, which is the fields made with `setting`. The first four come from the
+    model's and data's sections."""
+    fov: Tuple[int, int, int]
+    deltas: Tuple[int, int, int]
+    image_mean: float
+    image_stddev: float
+    init_activation: float = setting(0.95, "flood fill: seed probability at the seed voxel", above=0, below=1)
+    pad_value: float = setting(0.05, "flood fill: canvas probability before prediction", above=0, below=1)
+    move_threshold: float = setting(0.9, "flood fill: move to a face's max point if its probability >= this when "
+                                         "the move is taken; a flood whose seed falls below it stops and is rejected",
+                                    above=0, below=1)
+    segment_threshold: float = setting(0.6, "flood fill: voxels >= this probability join the segment",
+                                       above=0, below=1)
+    min_segment_size: int = setting(1000, "flood fill: smaller segments are rejected", at_least=0)
+    min_boundary_dist: Tuple[int, int, int] = setting((1, 1, 1), "flood fill: seeds this close to a segment are "
+                                                                 "skipped", at_least=0)
+    disco_seed_threshold: float = setting(0.0, "flood fill: once more than this fraction of a FOV is >= "
+                                               "move_threshold, voxels below 0.5 may not rise (FFN; negative: off)")
+    batch_size: int = setting(1, "flood fill: FOVs per predictor call (FFN: 1; more see an older canvas)", at_least=1)
 
 
 #: PolicyPeaks' blur of the edge map, in voxels (google/ffn ffn/inference/seed.py)
@@ -97,11 +107,10 @@ def _validate(image, options):
         raise ValueError(f"deltas must be within 0..fov//2 ({tuple(fov // 2)}), got {options.deltas}")
     if np.any(np.asarray(image.shape) < fov):
         raise ValueError(f"image shape {image.shape} is smaller than the fov {options.fov}")
-    for name in ("init_activation", "pad_value", "move_threshold", "segment_threshold"):
-        if not 0.0 < getattr(options, name) < 1.0:
-            raise ValueError(f"{name} must be a probability in (0, 1), got {getattr(options, name)}")
-    if options.batch_size < 1:
-        raise ValueError("batch_size must be >= 1")
+    for f in declared(InferenceOptions):
+        why = problem(f, getattr(options, f.name))
+        if why:
+            raise ValueError(f"{f.name} {why}")
 
 
 def scored_moves(logits, deltas, threshold):

@@ -6,8 +6,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 from matplotlib.lines import Line2D
 
-from ffnbench import strategies
-from ffnbench.bench.studies import async_variant, final_loss
+from ffnbench.bench.studies import async_variant
 from ffnbench.plots.common import log2_workers_axis, plain_log_yaxis, side_legend, strategy_color, style, title
 
 RULE_COLORS = {"none": "0.45", "linear": "#1f77b4", "sqrt": "#ff7f0e"}

@@ -9,8 +9,8 @@ import importlib
 import os
 import pkgutil
 
-from ffnbench.strategies.base import REGISTRY, Strategy  # noqa: F401
-from ffnbench.strategies.declare import Layout, LayoutError  # noqa: F401
+from ffnbench.strategies.base import REGISTRY
+from ffnbench.strategies.declare import LayoutError
 
 PLUGINS_ENV = "FFNBENCH_STRATEGIES"
 

@@ -1,9 +1,9 @@
 """commbench's yardsticks: the fastest raw way, and a loud warning when ours beats it beyond noise."""
-from ffnbench.bench.commbench import HOROVOD_WAYS, median_of, print_table
+from ffnbench.bench.commbench import HOROVOD_WAY_NAMES, median_of, print_table
 
 
 def results(raw, mpi_allreduce, horovod_seconds, ps_raw, ps_round_trip):
-    horovod = {"cycle 1 ms": {**{way: horovod_seconds for way in HOROVOD_WAYS}, "4 bytes": 0.0008,
+    horovod = {"cycle 1 ms": {**{way: horovod_seconds for way in HOROVOD_WAY_NAMES.values()}, "4 bytes": 0.0008,
                               "no Horovod": 0.0001, "4 bytes, eager": 0.0009, "no Horovod, eager": 0.00005}}
     return {"raw": raw, "mpi_allreduce": {"mpi_allreduce": mpi_allreduce}, "horovod": horovod,
             "ps_raw": ps_raw, "ps": {"PS push + pull (our protocol)": ps_round_trip, "server optimizer step": 0.001}}

@@ -1,3 +1,5 @@
+import re
+
 import pytest
 
 from ffnbench.bench.config import ConfigError, load
@@ -83,3 +85,22 @@ def test_the_defaults_are_google_ffns_except_the_listed_deviations():
                                       "batch_size")} == \
         {"init_activation": 0.95, "pad_value": 0.05, "move_threshold": 0.9, "segment_threshold": 0.6,
          "min_segment_size": 1000, "min_boundary_dist": [1, 1, 1], "disco_seed_threshold": 0.0, "batch_size": 1}
+
+
+def test_each_section_is_one_dataclass_whose_fields_carry_type_default_and_range():
+    from ffnbench.bench.config import ConfigError, load, typed
+    from ffnbench.model.inference import InferenceOptions
+    cfg = load("configs/smoke.yaml", ["inference.batch_size=4"])
+    sections = typed(cfg)
+    inference = sections["inference"]
+    assert isinstance(inference, InferenceOptions) and inference.batch_size == 4
+    assert inference.fov == tuple(cfg["model"]["fov"]) and inference.image_stddev == cfg["data"]["image_stddev"]
+    assert sections["train"].lr == cfg["train"]["lr"] and sections[None].strategy == cfg["strategy"]
+    for override, message in (("inference.move_threshold=1.5", "inference.move_threshold: must be in (0, 1)"),
+                              ("train.momentum=1", "train.momentum: must be in [0, 1)"),
+                              ("eval.every=-1", "eval.every: must be >= 0"),
+                              ("train.lr=0", "train.lr: must be > 0"),
+                              ("train.optimizer=rmsprop", "train.optimizer: must be one of sgd, momentum, adam"),
+                              ("inference.min_boundary_dist=[1,1]", "must be a list of 3 integers")):
+        with pytest.raises(ConfigError, match=re.escape(message)):
+            load("configs/smoke.yaml", [override])

@@ -27,7 +27,7 @@ def test_seeds_are_google_ffns_policy_peaks(where, ffn_seeds):
         raw = h5py.File(CROP)["raw"][()]
     else:
         raw = h5py.File(VOLUME)["raw"][100:200, 75:175, 75:175]
-    seeds = seed_peaks(normalise(raw, InferenceOptions()), margin=(16, 16, 16))
+    seeds = seed_peaks(normalise(raw, InferenceOptions(fov=(33,) * 3, deltas=(8,) * 3, image_mean=128.0, image_stddev=33.0)), margin=(16, 16, 16))
     assert len(seeds) == ffn_seeds
 
 

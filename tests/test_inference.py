@@ -3,7 +3,6 @@ import pytest
 from scipy import ndimage
 
 from ffnbench.model.inference import InferenceOptions, logit, seed_peaks, segment_volume
-from ffnbench.model.seg_metrics import segmentation_scores
 
 SHAPE = (30, 40, 40)
 TUBE_LABEL = 99
@@ -50,7 +49,8 @@ class Oracle:
 
 
 def options(**kw):
-    return InferenceOptions(fov=(9, 9, 9), deltas=(3, 3, 3), **{"min_segment_size": 200, **kw})
+    return InferenceOptions(**{"fov": (9, 9, 9), "deltas": (3, 3, 3), "image_mean": 128.0, "image_stddev": 33.0,
+                               "min_segment_size": 200, **kw})
 
 
 @pytest.fixture(scope="module")
@@ -111,9 +111,10 @@ def test_small_segments_are_rejected(volume):
 @pytest.mark.parametrize("image, opts, match", [
     (np.zeros((20, 20), np.uint8), options(), "3-D"),
     (np.zeros((8, 20, 20), np.uint8), options(), "smaller than the fov"),
-    (np.zeros((20, 20, 20), np.uint8), InferenceOptions(fov=(8, 9, 9), deltas=(3, 3, 3)), "odd"),
-    (np.zeros((20, 20, 20), np.uint8), InferenceOptions(fov=(9, 9, 9), deltas=(5, 3, 3)), "deltas"),
-    (np.zeros((20, 20, 20), np.uint8), options(move_threshold=1.5), "move_threshold"),
+    (np.zeros((20, 20, 20), np.uint8), options(fov=(8, 9, 9)), "odd"),
+    (np.zeros((20, 20, 20), np.uint8), options(deltas=(5, 3, 3)), "deltas"),
+    (np.zeros((20, 20, 20), np.uint8), options(move_threshold=1.5), r"move_threshold must be in \(0, 1\)"),
+    (np.zeros((20, 20, 20), np.uint8), options(batch_size=0), "batch_size must be >= 1"),
 ])
 def test_bad_inputs_raise_value_error(image, opts, match):
     with pytest.raises(ValueError, match=match):

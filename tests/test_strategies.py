@@ -236,7 +236,8 @@ def summary_of(run_dir):
     return json.load(open(os.path.join(run_dir, "summary.json")))
 
 
-def test_mfu_is_against_the_whole_jobs_peak(runs):
+def test_a_runs_mfu_is_against_the_peak_measured_before_its_ranks_started(runs):
+    """On this one machine (nodes == 1); the x nodes of a multi-node job: tests/test_summary.py."""
     for run in (runs("allreduce-sgd", "strategy=allreduce", "ranks=2", "train.batch_size=2", "train.optimizer=sgd",
                      "train.lr=0.05"),
                 runs("ps-1-2", "strategy=ps_async", "ranks=3", *EQUAL_PS_WORKERS)):

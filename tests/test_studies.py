@@ -111,17 +111,29 @@ def test_segmentation_table_and_baselines():
     assert np.isclose(data["are"]["allreduce x2"].interval[0], 0.60)
 
 
-@pytest.mark.parametrize("name, runs", [
+@pytest.mark.parametrize("name, runs, shown", [
     ("lr_scaling", lambda: lr_runs({("none", 1): 0.4, ("linear", 4): 0.40, ("sqrt", 4): 0.45, ("none", 4): 0.5,
-                                    ("linear", 32): 0.60, ("sqrt", 32): 0.45})),
-    ("batch_size", batch_runs), ("sync_async", sync_runs), ("segmentation", seg_runs)])
-def test_each_study_draws_its_figure(tmp_path, name, runs):
+                                    ("linear", 32): 0.60, ("sqrt", 32): 0.45}), ("lr × 1", "lr × N", "lr × √N")),
+    ("batch_size", batch_runs, ("batch 1", "batch 32")),
+    ("sync_async", sync_runs, ("sync, lr x sqrt", "async")),
+    ("segmentation", seg_runs, ("single x1", "allreduce x2", "one segment", "threshold components"))])
+def test_each_study_draws_its_figure(tmp_path, name, runs, shown):
+    """Every series of the analysis is named in the figure, every panel has data drawn, and the image
+    is not blank."""
+    import matplotlib.image
     from ffnbench.plots.common import save
     from ffnbench.plots.studies import FIGURES
     made = runs()
     data, _ = studies.ANALYSES[name](made, INDEX)
-    png, _ = save(FIGURES[name](made, data), str(tmp_path), name)
-    assert open(png, "rb").read(8) == b"\x89PNG\r\n\x1a\n"
+    fig = FIGURES[name](made, data)
+    texts = " | ".join(t.get_text() for t in fig.findobj(lambda a: hasattr(a, "get_text")))
+    assert all(label in texts for label in shown), (shown, texts)
+    for ax in fig.axes:
+        drawn = sum(len(line.get_xdata()) for line in ax.get_lines()) + len(ax.patches) + len(ax.collections)
+        assert drawn > 0, f"an empty panel: {ax.get_title()!r}"
+    png, _ = save(fig, str(tmp_path), name)
+    pixels = matplotlib.image.imread(png)
+    assert pixels.shape[0] > 300 and pixels.shape[1] > 300 and pixels.std() > 0.05
 
 
 def test_an_unknown_study_is_one_line():
