@@ -11,22 +11,24 @@ def _die(message, code=2):
 
 
 def cmd_run(args):
-    from ffnbench.bench import config, launcher
+    from ffnbench.bench import config
+    from ffnbench.bench.run import launcher
     cfg = config.load(args.config, args.set)
     _, error = launcher.run_experiment(cfg, args.out)
     return _die(error, 1) if error else 0
 
 
 def cmd_resume(args):
-    from ffnbench.bench import launcher
+    from ffnbench.bench.run import launcher
     _, error = launcher.resume_experiment(args.run_dir)
     return _die(error, 1) if error else 0
 
 
 def cmd_train(args):
-    from ffnbench.bench import config, context, control
-    from ffnbench.bench.jobs import scheduler_job_id, scheduler_run_dir
-    from ffnbench.bench.rank import train
+    from ffnbench.bench import config
+    from ffnbench.bench.run import context, control
+    from ffnbench.bench.plan.jobs import scheduler_job_id, scheduler_run_dir
+    from ffnbench.bench.run.rank import train
     cfg = config.load(args.config, args.set)
     run_dir = args.run_dir or scheduler_run_dir(cfg)
     os.makedirs(run_dir, exist_ok=True)
@@ -36,7 +38,7 @@ def cmd_train(args):
         signal.signal(signal.SIGTERM, _interrupt)
     def interrupted(e):
         if ctl().rank == 0:
-            from ffnbench.bench.summary import write_failure
+            from ffnbench.bench.run.summary import write_failure
             write_failure(run_dir, "interrupted", f"interrupted by {e or 'SIGINT'}; the job was stopped")
     try:
         train(cfg, run_dir)
@@ -75,13 +77,13 @@ def record_config(cfg, run_dir):
 
 
 def _interrupt(signum, frame):
-    from ffnbench.bench.launcher import Interrupted
+    from ffnbench.bench.run.launcher import Interrupted
     raise Interrupted(signum)
 
 
 def cmd_peak(args):
-    from ffnbench.bench.peak import PEAK_DTYPE, matmul_peak
-    from ffnbench.bench.rank import configure_threads
+    from ffnbench.bench.run.peak import PEAK_DTYPE, matmul_peak
+    from ffnbench.bench.run.rank import configure_threads
     threads = args.threads or os.cpu_count()
     configure_threads(threads)
     peaks = {dtype: matmul_peak(seconds=args.seconds, dtype=dtype) for dtype in PEAK_DTYPE.values()}
@@ -133,20 +135,20 @@ def cmd_sweep(args):
     if given and not args.scheduler:
         raise ValueError(f"sweep: {', '.join(given)} place batch jobs; add --scheduler slurm, or drop them to run here")
     if args.scheduler == "slurm":
-        from ffnbench.bench.sweep_jobs import run_sweep_on_slurm
+        from ffnbench.bench.plan.sweep_jobs import run_sweep_on_slurm
         options = {"ranks_per_node": args.ranks_per_node, "threads": args.threads, "walltime": args.walltime,
                    "account": args.account, "queue": args.queue, "mpi": args.mpi, "cpu_bind": not args.no_cpu_bind,
                    "one_at_a_time": args.one_at_a_time}
         sweep_dir, failed = run_sweep_on_slurm(args.sweep, args.out, args.set, options)
     else:
-        from ffnbench.bench.sweep import run_sweep
+        from ffnbench.bench.plan.sweep import run_sweep
         sweep_dir, failed = run_sweep(args.sweep, args.out, args.set)
     return _die(f"{failed} run(s) of the sweep failed; see {sweep_dir}/index.json", 1) if failed else 0
 
 
 def cmd_study(args):
-    from ffnbench.bench import studies
-    from ffnbench.bench.sweep import load_sweep, run_sweep
+    from ffnbench.bench.plan import studies
+    from ffnbench.bench.plan.sweep import load_sweep, run_sweep
     path = studies.study_file(args.name)
     name = load_sweep(path)["name"]
     if name not in studies.ANALYSES:
@@ -168,7 +170,7 @@ def cmd_study(args):
 
 
 def cmd_report(args):
-    from ffnbench.bench.report import build_report
+    from ffnbench.bench.analyse.report import build_report
     text, _, seg = build_report(args.dir, args.target_loss)
     if args.seg_table:
         print(seg or f"no run below {args.dir} has eval.json (ARE, VOI)")
@@ -186,7 +188,7 @@ def cmd_plot(args):
 
 
 def cmd_evaluate(args):
-    from ffnbench.bench.segmentation_eval import evaluate, evaluate_checkpoint, speed_line, table
+    from ffnbench.bench.measure.segmentation_eval import evaluate, evaluate_checkpoint, speed_line, table
     from ffnbench.plots.segmentation import plot_segmentation
     if args.checkpoint:
         if args.run_dir or not args.config:
@@ -209,7 +211,7 @@ def cmd_evaluate(args):
 
 
 def cmd_export(args):
-    from ffnbench.bench.results import is_complete
+    from ffnbench.bench.analyse.results import is_complete
     from ffnbench.model import ffn_checkpoint as fc
     if not os.path.isfile(os.path.join(args.run_dir, "config.yaml")):
         raise ValueError(f"export {args.run_dir}: not a run directory (no config.yaml)")
@@ -224,7 +226,7 @@ def cmd_export(args):
 
 
 def cmd_job(args):
-    from ffnbench.bench.jobs import job_script
+    from ffnbench.bench.plan.jobs import job_script
     script = job_script(args.config, args.scheduler, args.nodes, args.ranks_per_node, args.threads, args.set,
                         walltime=args.walltime, account=args.account, queue=args.queue, mpi=args.mpi,
                         cpu_bind=not args.no_cpu_bind)
@@ -238,7 +240,7 @@ def cmd_job(args):
 
 
 def cmd_calibrate(args):
-    from ffnbench.bench.calibrate import calibrate, ranks_main
+    from ffnbench.bench.measure.calibrate import calibrate, ranks_main
     if args.ranks_part:
         ranks_main(args.ranks_part, args.params)
         return 0
@@ -256,7 +258,7 @@ def cmd_calibrate(args):
 
 def cmd_simulate(args):
     from dataclasses import replace
-    from ffnbench.bench import simulate
+    from ffnbench.bench.analyse import simulate
     net = simulate.network(args.network)
     if args.validate:
         rows, notes = simulate.validate(args.validate, net)
@@ -265,7 +267,7 @@ def cmd_simulate(args):
             print(note)
         return 0
     if args.failures:
-        from ffnbench.bench import failures
+        from ffnbench.bench.analyse import failures
         fi = failures.FailureInputs(mtbf_node_h=args.mtbf_hours, work_h=args.work_hours,
                                     checkpoint_s=args.checkpoint_s, restart_s=args.restart_s,
                                     commit_every_s=args.commit_every_s, rendezvous_s=args.rendezvous_s,
@@ -290,7 +292,8 @@ def cmd_simulate(args):
 
 def cmd_faultbench(args):
     import json
-    from ffnbench.bench import config, faultbench
+    from ffnbench.bench import config
+    from ffnbench.bench.measure import faultbench
     cfg = config.load(args.config, args.set)
     victim = args.victim if args.victim is not None else cfg["ranks"] - 1
     if not 0 < victim < cfg["ranks"]:
@@ -305,14 +308,15 @@ def cmd_faultbench(args):
 
 
 def cmd_commbench(args):
-    from ffnbench.bench import commbench, config
+    from ffnbench.bench.measure import commbench
+    from ffnbench.bench import config
     cfg = config.load(args.config)
     if args.ranks_part:
         commbench.ranks_main(args.ranks_part, cfg)
         return 0
     if args.rounds < 1:
         raise config.ConfigError(f"--rounds must be >= 1 (got {args.rounds})")
-    from ffnbench.bench.launcher import cli_command
+    from ffnbench.bench.run.launcher import cli_command
     results, params = commbench.measure(args.config, cfg, args.ranks, cli_command, args.rounds)
     return 1 if commbench.print_table(results, params, args.ranks) else 0
 
@@ -342,7 +346,7 @@ def add_overrides(p, help="override a config field (dotted.key=value; the value 
 
 
 def parser():
-    from ffnbench.bench.simulator import PAPER_PARAMS
+    from ffnbench.bench.analyse.simulator import PAPER_PARAMS
     p = argparse.ArgumentParser(prog="ffnbench", description="Distributed FFN training benchmarks")
     sub = p.add_subparsers(dest="command", required=True)
     r = sub.add_parser("run", help="run one experiment (launches mpirun for ranks > 1)")

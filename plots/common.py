@@ -11,7 +11,7 @@ from matplotlib.ticker import (FixedFormatter, FixedLocator, FuncFormatter, LogL
                                NullLocator)
 
 from ffnbench import strategies  # noqa: E402
-from ffnbench.bench.results import fields_text, machine, sortable, varying_fields  # noqa: E402
+from ffnbench.bench.analyse.results import fields_text, machine, sortable, varying_fields  # noqa: E402
 
 #: each built-in strategy's colour in every figure (tab10's, one family of hues per family)
 STRATEGY_COLORS = {"single": "#4d4d4d", "allreduce": "#1f77b4", "mpi_allreduce": "#17becf",

@@ -7,7 +7,7 @@ import numpy as np
 from matplotlib.lines import Line2D
 
 from ffnbench import strategies
-from ffnbench.bench.results import (NOT_THROUGHPUT, aggregate_rates, baseline_rate, effective_lr, fields_text,
+from ffnbench.bench.analyse.results import (NOT_THROUGHPUT, aggregate_rates, baseline_rate, effective_lr, fields_text,
                                     staleness_values, varying_fields)
 from ffnbench.plots.common import (PHASE_COLORS, geometric_edges, label_keys, log2_workers_axis, plain_log_yaxis,
                                    run_sort_key, series_label, series_styles, side_legend, strategies_text,

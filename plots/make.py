@@ -1,7 +1,7 @@
 """`ffnbench plot DIR`: every figure the runs below DIR have data for, as PNG and SVG in DIR/plots/."""
 import os
 
-from ffnbench.bench.results import Targets, collect_runs, target_f1
+from ffnbench.bench.analyse.results import Targets, collect_runs, target_f1
 from ffnbench.plots.common import save, style
 from ffnbench.plots.figures import FIGURES, Skip
 

@@ -1,4 +1,4 @@
-"""The figures of `ffnbench study NAME`: each draws the cells its analysis (bench/studies.py) computed,
+"""The figures of `ffnbench study NAME`: each draws the cells its analysis (bench/plan/studies.py) computed,
 every seed as a dot beside the mean and its 95 % interval, so the spread is seen, not just told."""
 from collections import defaultdict
 
@@ -6,7 +6,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 from matplotlib.lines import Line2D
 
-from ffnbench.bench.studies import async_variant
+from ffnbench.bench.plan.studies import async_variant
 from ffnbench.plots.common import log2_workers_axis, plain_log_yaxis, side_legend, strategy_color, style, title
 
 RULE_COLORS = {"none": "0.45", "linear": "#1f77b4", "sqrt": "#ff7f0e"}

@@ -129,7 +129,7 @@ class HorovodAllreduce(SyncDataParallel):
 
     def finish(self):
         final = super().finish()
-        if not self.ctx.layout.options["elastic"]:  # an elastic job's Horovod is bench's too, until the end (bench/control.py)
+        if not self.ctx.layout.options["elastic"]:  # an elastic job's Horovod is bench's too, until the end (bench/run/control.py)
             self.hvd.shutdown()
         return final
 

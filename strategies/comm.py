@@ -1,6 +1,6 @@
 """The MPI operations a strategy calls: start-up, bounded waits and collectives, the gradient's wire
 format, messages of several arrays, and abort. (Starting ranks, and bench's own messages between
-them, are bench's: bench/processes.py and bench/control.py.)
+them, are bench's: bench/run/processes.py and bench/run/control.py.)
 
 Waits poll nonblocking requests: Open MPI busy-polls inside blocking calls, and a deadline turns a
 lost peer into one clear error and an MPI Abort. A nonblocking collective only progresses inside MPI

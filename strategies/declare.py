@@ -9,7 +9,7 @@ from typing import Any, Dict, List, Optional, Tuple
 #: how a strategy's ranks are started: by mpirun (or srun, aprun) as one MPI job, or by horovodrun as
 #: an elastic Horovod job over Gloo, whose ring shrinks when a worker is lost
 LAUNCHES = ("mpirun", "horovodrun_elastic")
-#: the models of bench/simulator.py that predict a strategy's throughput at scale
+#: the models of bench/analyse/simulator.py that predict a strategy's throughput at scale
 SIMULATOR_MODELS = ("ring_allreduce", "async_ps", "sync_ps")
 
 

@@ -1,7 +1,7 @@
 """What a strategy records, and the Recorder it records through: the schema that the summary, the
 report and the plots read, written once here.
 
-Bench implements the Recorder (bench/recorder.py) and reacts to the records: a step record advances
+Bench implements the Recorder (bench/run/recorder.py) and reacts to the records: a step record advances
 the progress bar and may trigger an evaluation or a checkpoint.
 """
 from __future__ import annotations
@@ -106,7 +106,7 @@ class CommitRecord:
 class ResumeRecord:
     """Training continued from the state after `step` steps: a resumed run's checkpoint, or an elastic
     job's last commit after a lost worker. What each rank recorded after its commit of that step is
-    superseded (bench/results.py read_records, the one place that rule is applied)."""
+    superseded (bench/analyse/results.py read_records, the one place that rule is applied)."""
     kind: ClassVar[str] = "resume"
     rank: int
     step: int
@@ -118,7 +118,7 @@ RECORD_TYPES = {cls.kind: cls for cls in (StepRecord, UpdateRecord, ServerRecord
 
 
 class Recorder(Protocol):
-    """What a strategy records. Bench implements it (bench/recorder.py) and reacts to the records:
+    """What a strategy records. Bench implements it (bench/run/recorder.py) and reacts to the records:
     a step record advances the progress bar and may trigger an evaluation or a checkpoint."""
 
     def phase(self, name: str) -> ContextManager[None]:

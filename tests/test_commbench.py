@@ -1,5 +1,5 @@
 """commbench's yardsticks: the fastest raw way, and a loud warning when ours beats it beyond noise."""
-from ffnbench.bench.commbench import HOROVOD_WAY_NAMES, median_of, print_table
+from ffnbench.bench.measure.commbench import HOROVOD_WAY_NAMES, median_of, print_table
 
 
 def results(raw, mpi_allreduce, horovod_seconds, ps_raw, ps_round_trip):

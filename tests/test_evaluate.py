@@ -4,7 +4,7 @@ import h5py
 import numpy as np
 import pytest
 
-from ffnbench.bench.segmentation_eval import FIELDS
+from ffnbench.bench.measure.segmentation_eval import FIELDS
 
 EVAL_FIELDS = set(FIELDS) | {"seconds", "whole_volume", "speed", "segmentation", "inference"}
 

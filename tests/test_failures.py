@@ -4,8 +4,8 @@ import math
 
 import pytest
 
-from ffnbench.bench import failures
-from ffnbench.bench.failures import FailureInputs, goodput, young_interval
+from ffnbench.bench.analyse import failures
+from ffnbench.bench.analyse.failures import FailureInputs, goodput, young_interval
 
 
 def test_no_failures_cost_only_checkpoints():

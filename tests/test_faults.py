@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from conftest import ROOT, ffnbench
-from ffnbench.bench.faultbench import rank_pids
+from ffnbench.bench.measure.faultbench import rank_pids
 
 SMOKE = "configs/smoke.yaml"
 
@@ -118,7 +118,8 @@ def test_exponent_floats_are_numbers(tmp_path):
 
 
 def test_memory_estimate_warns_when_oversubscribed_and_refuses_past_the_machine(monkeypatch, capsys):
-    from ffnbench.bench import config, launcher
+    from ffnbench.bench import config
+    from ffnbench.bench.run import launcher
     cfg = config.load(SMOKE, ["strategy=mpi_allreduce", "ranks=64"])
     monkeypatch.setattr(launcher, "available_memory", lambda: 100e9)
     launcher.check_memory(cfg)
@@ -129,7 +130,8 @@ def test_memory_estimate_warns_when_oversubscribed_and_refuses_past_the_machine(
 
 
 def test_run_directories_are_unique_and_claimed(tmp_path):
-    from ffnbench.bench import config, launcher
+    from ffnbench.bench import config
+    from ffnbench.bench.run import launcher
     cfg = config.load(SMOKE, [f"run.out={tmp_path}"])
     first, lock1 = launcher.make_run_dir(cfg)
     second, lock2 = launcher.make_run_dir(cfg)  # the same second, most likely: a suffix keeps them apart
@@ -146,7 +148,7 @@ def test_run_directories_are_unique_and_claimed(tmp_path):
 
 
 def test_a_stalled_step_is_flagged():
-    from ffnbench.bench.summary import stall_stats
+    from ffnbench.bench.run.summary import stall_stats
     from ffnbench.strategies.records import StepRecord
     steps = [StepRecord(rank=0, step=i, time=i, fovs=2, loss=0.5, model_version=i, compute_s=0.1, comm_s=0.0,
                         data_s=0.0, wait_s=0.0, step_s=150.0 if i == 7 else 0.1) for i in range(20)]
@@ -308,7 +310,7 @@ def interrupted(layout, cut, steps):
     code, _, err = finished(proc, 60)
     assert code == 128 + signal.SIGTERM, err
     assert strict_json(str(cut / "summary.json"))["status"] == "interrupted"
-    from ffnbench.bench import checkpoints
+    from ffnbench.bench.run import checkpoints
     return checkpoints.latest(str(cut))
 
 
@@ -322,7 +324,7 @@ def test_a_resumed_run_ends_with_bitwise_the_weights_of_an_uninterrupted_one(str
     assert r.returncode == 0, r.stderr
 
     checkpoint = interrupted(layout, cut, 10 * len(workers))
-    from ffnbench.bench import checkpoints
+    from ffnbench.bench.run import checkpoints
     step = checkpoints.read_meta(checkpoint)["step"]
     assert 7 <= step < WARMUP, "the interruption is meant to fall inside the lr warm-up"
     stream = checkpoints.split(checkpoints.load_rank(checkpoint, workers[0]), "stream")
@@ -334,7 +336,7 @@ def test_a_resumed_run_ends_with_bitwise_the_weights_of_an_uninterrupted_one(str
     a, b = final_weights(whole), final_weights(cut)
     assert a.keys() == b.keys() and all(np.array_equal(a[k], b[k]) for k in a), "not bitwise equal"
     # the file keeps both attempts; read through the resume rule, each step is there once
-    from ffnbench.bench.results import read_records
+    from ffnbench.bench.analyse.results import read_records
     records = read_records(str(cut))
     assert sorted((x.rank, x.step) for x in records.steps) == [(rank, s) for rank in workers for s in range(STEPS)]
     assert sorted((x.rank, x.step) for x in records.resumes) == [(rank, step) for rank in range(ranks)]
@@ -349,14 +351,14 @@ def test_async_ps_resumes_from_a_consistent_snapshot(tmp_path):
     cut = tmp_path / "cut"
     layout = ["--set", "strategy=ps_async", "--set", "ranks=3"]
     checkpoint = interrupted(layout, cut, 40)
-    from ffnbench.bench import checkpoints
+    from ffnbench.bench.run import checkpoints
     step = checkpoints.read_meta(checkpoint)["step"]
     server = checkpoints.split(checkpoints.load_rank(checkpoint, 0), "strategy")
     assert int(server["version"]) == 2 * step and server["pushes"].tolist() == [step, step]
     assert server["optimizer.m"].shape == server["shard"].shape and int(server["optimizer.t"]) == 2 * step
     r = ffnbench("resume", str(cut), timeout=300)
     assert r.returncode == 0, r.stderr
-    from ffnbench.bench.results import read_records
+    from ffnbench.bench.analyse.results import read_records
     records = read_records(str(cut))
     assert sorted(x.version for x in records.updates) == list(range(2 * STEPS))
     assert sorted((x.rank, x.step) for x in records.steps) == [(rank, s) for rank in (1, 2) for s in range(STEPS)]
@@ -405,7 +407,7 @@ def test_elastic_allreduce_shrinks_the_ring_when_a_worker_is_lost(tmp_path):
     [lost] = [x for x in records if x["kind"] == "lost"]
     assert resume % 7 == 0 and 0 < resume < 150 and lost["pushes"] == resume
     # the steps after the last commit were redone by the two left: each step once per worker that made it
-    from ffnbench.bench.results import read_records
+    from ffnbench.bench.analyse.results import read_records
     kept = sorted((r.rank, r.step) for r in read_records(str(out)).steps)
     assert kept == sorted([(r, s) for r in (0, 2) for s in range(150)] + [(1, s) for s in range(resume)])
     assert summary["fovs_total"] == 2 * (3 * resume + 2 * (150 - resume))
@@ -429,7 +431,7 @@ def test_elastic_allreduce_refuses_more_workers_than_this_machine_has_names(tmp_
 
 
 def test_faultbench_charges_the_survivors_longest_wait_after_the_victims_last_step():
-    from ffnbench.bench.faultbench import survivors_stall
+    from ffnbench.bench.measure.faultbench import survivors_stall
     from ffnbench.strategies.records import StepRecord
 
     def step(rank, i, t):

@@ -6,7 +6,7 @@ import sys
 import pytest
 
 from conftest import ROOT
-from ffnbench.bench.jobs import SCHEDULERS, render_job
+from ffnbench.bench.plan.jobs import SCHEDULERS, render_job
 
 
 def lines(script):

@@ -99,12 +99,12 @@ def imported_modules(folder):
     import ast
     import pathlib
     root = pathlib.Path(__file__).resolve().parents[1] / folder
-    for path in sorted(root.glob("*.py")):
+    for path in sorted(root.rglob("*.py")):
         for node in ast.walk(ast.parse(path.read_text())):
             if isinstance(node, ast.Import):
-                yield from ((path.name, alias.name) for alias in node.names)
+                yield from ((str(path.relative_to(root)), alias.name) for alias in node.names)
             elif isinstance(node, ast.ImportFrom) and node.module:
-                yield from ((path.name, f"{node.module}.{alias.name}") for alias in node.names)
+                yield from ((str(path.relative_to(root)), f"{node.module}.{alias.name}") for alias in node.names)
 
 
 #: the modules of strategies/ that bench and plots may import: the contract and the MPI layer
@@ -119,7 +119,7 @@ def test_bench_and_plots_see_only_the_registry_the_contract_and_the_mpi_layer():
             if module.startswith("ffnbench.strategies."):
                 submodule = module.split(".")[2]
                 assert submodule in CONTRACT or submodule not in submodules, f"{folder}/{name} imports {module}"
-    assert not [m for _, m in imported_modules("plots") if m.startswith("ffnbench.bench.report")]
+    assert not [m for _, m in imported_modules("plots") if m.startswith("ffnbench.bench.analyse.report")]
     bench_to_plots = [(n, m) for n, m in imported_modules("bench") if m.startswith("ffnbench.plots")]
     assert {n for n, _ in bench_to_plots} <= {"cli.py"}, bench_to_plots
 
@@ -160,7 +160,7 @@ def test_no_module_outside_strategies_reads_a_strategys_saved_state():
                          for k in d.keys if isinstance(k, ast.Constant) and isinstance(k.value, str)}
     assert {"shard", "version", "lost"} <= keys  # the parameter server's, found
     for folder in ("bench", "plots", "model"):
-        for path in (root / folder).glob("*.py"):
+        for path in (root / folder).rglob("*.py"):
             strings = {n.value for n in ast.walk(ast.parse(path.read_text()))
                        if isinstance(n, ast.Constant) and isinstance(n.value, str)}
             read = sorted(s for s in strings if s.startswith("strategy.") and s.split(".", 1)[1] in keys)
@@ -172,3 +172,28 @@ def test_strategies_and_model_import_neither_bench_nor_each_other():
         assert not module.startswith(("ffnbench.bench", "ffnbench.model", "ffnbench.plots")), (name, module)
     for name, module in imported_modules("model"):
         assert not module.startswith(("ffnbench.bench", "ffnbench.strategies", "ffnbench.plots")), (name, module)
+
+
+#: bench's groups and what each may import: data flows config -> run -> analyse, never back; planning
+#: and measuring use both; only the CLI sees plots
+BENCH_LAYERS = {
+    "config": {"model", "strategies"},
+    "analyse": {"config", "model", "strategies"},
+    "run": {"config", "analyse", "model", "strategies"},
+    "measure": {"config", "run", "analyse", "model", "strategies"},
+    "plan": {"config", "run", "measure", "analyse", "model", "strategies"},
+}
+
+
+def test_benchs_groups_import_one_way():
+    import pathlib
+    root = pathlib.Path(__file__).resolve().parents[1] / "bench"
+    layers = {path.relative_to(root).parts[0].removesuffix(".py") for path in root.rglob("*.py")} - {"__init__"}
+    assert layers == set(BENCH_LAYERS) | {"cli"}, layers
+    for name, module in imported_modules("bench"):
+        layer = name.split("/")[0].removesuffix(".py")
+        parts = module.split(".")
+        if layer == "cli" or parts[0] != "ffnbench":
+            continue
+        target = parts[2] if parts[1] == "bench" and len(parts) > 2 else parts[1]
+        assert target == layer or target in BENCH_LAYERS[layer], f"bench/{name} imports {module}"

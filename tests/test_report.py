@@ -8,9 +8,9 @@ import pytest
 import yaml
 
 from ffnbench.bench import config
-from ffnbench.bench.report import build_report, efficiency, speedup, time_to_target
-from ffnbench.bench.results import aggregate_rates, read_records, staleness_values
-from ffnbench.bench.summary import rate_stats
+from ffnbench.bench.analyse.report import build_report, efficiency, speedup, time_to_target
+from ffnbench.bench.analyse.results import aggregate_rates, read_records, staleness_values
+from ffnbench.bench.run.summary import rate_stats
 from ffnbench.strategies.records import EvalRecord, UpdateRecord
 
 

@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 from scipy.stats import norm
 
-from ffnbench.bench.calibrate import calibrate_network
-from ffnbench.bench.simulator import (NETWORK_PRESETS, SimInputs, paper_calibration_check, sync_ps_comm_s,
+from ffnbench.bench.measure.calibrate import calibrate_network
+from ffnbench.bench.analyse.simulator import (NETWORK_PRESETS, SimInputs, paper_calibration_check, sync_ps_comm_s,
                                       ring_allreduce_s, simulate)
 from ffnbench.strategies import comm
 
@@ -160,7 +160,7 @@ def test_calibration_needs_two_ranks():
 CALIBRATE = f"""
 import os
 from mpi4py import MPI
-from ffnbench.bench.calibrate import calibrate_network
+from ffnbench.bench.measure.calibrate import calibrate_network
 alpha, beta, table = calibrate_network(MPI.COMM_WORLD, sizes=(8, 4096, 65536, 1 << 20),
                                        repeats=10, timeout_s=30)
 assert [row["bytes"] for row in table] == [8, 4096, 65536, 1 << 20]

@@ -3,7 +3,7 @@ import math
 
 import pytest
 
-from ffnbench.bench.stats import final_value, first_crossing, mean_ci, ratio_ci, verdict
+from ffnbench.bench.analyse.stats import final_value, first_crossing, mean_ci, ratio_ci, verdict
 
 
 def test_mean_ci_is_the_t_interval():

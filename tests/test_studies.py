@@ -8,8 +8,8 @@ import pytest
 import yaml
 
 from conftest import ffnbench
-from ffnbench.bench import studies
-from ffnbench.bench.results import RunData
+from ffnbench.bench.plan import studies
+from ffnbench.bench.analyse.results import RunData
 from ffnbench.strategies.records import EvalRecord
 
 

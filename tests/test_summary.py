@@ -5,8 +5,8 @@ from dataclasses import asdict
 import numpy as np
 import pytest
 
-from ffnbench.bench import summary
-from ffnbench.bench.results import read_records
+from ffnbench.bench.run import summary
+from ffnbench.bench.analyse.results import read_records
 from ffnbench.strategies.records import CommitRecord, EvalRecord, ResumeRecord, StepRecord, UpdateRecord
 
 

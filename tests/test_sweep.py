@@ -5,8 +5,9 @@ import os
 import pytest
 import yaml
 
-from ffnbench.bench import launcher, peak, sweep
-from ffnbench.bench.context import layout_of
+from ffnbench.bench.run import launcher, peak
+from ffnbench.bench.plan import sweep
+from ffnbench.bench.run.context import layout_of
 from conftest import ROOT, ffnbench
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"

@@ -29,7 +29,7 @@ import time
 import numpy as np
 from tqdm import tqdm
 
-from ffnbench.bench import control, processes
+from ffnbench.bench.run import control, processes
 
 #: plain MPI's ways to all-reduce (the yardstick's candidates), each run under both yield settings
 RAW_WAYS = ("Allreduce", "Iallreduce+Wait", "Iallreduce+Test loop")
@@ -164,7 +164,7 @@ def ps_main(cfg):
     """Ranks 0 (server) and 1 (worker): the push + pull round trip of the whole vector through our
     PS protocol, and the server's optimizer step on it, timed apart."""
     from ffnbench import strategies
-    from ffnbench.bench.context import training_settings
+    from ffnbench.bench.run.context import training_settings
     world = control.init_world()
     params = _params(cfg)
     settings = training_settings(cfg)

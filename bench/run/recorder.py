@@ -12,7 +12,7 @@ from contextlib import contextmanager
 from dataclasses import asdict
 from typing import Callable, Dict, List, Optional
 
-from ffnbench.bench.results import strict_json
+from ffnbench.bench.analyse.results import strict_json
 from ffnbench.strategies.records import (PAUSES, PHASES, CommitRecord, EvalRecord, LostRecord, ResumeRecord,
                                          ServerRecord, StepRecord, UpdateRecord)
 

@@ -18,9 +18,9 @@ import time
 
 import numpy as np
 
-from ffnbench.bench import context
-from ffnbench.bench.launcher import cli_command
-from ffnbench.bench.results import COMPLETE, read_records, read_summary, stored_config
+from ffnbench.bench.run import context
+from ffnbench.bench.run.launcher import cli_command
+from ffnbench.bench.analyse.results import COMPLETE, read_records, read_summary, stored_config
 
 
 def rank_pids(run_dir):

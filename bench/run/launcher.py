@@ -14,10 +14,10 @@ import numpy as np
 import yaml
 
 from ffnbench import strategies
-from ffnbench.bench import context, peak, summary as summ
+from ffnbench.bench.run import context, peak, summary as summ
 from ffnbench.bench.config import ConfigError
-from ffnbench.bench.results import is_complete, read_summary
-from ffnbench.bench import processes
+from ffnbench.bench.analyse.results import is_complete, read_summary
+from ffnbench.bench.run import processes
 
 # Open MPI's multi-line banners around an abort add nothing to our one-line error.
 _MPI_NOISE = re.compile(r"^(-{20,}|MPI_ABORT|NOTE: invoking|You may or may not|exactly when|with errorcode|"
@@ -351,7 +351,8 @@ def run_experiment(cfg, out=None, node_peak=None, volumes_dir=None):
 
 def resume_experiment(run_dir, node_peak=None, volumes_dir=None):
     """Continue an interrupted run from its newest complete checkpoint; as run_experiment."""
-    from ffnbench.bench import checkpoints, config
+    from ffnbench.bench.run import checkpoints
+    from ffnbench.bench import config
     cfg = config.load(os.path.join(run_dir, "config.yaml"))
     layout = context.layout_of(cfg)
     if not layout.traits.resumable:
@@ -380,8 +381,8 @@ RECOVERY_ENV = {"OMPI_MCA_orte_enable_recovery": "1"}
 
 def can_resume(run_dir):
     """Whether RUN_DIR holds an incomplete run of a resumable strategy with a complete checkpoint."""
-    from ffnbench.bench import checkpoints
-    from ffnbench.bench.results import stored_config
+    from ffnbench.bench.run import checkpoints
+    from ffnbench.bench.analyse.results import stored_config
     cfg = stored_config(run_dir)
     return bool(cfg and not is_complete(run_dir) and cfg.get("strategy") in strategies.names()
                 and context.layout_of(cfg).traits.resumable and checkpoints.latest(run_dir))

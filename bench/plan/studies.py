@@ -15,8 +15,8 @@ from typing import Dict, List, Optional
 import numpy as np
 
 from ffnbench.bench.config import ConfigError
-from ffnbench.bench.results import collect_runs
-from ffnbench.bench.stats import difference_ci, final_value, first_crossing, mean_ci
+from ffnbench.bench.analyse.results import collect_runs
+from ffnbench.bench.analyse.stats import difference_ci, final_value, first_crossing, mean_ci
 
 STUDY_DIR = os.path.join("configs", "studies")
 #: the segmentation study's test volume: another generator seed and density than any training volume
@@ -292,7 +292,7 @@ def evaluate_on_test_volume(sweep_dir, runs):
     A run was scored on it if its eval.json names SWEEP_DIR's test_volume.h5, wherever that directory
     has since moved: an archived study (no checkpoints, no test volume) is redrawn without re-scoring.
     """
-    from ffnbench.bench.segmentation_eval import evaluate
+    from ffnbench.bench.measure.segmentation_eval import evaluate
     from ffnbench.model.synthetic import make_volume, write_h5
     path = os.path.join(sweep_dir, "test_volume.h5")
     spec = f"{path}:image,{path}:labels"

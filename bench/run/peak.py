@@ -4,7 +4,7 @@ the peak of the precision its convolutions compute in).
 Measured with all of a node's cores in a fresh process (its own TensorFlow threads), where nothing
 else of the job runs: by `ffnbench run` before any rank starts (a sweep also measures once before its
 first run, and each run keeps the higher of the two, since a disturbed measurement only reads low),
-and handed to the ranks in the run directory (bench/context.py Handoff); a job started by another launcher (srun, aprun)
+and handed to the ranks in the run directory (bench/run/context.py Handoff); a job started by another launcher (srun, aprun)
 measures it on rank 0 after set-up, while the other ranks sleep.
 """
 import json
@@ -40,7 +40,7 @@ def node_peak(during, timeout_s=120.0):
     Args:
         during: what the rest of the job was doing meanwhile, for the record.
     """
-    from ffnbench.bench.launcher import cli_command
+    from ffnbench.bench.run.launcher import cli_command
     cores = os.cpu_count() or 1
     proc = subprocess.run(cli_command("peak", "--threads", str(cores), "--seconds", "2", "--json"),
                           capture_output=True, text=True, timeout=timeout_s)

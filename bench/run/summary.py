@@ -6,8 +6,8 @@ from dataclasses import asdict
 
 import numpy as np
 
-from ffnbench.bench.peak import PEAK_DTYPE
-from ffnbench.bench.results import COMPLETE, read_records, staleness_values, strict_json
+from ffnbench.bench.run.peak import PEAK_DTYPE
+from ffnbench.bench.analyse.results import COMPLETE, read_records, staleness_values, strict_json
 from ffnbench.strategies.records import EvalRecord
 
 STEP_TIMES = ("step_s", "compute_s", "comm_s", "data_s", "wait_s")

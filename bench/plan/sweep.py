@@ -40,11 +40,12 @@ import signal
 import sys
 import time
 
-from ffnbench.bench import config, launcher, peak
-from ffnbench.bench.context import layout_of
-from ffnbench.bench.results import COMPLETE, DEFAULT_TARGET_F1, is_complete, stored_config
+from ffnbench.bench import config
+from ffnbench.bench.run import launcher, peak
+from ffnbench.bench.run.context import layout_of
+from ffnbench.bench.analyse.results import COMPLETE, DEFAULT_TARGET_F1, is_complete, stored_config
 from ffnbench.bench.config import ConfigError
-from ffnbench.bench.summary import write_json_atomic
+from ffnbench.bench.run.summary import write_json_atomic
 
 SWEEP_KEYS = ("name", "base", "set", "runs", "grid", "fov_budget", "repeats", "report", "out")
 REPORT_KEYS = ("target_loss", "target_f1")

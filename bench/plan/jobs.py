@@ -157,8 +157,8 @@ def job_script(config_path, scheduler, nodes, ranks_per_node=1, threads_per_rank
     (one ConfigError/LayoutError line otherwise), its path absolute, its run directory and log under
     run.out named after the job, and this installation's `ffnbench` on PATH."""
     from ffnbench.bench import config
-    from ffnbench.bench.context import layout_of
-    from ffnbench.bench.sweep_jobs import ffnbench_dir
+    from ffnbench.bench.run.context import layout_of
+    from ffnbench.bench.plan.sweep_jobs import ffnbench_dir
     ranks = nodes * ranks_per_node
     cfg = config.load(config_path, [*overrides, f"ranks={ranks}"])
     layout_of(cfg)  # e.g. strategy single cannot run in 2 ranks

@@ -1,7 +1,7 @@
 """`ffnbench calibrate`: this machine's MPI alpha/beta, a raw Allreduce of one gradient, and the costs
 of the strategies' own machinery (e.g. a parameter server's update), for the simulator.
 
-The ping-pong runs in two ranks that `calibrate` starts through bench/processes.py, with the same MCA
+The ping-pong runs in two ranks that `calibrate` starts through bench/run/processes.py, with the same MCA
 settings as the strategies it is a yardstick for; the parent process never becomes an MPI rank.
 """
 import json
@@ -12,8 +12,8 @@ import time
 import numpy as np
 
 from ffnbench import strategies
-from ffnbench.bench.summary import write_json_atomic
-from ffnbench.bench import control, processes
+from ffnbench.bench.run.summary import write_json_atomic
+from ffnbench.bench.run import control, processes
 from ffnbench.strategies import comm
 
 
@@ -89,8 +89,8 @@ def ranks_main(out, params):
 
 def calibrate(out, cfg, params, timeout_s=120):
     """Measure, write `out` (JSON) and return the calibration: network, raw Allreduce, strategy costs."""
-    from ffnbench.bench.context import training_settings
-    from ffnbench.bench.launcher import cli_command
+    from ffnbench.bench.run.context import training_settings
+    from ffnbench.bench.run.launcher import cli_command
     tmp = out + ".ranks"
     proc = processes.launch_ranks(2, cli_command("calibrate", "--ranks-part", tmp, "--params", str(params)),
                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)

@@ -1,6 +1,6 @@
 """`ffnbench sweep FILE --scheduler slurm`: each run of a sweep as its own batch job.
 
-The same plan, run directories and index.json as a local sweep (bench/sweep.py), so `report` and
+The same plan, run directories and index.json as a local sweep (bench/plan/sweep.py), so `report` and
 `plot` read the results as usual and the sweep file needs no edit to move to a cluster. Each run
 gets the job script of `ffnbench job` for its resolved config (RUN_DIR/config.yaml); index.json
 records each job id as soon as it is submitted. The sweep waits for its jobs with a bound, then
@@ -14,11 +14,11 @@ import shutil
 import subprocess
 import time
 
-from ffnbench.bench import launcher
+from ffnbench.bench.run import launcher
 from ffnbench.bench.config import ConfigError
-from ffnbench.bench.jobs import render_job
-from ffnbench.bench.results import COMPLETE, is_complete, read_json, read_summary
-from ffnbench.bench.sweep import prepare, write_index
+from ffnbench.bench.plan.jobs import render_job
+from ffnbench.bench.analyse.results import COMPLETE, is_complete, read_json, read_summary
+from ffnbench.bench.plan.sweep import prepare, write_index
 
 POLL_S = 5.0
 

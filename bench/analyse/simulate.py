@@ -7,8 +7,8 @@ import json
 import os
 
 from ffnbench import strategies
-from ffnbench.bench.results import is_complete, read_records
-from ffnbench.bench.simulator import NETWORK_PRESETS, SimInputs, simulate
+from ffnbench.bench.analyse.results import is_complete, read_records
+from ffnbench.bench.analyse.simulator import NETWORK_PRESETS, SimInputs, simulate
 
 
 def simulator_model(strategy):

@@ -2,10 +2,10 @@
 line per pair of experiments.
 
 Runs that differ only by repeat (train.seed) are one row: the mean over repeats with its 95 % t
-interval (bench/stats.py). Speed-up and scaling efficiency are against the 1-worker run
+interval (bench/analyse/stats.py). Speed-up and scaling efficiency are against the 1-worker run
 with the same throughput-relevant config (model, data, per-worker batch, threads): of the same
 strategy when there is one, else of the reference strategy (the first in display order). Runs are
-loaded and grouped by bench/results.py.
+loaded and grouped by bench/analyse/results.py.
 """
 import csv
 import math
@@ -14,9 +14,9 @@ import os
 import numpy as np
 
 from ffnbench import strategies
-from ffnbench.bench.results import (aggregate_rates, baseline_rate, collect_runs, fields_text, group_runs, machine,
+from ffnbench.bench.analyse.results import (aggregate_rates, baseline_rate, collect_runs, fields_text, group_runs, machine,
                                     sortable, varying_fields)
-from ffnbench.bench.stats import CONFIDENCE, WINDOW, final_value, first_crossing, mean_ci, ratio_ci, verdict
+from ffnbench.bench.analyse.stats import CONFIDENCE, WINDOW, final_value, first_crossing, mean_ci, ratio_ci, verdict
 
 
 # ---------------------------------------------------------------- the math (pure, tested)
@@ -33,7 +33,7 @@ def efficiency(rate, rate_1worker, workers):
 
 def time_to_target(eval_records, target):
     """(training seconds, FOVs processed) when the trailing mean of the held-out loss first reaches
-    `target` (bench/stats.py's first_crossing), else (None, None)."""
+    `target` (bench/analyse/stats.py's first_crossing), else (None, None)."""
     evals = sorted(eval_records, key=lambda r: r.time)
     when = first_crossing([e.time for e in evals], [e.loss for e in evals], target)
     if when is None:

@@ -111,7 +111,7 @@ class MPIControl:
         hold(self.comm, leader, followers, self.timeout_s, what)
 
     def fail(self, message, status="failed"):
-        """One line, then the whole job ends (status: one of bench/processes.py FAILURES)."""
+        """One line, then the whole job ends (status: one of bench/run/processes.py FAILURES)."""
         mpi.fail(self.comm, message, status)
 
     def report_in(self, absent, what):

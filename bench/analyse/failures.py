@@ -3,7 +3,7 @@ nodes fail, for the three ways this toolkit's strategies survive a failure.
 
 Nodes fail independently with exponential lifetimes (mean `mtbf_node_h` each), so a job on n nodes
 sees failures at rate n / MTBF. Each trial plays one job of `work_h` failure-free hours through
-random failures (Monte Carlo, like bench/simulator.py); goodput = work_h / the wall time it took.
+random failures (Monte Carlo, like bench/analyse/simulator.py); goodput = work_h / the wall time it took.
 
 - restart (sync all-reduce, restarted from its last checkpoint): checkpoints every tau seconds at
   Young's optimum tau = sqrt(2 C MTBF_job) (J. W. Young, "A first order approximation to the optimum

@@ -16,9 +16,9 @@ import time
 import numpy as np
 
 from ffnbench import strategies
-from ffnbench.bench import checkpoints, context, control as controls, peak, summary as summ
+from ffnbench.bench.run import checkpoints, context, control as controls, peak, summary as summ
 from ffnbench.bench.config import ConfigError
-from ffnbench.bench.recorder import Recorder
+from ffnbench.bench.run.recorder import Recorder
 from ffnbench.model.network import bf16_flags
 from ffnbench.strategies.base import TrainingContext
 
@@ -136,7 +136,7 @@ class RankDuties:
         if ctx.role == "worker" and (self.eval_every or self.checkpoint_every):
             recorder.on_step.append(self.pause_if_due)
         if ctx.rank in (0, self.leader):
-            from ffnbench.bench.tensorboard import TensorBoard
+            from ffnbench.bench.run.tensorboard import TensorBoard
             board = TensorBoard(ctx.run_dir, ctx.rank)
             (recorder.on_update if ctx.role == "server" else recorder.on_step).append(
                 board.update if ctx.role == "server" else board.step)

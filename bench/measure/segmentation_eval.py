@@ -14,7 +14,7 @@ from skimage.filters import threshold_otsu
 from skimage.measure import label as connected_components
 
 from ffnbench.bench.config import ConfigError, load
-from ffnbench.bench.summary import write_json_atomic
+from ffnbench.bench.run.summary import write_json_atomic
 
 @dataclass
 class Segmentation:
@@ -174,7 +174,7 @@ def speed_line(speed):
 def evaluate_weights(cfg, checked, out_dir, volumes, progress):
     """Flood-fill and score with `checked` weights (checked_weights' result) on `volumes`
     (read_volumes' result)."""
-    from ffnbench.bench.peak import PEAK_DTYPE, matmul_peak
+    from ffnbench.bench.run.peak import PEAK_DTYPE, matmul_peak
     from ffnbench.model import ffn_checkpoint as fc
     from ffnbench.model.api import FFNModel
     from ffnbench.bench.config import typed
