@@ -19,6 +19,7 @@ def smoke_run(tmp_path_factory):
     return out
 
 
+@pytest.mark.slow
 def test_evaluate_writes_every_field_and_a_figure(run_cli, smoke_run):
     r = run_cli("evaluate", str(smoke_run))
     assert r.returncode == 0, r.stderr
@@ -34,6 +35,7 @@ def test_evaluate_writes_every_field_and_a_figure(run_cli, smoke_run):
     assert "| FFN | whole volume |" in r.stdout and "FOVs/sec" in r.stdout
 
 
+@pytest.mark.slow
 def test_missing_checkpoint_is_one_clear_line(run_cli, smoke_run, tmp_path):
     broken = tmp_path / "broken"
     broken.mkdir()

@@ -96,6 +96,7 @@ def test_bad_input_gets_one_line(case, tmp_path):
     assert not out.exists()
 
 
+@pytest.mark.slow
 def test_bad_files_get_one_line(tmp_path):
     empty = tmp_path / "empty.yaml"
     empty.write_text("# nothing but a comment\n")
@@ -185,6 +186,7 @@ def error_lines(err):
 LONG = ["--set", "train.steps=100000", "--set", "eval.every=0", "--set", "run.progress=false"]
 
 
+@pytest.mark.slow
 def test_a_stopped_rank_aborts_within_the_timeout(tmp_path):
     out = tmp_path / "run"
     proc = start("run", SMOKE, "--set", "strategy=allreduce", "--set", "ranks=2", "--set", "run.timeout_s=8",
@@ -210,6 +212,7 @@ def test_a_stopped_rank_aborts_within_the_timeout(tmp_path):
 ELASTIC = ["--set", "strategy=allreduce", "--set", "strategy_options.elastic=true"]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("sig,job", [(signal.SIGTERM, ["--set", "strategy=mpi_allreduce"]),
                                      (signal.SIGINT, ["--set", "strategy=mpi_allreduce"]),
                                      (signal.SIGTERM, ELASTIC)], ids=["TERM", "INT", "TERM-elastic"])
@@ -248,6 +251,7 @@ FAILING = textwrap.dedent('''
 ''')
 
 
+@pytest.mark.slow
 def test_an_exception_on_one_rank_aborts_at_once_with_its_own_line(tmp_path):
     (tmp_path / "failing_strategy.py").write_text(FAILING)
     env = dict(os.environ, PYTHONPATH=str(tmp_path), FFNBENCH_STRATEGIES="failing_strategy")
@@ -262,6 +266,7 @@ def test_an_exception_on_one_rank_aborts_at_once_with_its_own_line(tmp_path):
     assert strict_json(str(out / "summary.json"))["status"] == "failed"
 
 
+@pytest.mark.slow
 def test_a_lost_rank_is_reported_as_lost(tmp_path):
     out = tmp_path / "run"
     proc = start("run", SMOKE, "--set", "strategy=mpi_allreduce", "--set", "ranks=2", *LONG, "--out", str(out))
@@ -273,6 +278,7 @@ def test_a_lost_rank_is_reported_as_lost(tmp_path):
     assert not rank_pids(out)
 
 
+@pytest.mark.slow
 def test_a_diverged_loss_stops_the_run_and_json_stays_strict(tmp_path):
     out = tmp_path / "run"
     r = ffnbench("run", SMOKE, "--set", "train.lr=1e6", "--set", "run.checkpoint_every=1",
@@ -315,6 +321,7 @@ def interrupted(layout, cut, steps):
 
 
 # ps_async with one worker is plain SGD through a server: deterministic, so bitwise too
+@pytest.mark.slow
 @pytest.mark.parametrize("strategy,ranks,workers", [("single", 1, [0]), ("allreduce", 2, [0, 1]),
                                                     ("ps_async", 2, [1])])
 def test_a_resumed_run_ends_with_bitwise_the_weights_of_an_uninterrupted_one(strategy, ranks, workers, tmp_path):
@@ -345,6 +352,7 @@ def test_a_resumed_run_ends_with_bitwise_the_weights_of_an_uninterrupted_one(str
     assert summary["status"] == "complete" and summary["fovs_total"] == strict_json(str(whole / "summary.json"))["fovs_total"]
 
 
+@pytest.mark.slow
 def test_async_ps_resumes_from_a_consistent_snapshot(tmp_path):
     """The server's shard is saved once it has applied every gradient the workers pushed before the
     checkpoint and none after: the resumed run applies each version exactly once."""
@@ -365,6 +373,7 @@ def test_async_ps_resumes_from_a_consistent_snapshot(tmp_path):
     assert strict_json(str(cut / "summary.json"))["status"] == "complete"
 
 
+@pytest.mark.slow
 def test_the_async_parameter_server_outlives_a_lost_worker(tmp_path):
     out = tmp_path / "run"
     proc = start("run", SMOKE, "--set", "strategy=ps_async", "--set", "ranks=4", "--set", "train.steps=300",
@@ -388,6 +397,7 @@ def test_the_async_parameter_server_outlives_a_lost_worker(tmp_path):
     assert "ckpt-200.index" in checkpoints and "ckpt-300.index" in checkpoints  # the last 2 are kept
 
 
+@pytest.mark.slow
 def test_elastic_allreduce_shrinks_the_ring_when_a_worker_is_lost(tmp_path):
     out = tmp_path / "run"
     proc = start("run", SMOKE, *ELASTIC, "--set", "strategy_options.commit_every=7", "--set", "ranks=3",
@@ -415,6 +425,7 @@ def test_elastic_allreduce_shrinks_the_ring_when_a_worker_is_lost(tmp_path):
     assert not rank_pids(out)
 
 
+@pytest.mark.slow
 def test_a_diverged_elastic_worker_ends_the_job_rather_than_the_ring_going_on(tmp_path):
     out = tmp_path / "run"
     r = ffnbench("run", SMOKE, *ELASTIC, "--set", "ranks=2", "--set", "train.lr=1e6", "--set", "run.progress=false",

@@ -51,6 +51,7 @@ def smoke_run(tmp_path_factory):
     return out
 
 
+@pytest.mark.slow
 def test_export_then_import_is_exact(smoke_run, tmp_path):
     r = ffnbench("export", str(smoke_run), "--format", "ffn", "--out", str(tmp_path / "model.ckpt-2"))
     assert r.returncode == 0, r.stderr
@@ -78,6 +79,7 @@ def test_exporting_fib25_reproduces_the_original_checkpoint(tmp_path):
         "filter_out_bounds_coordinates_1/fraction"}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("strategy", ["allreduce", "tf_multiworker"])
 def test_data_parallel_strategies_fine_tune_from_imported_weights(smoke_run, tmp_path, strategy):
     r = ffnbench("run", "configs/smoke.yaml", "--set", f"strategy={strategy}", "--set", "ranks=2",
@@ -104,6 +106,7 @@ def test_an_unreadable_checkpoint_is_one_line(tmp_path):
     assert not (tmp_path / "eval").exists()  # nothing written for a checkpoint that cannot be used
 
 
+@pytest.mark.slow
 def test_a_run_with_another_fov_is_refused(smoke_run, tmp_path):
     r = ffnbench("run", "configs/smoke.yaml", "--set", "model.fov=[11,11,11]", "--set", f"model.init_from={smoke_run}",
                  *QUICK, "--out", str(tmp_path / "run"))
@@ -111,6 +114,7 @@ def test_a_run_with_another_fov_is_refused(smoke_run, tmp_path):
     assert "was trained with model.fov [9, 9, 9], the config has [11, 11, 11]" in r.stderr
 
 
+@pytest.mark.slow
 def test_evaluate_a_checkpoint_without_a_run(smoke_run, tmp_path):
     ffnbench("export", str(smoke_run), "--format", "ffn", "--out", str(tmp_path / "ckpt" / "model.ckpt-2"))
     r = ffnbench("evaluate", "--checkpoint", str(tmp_path / "ckpt" / "model.ckpt-2"), "--config", "configs/smoke.yaml",

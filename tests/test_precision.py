@@ -59,6 +59,7 @@ def test_bfloat16_convolutions_keep_float32_weights_gradients_and_logits():
     np.testing.assert_allclose(logits16, logits32, atol=0.05)
 
 
+@pytest.mark.slow
 def test_a_forced_bfloat16_run_records_it_and_measures_mfu_against_the_bfloat16_peak(tmp_path):
     out = tmp_path / "runs"
     proc = ffnbench("run", "configs/smoke.yaml", "--set", "train.precision=mixed_bfloat16", "--set",

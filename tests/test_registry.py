@@ -52,6 +52,7 @@ def runs(plugin_env, tmp_path_factory):
     return runs
 
 
+@pytest.mark.slow
 def test_a_registered_strategy_needs_no_other_edit(plugin_env, runs):
     listed = ffnbench("strategies", env=plugin_env)
     assert listed.returncode == 0 and "throwaway_sync   Throwaway sync data parallelism" in listed.stdout
@@ -86,6 +87,7 @@ def test_a_registered_strategy_needs_no_other_edit(plugin_env, runs):
     assert predicted.returncode == 0 and "as ring_allreduce" in predicted.stdout, predicted.stderr
 
 
+@pytest.mark.slow
 def test_without_the_plugin_the_run_directory_is_still_reported_but_not_modelled(runs):
     validated = ffnbench("simulate", "--validate", str(runs))
     assert validated.returncode == 0, validated.stderr

@@ -1,11 +1,14 @@
 import json
 import os
 
+import pytest
+
 STEP_KEYS = {"kind", "rank", "step", "time", "fovs", "loss", "compute_s", "comm_s", "data_s"}
 EVAL_KEYS = {"kind", "step", "time", "fovs_total", "loss", "loss_sem", "accuracy", "precision", "recall", "f1",
              "eval_s"}
 
 
+@pytest.mark.slow
 def test_single_smoke_run_learns_and_follows_schema(run_cli, tmp_path):
     out = tmp_path / "run"
     r = run_cli("run", "configs/smoke.yaml", "--set", "train.steps=40", "--out", str(out))

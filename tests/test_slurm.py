@@ -58,6 +58,7 @@ def job_script(tmp_path, strategy, *options):
     return str(path)
 
 
+@pytest.mark.slow
 def test_generated_jobs_train_under_slurm(cluster, tmp_path):
     elsewhere = tmp_path / "submitted_from"
     elsewhere.mkdir()
@@ -76,6 +77,7 @@ def test_generated_jobs_train_under_slurm(cluster, tmp_path):
     assert manifest["roles"] == ["server", "worker"]
 
 
+@pytest.mark.slow
 def test_a_cancelled_job_is_marked_interrupted(cluster, tmp_path):
     script = job_script(tmp_path, "allreduce", "--set", "train.steps=100000", "--set", "eval.every=0", "--no-cpu-bind")
     job = submit(cluster, script, tmp_path)
@@ -90,6 +92,7 @@ def test_a_cancelled_job_is_marked_interrupted(cluster, tmp_path):
     assert summary["status"] == "interrupted" and "SIGTERM" in summary["error"]
 
 
+@pytest.mark.slow
 def test_a_sweep_runs_as_slurm_jobs_with_the_local_report_columns(cluster, tmp_path):
     sweep = tmp_path / "tiny.yaml"
     sweep.write_text(yaml.safe_dump({"name": "tiny", "base": os.path.abspath("configs/smoke.yaml"),

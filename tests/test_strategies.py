@@ -62,6 +62,7 @@ def final_weights_init():
     return FFNModel((9, 9, 9), 2, 8).get_flat()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("opt,atol", [("sgd", 2e-6), ("adam", 2e-5)])
 def test_horovod_allreduce_2_ranks_equals_single_at_double_batch(runs, opt, atol):
     single = runs(f"single-{opt}", "train.batch_size=4", f"train.optimizer={opt}", f"train.lr={LR[opt]}")
@@ -69,6 +70,7 @@ def test_horovod_allreduce_2_ranks_equals_single_at_double_batch(runs, opt, atol
     assert_same(single, hvd, atol)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("exchange", ["grouped", "per_variable", "flat_eager"])
 def test_horovod_exchanges_equal_single_at_double_batch(runs, exchange):
     single = runs("single-sgd", "train.batch_size=4", "train.optimizer=sgd", f"train.lr={LR['sgd']}")
@@ -77,12 +79,14 @@ def test_horovod_exchanges_equal_single_at_double_batch(runs, exchange):
     assert_same(single, hvd, 2e-6)
 
 
+@pytest.mark.slow
 def test_mpi_allreduce_equals_horovod_allreduce(runs):
     hvd = runs("allreduce-sgd", "strategy=allreduce", "ranks=2", "train.batch_size=2", "train.optimizer=sgd", "train.lr=0.05")
     mpi = runs("mpi-sgd", "strategy=mpi_allreduce", "ranks=2", "train.batch_size=2", "train.optimizer=sgd", "train.lr=0.05")
     assert_same(hvd, mpi, 2e-6)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("opt,atol", [("sgd", 2e-6), ("adam", 2e-5)])
 def test_tf_multiworker_2_ranks_equals_single_at_double_batch(runs, opt, atol):
     """TF's own collective all-reduce (gRPC, no MPI in the exchange) takes the same steps."""
@@ -92,6 +96,7 @@ def test_tf_multiworker_2_ranks_equals_single_at_double_batch(runs, opt, atol):
     assert_same(single, tfmw, atol)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name,overrides", [
     ("mpi-sgd", ["strategy=mpi_allreduce", "ranks=2", "train.batch_size=2", "train.optimizer=sgd", "train.lr=0.05"]),
     ("ps-1-1", ["strategy=ps_async", "ranks=2", "train.batch_size=2", "train.optimizer=adam"])])
@@ -108,6 +113,7 @@ def test_bfloat16_gradients_on_the_wire_round_but_take_nearly_the_same_steps(run
     assert np.quantile(diff, 0.99) < 0.02 * moved.max(), (np.quantile(diff, 0.99), moved.max())
 
 
+@pytest.mark.slow
 def test_ps_async_one_worker_equals_single_with_zero_staleness(runs):
     single = runs("single-adam-b2", "train.batch_size=2", "train.optimizer=adam")
     ps = runs("ps-1-1", "strategy=ps_async", "ranks=2", "train.batch_size=2", "train.optimizer=adam")
@@ -117,6 +123,7 @@ def test_ps_async_one_worker_equals_single_with_zero_staleness(runs):
     assert json.load(open(ps / "summary.json"))["staleness"]["max"] == 0
 
 
+@pytest.mark.slow
 def test_ps_async_two_servers_equal_one_server(runs):
     one = runs("ps-1-1", "strategy=ps_async", "ranks=2", "train.batch_size=2", "train.optimizer=adam")
     two = runs("ps-2-1", "strategy=ps_async", "ranks=3", "strategy_options.servers=2", "train.batch_size=2",
@@ -132,6 +139,7 @@ EQUAL_WORKERS = ("train.steps=20", "train.batch_size=2", "model.features=24")
 EQUAL_PS_WORKERS = (*EQUAL_WORKERS, "strategy_options.straggle_s=[0.3,0.3]")
 
 
+@pytest.mark.slow
 def test_ps_async_two_workers_are_stale_by_about_one(runs):
     ps = runs("ps-1-2", "strategy=ps_async", "ranks=3", *EQUAL_PS_WORKERS)
     stale = [u["staleness"] for u in records(ps, "update")]
@@ -142,12 +150,14 @@ def test_ps_async_two_workers_are_stale_by_about_one(runs):
     assert summary["fovs_total"] == 2 * 20 * 2  # worker FOVs only
 
 
+@pytest.mark.slow
 def test_ps_sync_equals_allreduce(runs):
     hvd = runs("allreduce-sgd", "strategy=allreduce", "ranks=2", "train.batch_size=2", "train.optimizer=sgd", "train.lr=0.05")
     ps = runs("pssync-sgd", "strategy=ps_sync", "ranks=3", "train.batch_size=2", "train.optimizer=sgd", "train.lr=0.05")
     assert_same(hvd, ps, 2e-6)
 
 
+@pytest.mark.slow
 def test_a_killed_rank_fails_a_sync_ps_job_without_hanging(tmp_path):
     out = tmp_path / "killed"
     cmd = [sys.executable, "-m", "ffnbench.bench.cli", "run", "configs/smoke.yaml", "--set", "strategy=ps_sync",
@@ -169,6 +179,7 @@ def test_a_killed_rank_fails_a_sync_ps_job_without_hanging(tmp_path):
     assert err.strip().splitlines()[-1].startswith("ffnbench: error:")
 
 
+@pytest.mark.slow
 def test_ssp_bounds_staleness_of_a_straggler(runs):
     free = runs("ps-straggler", "strategy=ps_async", "ranks=3", "train.steps=8", "strategy_options.straggle_s=[0.0,0.4]")
     bounded = runs("ps-straggler-ssp", "strategy=ps_async", "ranks=3", "train.steps=8",
@@ -179,6 +190,7 @@ def test_ssp_bounds_staleness_of_a_straggler(runs):
     assert max(u["staleness"] for u in records(bounded, "update")) <= 1
 
 
+@pytest.mark.slow
 def test_lr_divided_by_staleness(runs):
     run = runs("ps-divide", "strategy=ps_async", "ranks=3", "train.steps=8", "train.optimizer=sgd",
                "train.lr=0.01", "strategy_options.lr_staleness=divide", "strategy_options.straggle_s=[0.0,0.2]")
@@ -188,6 +200,7 @@ def test_lr_divided_by_staleness(runs):
         assert u["lr"] == pytest.approx(0.01 / max(1, u["staleness"]))
 
 
+@pytest.mark.slow
 def test_emulated_sync_equals_allreduce(runs):
     hvd = runs("allreduce-sgd", "strategy=allreduce", "ranks=2", "train.batch_size=2", "train.optimizer=sgd", "train.lr=0.05")
     emu = runs("emu-sync-sgd", "strategy=emulated_sync", "strategy_options.workers=2", "train.batch_size=2",
@@ -197,6 +210,7 @@ def test_emulated_sync_equals_allreduce(runs):
     assert json.load(open(emu / "summary.json"))["workers"] == 2
 
 
+@pytest.mark.slow
 def test_emulated_async_staleness_matches_ps_async_with_equal_workers(runs):
     ps = runs("ps-1-2", "strategy=ps_async", "ranks=3", *EQUAL_PS_WORKERS)
     emu = runs("emu-async-2", "strategy=emulated_async", "strategy_options.workers=2", *EQUAL_WORKERS)
@@ -212,6 +226,7 @@ def test_emulated_async_staleness_matches_ps_async_with_equal_workers(runs):
     assert 0.45 <= real.mean() <= emulated.mean() + 0.05
 
 
+@pytest.mark.slow
 def test_emulated_async_one_worker_is_plain_sgd(runs):
     single = runs("single-sgd-b2", "train.batch_size=2", "train.optimizer=sgd", "train.lr=0.05")
     emu = runs("emu-async-1", "strategy=emulated_async", "strategy_options.workers=1", "train.batch_size=2",
@@ -220,6 +235,7 @@ def test_emulated_async_one_worker_is_plain_sgd(runs):
     assert all(u["staleness"] == 0 for u in records(emu, "update"))
 
 
+@pytest.mark.slow
 def test_emulated_async_speeds_bound_and_lr_rule_as_ps_async(runs):
     run = runs("emu-async-speeds", "strategy=emulated_async", "strategy_options.workers=3",
                "strategy_options.delay=speeds", "strategy_options.worker_speeds=[1,1,0.25]",
@@ -236,6 +252,7 @@ def summary_of(run_dir):
     return json.load(open(os.path.join(run_dir, "summary.json")))
 
 
+@pytest.mark.slow
 def test_a_runs_mfu_is_against_the_peak_measured_before_its_ranks_started(runs):
     """On this one machine (nodes == 1); the x nodes of a multi-node job: tests/test_summary.py."""
     for run in (runs("allreduce-sgd", "strategy=allreduce", "ranks=2", "train.batch_size=2", "train.optimizer=sgd",
@@ -250,6 +267,7 @@ def test_a_runs_mfu_is_against_the_peak_measured_before_its_ranks_started(runs):
         assert summary["peak_flops_per_s"] == pytest.approx(peak["flops_per_s"]["float32"] * peak["nodes"])
 
 
+@pytest.mark.slow
 def test_evaluation_pauses_every_worker_and_leaks_into_no_communication(tmp_path):
     """rank 0 evaluates 512 held-out FOVs every 3 steps; its peer waits in the same pause, not in
     its next all-reduce, and every worker's last records are in the summary."""

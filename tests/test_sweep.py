@@ -40,6 +40,7 @@ def read_index(out):
         return json.load(f)
 
 
+@pytest.mark.slow
 def test_sweep_runs_every_grid_point_to_completion(tiny_sweep):
     _, out, _ = tiny_sweep
     index = read_index(out)
@@ -51,6 +52,7 @@ def test_sweep_runs_every_grid_point_to_completion(tiny_sweep):
             assert yaml.safe_load(f)["train"]["batch_size"] == run["overrides"]["train.batch_size"]
 
 
+@pytest.mark.slow
 def test_rerunning_a_sweep_skips_completed_runs(tiny_sweep):
     path, out, _ = tiny_sweep
     summaries = [os.path.join(r["run_dir"], "summary.json") for r in read_index(out)["runs"]]
