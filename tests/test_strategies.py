@@ -80,10 +80,12 @@ def test_horovod_exchanges_equal_single_at_double_batch(runs, exchange):
 
 
 @pytest.mark.slow
-def test_mpi_allreduce_equals_horovod_allreduce(runs):
+@pytest.mark.parametrize("name,ranks", [("mpi_allreduce", 2), ("ps_sync", 3)])  # ps_sync: 1 server + 2 workers
+def test_other_sync_strategies_equal_horovod_allreduce(runs, name, ranks):
     hvd = runs("allreduce-sgd", "strategy=allreduce", "ranks=2", "train.batch_size=2", "train.optimizer=sgd", "train.lr=0.05")
-    mpi = runs("mpi-sgd", "strategy=mpi_allreduce", "ranks=2", "train.batch_size=2", "train.optimizer=sgd", "train.lr=0.05")
-    assert_same(hvd, mpi, 2e-6)
+    other = runs(f"{name}-sgd", f"strategy={name}", f"ranks={ranks}", "train.batch_size=2", "train.optimizer=sgd",
+                 "train.lr=0.05")
+    assert_same(hvd, other, 2e-6)
 
 
 @pytest.mark.slow
@@ -148,13 +150,6 @@ def test_ps_async_two_workers_are_stale_by_about_one(runs):
     summary = json.load(open(ps / "summary.json"))
     assert summary["roles"] == {"server": 1, "worker": 2} and summary["workers"] == 2
     assert summary["fovs_total"] == 2 * 20 * 2  # worker FOVs only
-
-
-@pytest.mark.slow
-def test_ps_sync_equals_allreduce(runs):
-    hvd = runs("allreduce-sgd", "strategy=allreduce", "ranks=2", "train.batch_size=2", "train.optimizer=sgd", "train.lr=0.05")
-    ps = runs("pssync-sgd", "strategy=ps_sync", "ranks=3", "train.batch_size=2", "train.optimizer=sgd", "train.lr=0.05")
-    assert_same(hvd, ps, 2e-6)
 
 
 @pytest.mark.slow

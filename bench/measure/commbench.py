@@ -239,11 +239,16 @@ def _row(name, seconds, best):
     print(f"  {name:66s} {seconds * 1e3:8.3f} ms   / best raw = {seconds / best:6.2f}")
 
 
+def fastest_of(times):
+    """(name, seconds) of the fastest way: the yardstick."""
+    name = min(times, key=times.get)
+    return name, times[name]
+
+
 def print_table(results, params, ranks):
     """The measured exchanges as ratios to the fastest raw way; the names that beat it beyond noise."""
     raw, horovod = results["raw"], results["horovod"]
-    best_name = min(raw, key=raw.get)
-    best = raw[best_name]
+    best_name, best = fastest_of(raw)
     print(f"all-reduce of {params} float32 ({4 * params / 1e6:.2f} MB) over {ranks} ranks, median of "
           f"{REPEATS - SKIPPED} after a barrier in each mpirun, then over the rounds; the yardstick is the "
           f"fastest raw way ({best_name}):")
@@ -264,8 +269,7 @@ def print_table(results, params, ranks):
     low = [name for name, seconds in ours.items() if seconds / best < BELOW_RAW]
 
     ps_raw, ps = results["ps_raw"], results["ps"]
-    p2p_name = min(ps_raw, key=ps_raw.get)
-    p2p = ps_raw[p2p_name]
+    p2p_name, p2p = fastest_of(ps_raw)
     print(f"parameter server, 1 server + 1 worker, the whole vector pushed and pulled, median of {REPEATS - SKIPPED} "
           f"in each mpirun, then over the rounds; "
           f"the yardstick is the fastest raw round trip ({p2p_name}):")
