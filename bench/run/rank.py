@@ -1,25 +1,17 @@
 """One rank's life (`ffnbench train`): start up, train with the strategy, finish, write the summary.
 
 Runs unchanged under `ffnbench run`, mpirun, srun or aprun: everything it knows about the job comes
-from the config and from the communicator of the strategy's launch (strategies/comm.py).
+from the config, from what the launcher left in the run directory (context.Handoff) and from the
+communicator of the strategy's launch (bench/run/control.py).
 """
-import contextlib
-import math
 import os
-import platform
-import socket
-import subprocess
-import sys
-import threading
-import time
-
-import numpy as np
 
 from ffnbench import strategies
-from ffnbench.bench.run import checkpoints, context, control as controls, peak, summary as summ
 from ffnbench.bench.config import ConfigError
+from ffnbench.bench.run import checkpoints, context, control as controls, peak, summary as summ
+from ffnbench.bench.run.duties import RankDuties
+from ffnbench.bench.run.manifest import manifest as manifest_of
 from ffnbench.bench.run.recorder import Recorder
-from ffnbench.model.network import bf16_flags
 from ffnbench.strategies.base import TrainingContext
 
 
@@ -33,166 +25,6 @@ def configure_threads(n):
     import tensorflow as tf
     tf.config.threading.set_intra_op_parallelism_threads(n)
     tf.config.threading.set_inter_op_parallelism_threads(min(2, n))
-
-
-def git_commit():
-    here = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    try:
-        return subprocess.run(["git", "-C", here, "rev-parse", "HEAD"], capture_output=True, text=True,
-                              timeout=5).stdout.strip() or None
-    except (OSError, subprocess.SubprocessError):
-        return None
-
-
-def versions():
-    from mpi4py import MPI
-    import mpi4py
-    import tensorflow as tf
-    try:
-        import horovod
-        hvd_version = horovod.__version__
-    except ImportError:
-        hvd_version = None
-    return {"python": platform.python_version(), "tensorflow": tf.__version__, "horovod": hvd_version,
-            "mpi4py": mpi4py.__version__, "mpi": MPI.Get_library_version().splitlines()[0].strip(),
-            "tf_enable_onednn_opts": os.environ.get("TF_ENABLE_ONEDNN_OPTS")}
-
-
-class Watchdog:
-    """Aborts the job when this rank has made no progress for run.timeout_s while training: a
-    collective that a stopped or lost peer never joins (Horovod's included, which no MPI wait of
-    ours bounds) ends with one line instead of a hang."""
-
-    def __init__(self, control, timeout_s):
-        self.control, self.timeout_s = control, timeout_s
-        self.last = time.monotonic()
-        self.armed = False
-        self.stopped = threading.Event()
-        self.thread = threading.Thread(target=self._watch, name="ffnbench-watchdog", daemon=True)
-
-    def beat(self, *_):
-        self.last = time.monotonic()
-
-    @contextlib.contextmanager
-    def disarmed(self):
-        """Work that its own bounds cover (pauses, the final evaluation) is not a stall."""
-        armed, self.armed = self.armed, False
-        try:
-            yield
-        finally:
-            self.beat()
-            self.armed = armed
-
-    def start(self):
-        self.beat()
-        self.armed = True
-        self.thread.start()
-
-    def stop(self):
-        self.armed = False
-        self.stopped.set()
-
-    def _watch(self):
-        while not self.stopped.wait(min(1.0, self.timeout_s / 10)):
-            idle = time.monotonic() - self.last
-            if self.armed and idle > self.timeout_s:
-                self.control.fail(f"no training progress for {idle:.0f}s (run.timeout_s {self.timeout_s:g}): a "
-                                    f"rank stopped or an exchange hung", "stalled")
-
-
-class RankDuties:
-    """What bench does on this rank as the strategy records: the progress bar (rank 0); pauses of
-    every worker alike for periodic evaluation (done by the first worker) and checkpoints (rank 0,
-    when it is a worker), so their time leaks into no rank's communication or waiting; TensorBoard
-    scalars (rank 0 and the first worker)."""
-
-    def __init__(self, cfg, ctx, control, strategy, data, save_part):
-        """save_part(step, arrays): this rank's part of the checkpoint after `step` steps."""
-        self.cfg, self.ctx, self.control, self.strategy, self.data = cfg, ctx, control, strategy, data
-        self.fovs_per_update = context.fovs_per_update(cfg, ctx.layout)
-        self.save_part = save_part
-        workers = ctx.layout.worker_ranks
-        self.leader, self.followers = workers[0], workers[1:]
-        self.eval_every = cfg["eval"]["every"]
-        self.checkpoint_every = cfg["run"]["checkpoint_every"]
-        self.resumable = ctx.layout.traits.resumable
-        self.progress = None
-        self.checkpointer = None
-        self.watchdog = Watchdog(control, ctx.settings.timeout_s)
-
-    def attach(self, recorder):
-        ctx = self.ctx
-        (recorder.on_update if ctx.role == "server" else recorder.on_step).append(self.watchdog.beat)
-        if ctx.role == "worker":
-            recorder.on_step.append(self.stop_if_diverged)
-        if ctx.rank == 0 and self.cfg["run"]["progress"]:
-            from tqdm import tqdm
-            on_server = ctx.role == "server"
-            per_step = ctx.layout.workers if on_server else 1
-            self.progress = tqdm(total=ctx.settings.steps * per_step, initial=ctx.start_step * per_step, desc=f"{self.cfg['strategy']} x{ctx.layout.ranks}",
-                                 unit="update" if on_server else "step", file=sys.stdout, dynamic_ncols=True,
-                                 mininterval=1.0)
-            (recorder.on_update if on_server else recorder.on_step).append(lambda record: self.progress.update(1))
-        if ctx.role == "worker" and (self.eval_every or self.checkpoint_every):
-            recorder.on_step.append(self.pause_if_due)
-        if ctx.rank in (0, self.leader):
-            from ffnbench.bench.run.tensorboard import TensorBoard
-            board = TensorBoard(ctx.run_dir, ctx.rank)
-            (recorder.on_update if ctx.role == "server" else recorder.on_step).append(
-                board.update if ctx.role == "server" else board.step)
-            recorder.on_eval.append(board.eval)
-            recorder.on_close.append(board.close)
-
-    def stop_if_diverged(self, record):
-        """Stop at the first non-finite loss: nothing after it is worth training or checkpointing."""
-        if not math.isfinite(record.loss):
-            self.control.fail(f"training loss is {record.loss} at step {record.step}; the last good "
-                                    f"checkpoint (if any) is in {self.ctx.run_dir}/checkpoints", "diverged")
-
-    def pause_if_due(self, record):
-        """After a worker step: every worker pauses together for a due evaluation or checkpoint."""
-        ctx, rec, done = self.ctx, self.ctx.recorder, record.step + 1
-        if self.eval_every and done % self.eval_every == 0 and done < ctx.settings.steps:
-            with rec.pause("eval"), self.watchdog.disarmed():
-                if ctx.rank == self.leader:
-                    self.evaluate(record.model_version)
-                self.control.hold(self.leader, self.followers, "the evaluation")
-        if self.checkpoint_every and done % self.checkpoint_every == 0 and done < ctx.settings.steps:
-            train_time = rec.now()
-            with rec.pause("checkpoint"), self.watchdog.disarmed():
-                if self.resumable:  # the workers' state, and the other ranks' that snapshot() has saved
-                    self.save_part(done, checkpoints.join(model=ctx.model.state(), stream=ctx.stream.state()))
-                    self.strategy.snapshot(done)  # returns once every rank's part is saved
-                if ctx.rank == self.leader:  # the weights the first worker holds (for PS: its last pull)
-                    self.save_weights(done)
-                    if self.resumable:
-                        checkpoints.commit(ctx.run_dir, done, {"train_time": train_time, "ranks": ctx.layout.ranks,
-                                                               "strategy": ctx.layout.strategy})
-                self.control.hold(self.leader, self.followers, "the checkpoint")
-
-    def evaluate(self, model_version):
-        """Held-out loss and voxel metrics of the weights the model holds, after `model_version` updates."""
-        start = time.perf_counter()
-        metrics = self.ctx.model.evaluate(self.data.heldout)
-        return self.ctx.recorder.eval(model_version, model_version * self.fovs_per_update, metrics,
-                                      time.perf_counter() - start)
-
-    def save_weights(self, step):
-        """The weights in TensorFlow's checkpoint format (what `ffnbench evaluate` restores)."""
-        import tensorflow as tf
-        if not np.isfinite(self.ctx.model.get_flat()).all():
-            self.control.fail(f"the weights are not finite after step {step}; the last good checkpoint "
-                                    f"(if any) is in {self.ctx.run_dir}/checkpoints", "diverged")
-        if self.checkpointer is None:
-            ckpt = tf.train.Checkpoint(model=self.ctx.model.net)
-            self.checkpointer = tf.train.CheckpointManager(ckpt, os.path.join(self.ctx.run_dir, "checkpoints"),
-                                                           max_to_keep=2)
-        self.checkpointer.save(checkpoint_number=step)
-
-    def close(self):
-        self.watchdog.stop()
-        if self.progress is not None:
-            self.progress.close()
 
 
 def train(cfg, run_dir):
@@ -236,17 +68,7 @@ def train(cfg, run_dir):
     strategy = cls(ctx)
     duties = RankDuties(cfg, ctx, control, strategy, data, save_part)
 
-    manifest = None
-    if rank == 0:
-        manifest = {"config": cfg, "strategy": layout.strategy, "ranks": control.size, "roles": list(layout.roles),
-                    "role_counts": layout.role_counts(), "workers": layout.workers,
-                    "emulated": layout.traits.emulated, "threads_per_rank": threads, "params": model.num_params,
-                    **versions(), "host": socket.gethostname(), "cpu": cpu_model(), "cores": os.cpu_count(),
-                    "nodes": nodes, "precision": {"train": cfg["train"]["precision"],
-                                                  "forced": cfg["train"]["force_precision"],
-                                                  "cpu_bf16_flags": bf16_flags()},
-                    "init_from": init_from,
-                    "start_time": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "git_commit": git_commit()}
+    manifest = manifest_of(cfg, layout, control.size, threads, model.num_params, nodes, init_from) if rank == 0 else None
     strategy.setup()
     if saved:
         strategy.load_state(checkpoints.split(saved, "strategy"))
@@ -298,15 +120,3 @@ def resume(directory, rank, layout, steps, model, stream):
         model.load_state(checkpoints.split(state, "model"))
         stream.load_state(checkpoints.split(state, "stream"))
     return meta, state, meta["step"]
-
-
-def cpu_model():
-    """The CPU's model name (Linux /proc/cpuinfo), else the platform's processor string."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or None
