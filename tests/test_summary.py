@@ -58,7 +58,8 @@ def test_a_resume_supersedes_what_each_rank_recorded_after_its_commit(tmp_path):
     assert [s.step for s in read_records(str(tmp_path)).steps] == [0, 1, 2, 3]
 
 
-def test_a_resume_from_a_step_never_committed_is_refused(tmp_path):
-    write(tmp_path, [step(0, 0), CommitRecord(0, 1, 1.0), ResumeRecord(0, 2, 2.0)])
-    with pytest.raises(ValueError, match="rank 0 resumed from step 2, which it never committed"):
-        read_records(str(tmp_path))
+def test_a_lost_worker_that_never_reached_the_commit_keeps_its_records(tmp_path):
+    """An elastic ring rolls a lost worker back with the others; one killed before the commit has no
+    record past it to drop."""
+    write(tmp_path, [CommitRecord(1, 0, 0.0), step(1, 0), step(1, 1), ResumeRecord(1, 2, 2.0)])
+    assert [s.step for s in read_records(str(tmp_path)).steps] == [0, 1]

@@ -90,13 +90,12 @@ def read_records(run_dir: str) -> Records:
 
 
 def _supersede(kept: List[Any], resume: ResumeRecord) -> None:
-    """Blank out what `resume`'s rank recorded after its last commit of the step it resumes from."""
+    """Blank out what `resume`'s rank recorded after its last commit of the step it resumes from. A
+    rank that never committed that step (a worker lost before it) recorded nothing beyond it."""
     mine = [i for i, r in enumerate(kept) if r is not None and r.rank == resume.rank]
     commits = [i for i in mine if isinstance(kept[i], CommitRecord) and kept[i].step == resume.step]
-    if not commits:
-        raise ValueError(f"rank {resume.rank} resumed from step {resume.step}, which it never committed")
     for i in mine:
-        if i > commits[-1]:
+        if commits and i > commits[-1]:
             kept[i] = None
 
 
