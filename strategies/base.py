@@ -188,6 +188,16 @@ class Strategy:
         consistent with each other. Only then does bench commit the checkpoint."""
         raise NotImplementedError(f"strategy {self.name} is resumable but has no snapshot()")
 
+    def pause_begins(self) -> None:
+        """On a worker: it stops for a pause bench takes on every worker (an evaluation or a checkpoint)."""
+
+    def pause_ends(self, led: bool) -> Optional[int]:
+        """On a worker whose part of the pause is done (led: it did the pause's work). A strategy that
+        can end the pause without waiting on a lost worker does so here: it returns once every live
+        worker may go on, with the worker to lead the next pause. None (the default): bench's control
+        plane holds the workers until the leader is done."""
+        return None
+
     def load_state(self, arrays: Dict[str, np.ndarray]) -> None:
         """On resume, after setup(): take back what this rank saved with ctx.save_state (bench never
         reads it)."""

@@ -106,6 +106,13 @@ class ParameterServerStrategy(Strategy):
         if self.ctx.role == "server":
             self.server.load_state(arrays)
 
+    def pause_begins(self):
+        self.worker.pause()
+
+    def pause_ends(self, led):
+        """Server 0 ends the pause, so that a lost worker holds no one up."""
+        return self.worker.resume(led)
+
     def on_pull(self, worker):
         raise NotImplementedError
 

@@ -13,6 +13,11 @@ and the parameters.
   server -> rank 0  FINAL    float32[shard]          the final parameters, for checkpoint and evaluation
   worker -> server  SNAPSHOT int64[1] step           after its pushes of that step: a checkpoint is due
   server -> worker  SAVED    int64[1]               once every worker asked: the shard's state is saved
+  worker -> server  PAUSE    int64[1]               it stops for a pause every worker takes (an evaluation
+                                                    or a checkpoint): its silence is not a loss
+  worker -> server 0  READY  int64[1]               the worker that led the pause has done its part
+  server 0 -> worker  RESUME int64[1] next leader   once every live worker paused and the leader is ready
+                                                    (or lost): go on; the lowest live worker leads the next
 
 A worker's messages reach a server in the order sent, so a server that has a SNAPSHOT from every
 worker has applied every gradient they pushed before it, and from no later step: its saved state and
@@ -20,7 +25,7 @@ the workers' are one consistent snapshot.
 """
 import numpy as np
 
-PULL, PARAMS, PUSH, DONE, FINAL, SNAPSHOT, SAVED = range(1, 8)
+PULL, PARAMS, PUSH, DONE, FINAL, SNAPSHOT, SAVED, PAUSE, READY, RESUME = range(1, 11)
 
 #: bytes before the values: PARAMS' version, PUSH's version read and pull flag
 PARAMS_HEADER, PUSH_HEADER = 8, 16

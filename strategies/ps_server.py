@@ -11,8 +11,8 @@ import numpy as np
 
 from ffnbench.strategies import comm
 from ffnbench.strategies.numpy_optimizers import ShardUpdater
-from ffnbench.strategies.ps_protocol import (DONE, FINAL, PARAMS, PARAMS_HEADER, PULL, PUSH, PUSH_HEADER, SAVED,
-                                              SNAPSHOT)
+from ffnbench.strategies.ps_protocol import (DONE, FINAL, PARAMS, PARAMS_HEADER, PAUSE, PULL, PUSH, PUSH_HEADER,
+                                              READY, RESUME, SAVED, SNAPSHOT)
 
 
 class ShardServer:
@@ -36,6 +36,9 @@ class ShardServer:
         self.heard = {w: time.monotonic() for w in ctx.layout.worker_ranks}  # last message from each
         self.pushes = {w: 0 for w in ctx.layout.worker_ranks}
         self.snapshot_asks = {}  # {worker: step} of the workers waiting for a checkpoint
+        self.paused = set()   # workers in a pause (PAUSE received, nothing since)
+        self.leader = ctx.layout.worker_ranks[0]  # the worker that leads the pauses (server 0's view)
+        self.leader_ready = False
         # a server with a core of its own answers at once (busy-polling, as MPI does); one sharing its
         # cores with workers sleeps between probes, which delays each answer by up to 1 ms
         self.spin_s = float("inf") if own_core else 0.0
@@ -44,13 +47,17 @@ class ShardServer:
         """Run until every worker is done, then record this server's totals."""
         start_wall, start_cpu = time.time(), time.process_time()
         token = np.empty(1, np.int64)
+        self.heard = {w: time.monotonic() for w in self.heard}  # set-up is over: silence counts from now
         while len(self.finished | self.lost) < self.ctx.layout.workers:
             found = self.next_message(hooks)
             if found is None:
                 self.snapshot_if_asked()
+                self.resume_if_ready()
                 continue  # a worker was declared lost
             worker, tag = found
             self.heard[worker] = time.monotonic()
+            if tag in (PULL, PUSH, DONE) and worker in self.paused:
+                self.pause_is_over()
             if tag == PULL:
                 self.recv(token, worker, PULL, "a pull request")
                 hooks.on_pull(worker)
@@ -70,10 +77,17 @@ class ShardServer:
             elif tag == SNAPSHOT:
                 self.recv(token, worker, SNAPSHOT, "a checkpoint request")
                 self.snapshot_asks[worker] = int(token[0])
+            elif tag == PAUSE:
+                self.recv(token, worker, PAUSE, "a pause")
+                self.paused.add(worker)
+            elif tag == READY and self.ctx.rank == 0:
+                self.recv(token, worker, READY, "the end of a pause")
+                self.leader_ready = True
             else:
                 comm.fail(self.comm, f"unexpected message tag {tag} from rank {worker}")
             hooks.after_message()
             self.snapshot_if_asked()
+            self.resume_if_ready()
         self.ctx.recorder.server(self.version, self.dropped, time.time() - start_wall,
                                  time.process_time() - start_cpu)
 
@@ -89,6 +103,27 @@ class ShardServer:
         self.ctx.save_state(steps.pop(), self.state())
         self.sends += [(w, self.comm.Isend(np.zeros(1, np.int64), dest=w, tag=SAVED)) for w in asks]
         asks.clear()
+
+    def pause_is_over(self):
+        """A paused worker went on, so server 0 has let every live worker go: the silence of those
+        still counted as paused (one that died in the pause) counts from now, as on server 0."""
+        now = time.monotonic()
+        for w in self.paused:
+            self.heard[w] = now
+        self.paused.clear()
+
+    def resume_if_ready(self):
+        """Server 0: once every live worker has paused and the pause's leader is ready (or lost), let
+        them go, naming the lowest live worker the next leader; silence counts from now."""
+        live = set(self.pushes) - self.finished - self.lost
+        if self.ctx.rank != 0 or not live or not live <= self.paused:
+            return
+        if not self.leader_ready and self.leader not in self.lost:
+            return
+        self.leader, self.leader_ready = min(live), False
+        for w in sorted(live):
+            self.sends.append((w, self.comm.Isend(np.array([self.leader], np.int64), dest=w, tag=RESUME)))
+        self.pause_is_over()
 
     def state(self):
         """The shard, its optimizer's slots, its version and what each worker delivered."""
@@ -118,9 +153,18 @@ class ShardServer:
         return found[0]
 
     def declare_lost(self, hooks):
-        """Go on without workers silent for longer than the timeout (if the strategy can); whether any was."""
+        """Go on without workers silent for longer than half the timeout (if the strategy can); whether
+        any was. A worker waiting on a server (for a checkpoint, a held pull) is not silent; one in a pause
+        is lost only after twice the timeout, or, if it leads the pause on server 0 and is not done, after
+        the timeout (an evaluation or a checkpoint takes far less)."""
         now = time.monotonic()
-        silent = [w for w, t in self.heard.items() if now - t > self.lost_after
+
+        def bound(w):
+            if w not in self.paused:
+                return self.lost_after
+            leading = self.ctx.rank == 0 and w == self.leader and not self.leader_ready
+            return self.ctx.settings.timeout_s * (1 if leading else 2)
+        silent = [w for w, t in self.heard.items() if now - t > bound(w)
                   and w not in self.finished | self.lost | set(self.snapshot_asks) and not hooks.waits_on_server(w)]
         for worker in silent:
             self.lose(worker, hooks, f"sent nothing for {self.lost_after:g}s")
@@ -131,6 +175,7 @@ class ShardServer:
         if not self.ctx.layout.traits.survives_lost_workers:
             comm.fail(self.comm, f"worker rank {worker} {why}", "lost_ranks")
         self.lost.add(worker)
+        self.paused.discard(worker)
         self.sends = [(w, r) for w, r in self.sends if w != worker]  # never taken: do not wait for them
         self.ctx.recorder.lost(worker, self.pushes[worker])
         if self.lost >= set(self.pushes) - self.finished and not self.finished:

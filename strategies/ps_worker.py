@@ -9,7 +9,7 @@ import time
 import numpy as np
 
 from ffnbench.strategies import comm
-from ffnbench.strategies.ps_protocol import DONE, PARAMS, PULL, PUSH, SAVED, SNAPSHOT
+from ffnbench.strategies.ps_protocol import DONE, PARAMS, PAUSE, PULL, PUSH, READY, RESUME, SAVED, SNAPSHOT
 
 
 class PSWorker:
@@ -47,6 +47,24 @@ class PSWorker:
         reqs = [self.comm.Isend(np.array([step], np.int64), dest=s, tag=SNAPSHOT) for s in range(len(self.bounds))]
         reqs += [self.comm.Irecv(np.zeros(1, np.int64), source=s, tag=SAVED) for s in range(len(self.bounds))]
         comm.wait_all(self.comm, reqs, self.ctx.settings.timeout_s, "the servers to save their checkpoint")
+
+    def pause(self):
+        """Tell every server this worker stops for a pause: its silence until its next message is no loss."""
+        reqs = [self.comm.Isend(np.zeros(1, np.int64), dest=s, tag=PAUSE) for s in range(len(self.bounds))]
+        comm.wait_all(self.comm, reqs, self.ctx.settings.timeout_s, "a server to take the pause")
+
+    def resume(self, led):
+        """This worker's part of the pause is done (led: it did the pause's work); wait until server 0
+        lets every live worker go (bounded: server 0 gives up on a leader silent for the run's timeout),
+        and return the worker that leads the next pause."""
+        timeout = self.ctx.settings.timeout_s
+        if led:
+            comm.wait(self.comm, self.comm.Isend(np.zeros(1, np.int64), dest=0, tag=READY), timeout,
+                      "server 0 to take the end of the pause")
+        leader = np.zeros(1, np.int64)
+        comm.wait(self.comm, self.comm.Irecv(leader, source=0, tag=RESUME), 2 * timeout,
+                  "the other workers to finish the pause")
+        return int(leader[0])
 
     def work(self, model):
         ctx, rec = self.ctx, self.ctx.recorder

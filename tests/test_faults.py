@@ -464,3 +464,77 @@ def test_an_elastic_run_is_not_resumed_from_files(tmp_path):
     (tmp_path / "config.yaml").write_text(yaml.safe_dump(cfg))
     code, _, err = finished(start("resume", str(tmp_path)), 60)
     assert code == 2 and len(err.strip().splitlines()) == 1 and "recovers in memory" in err, err
+
+
+# ------------------------------------------------------------------ lost workers and pauses
+
+# the bug's own settings: the smoke config's evaluation every 10 steps, a 20 s bound, and enough pauses
+# after the loss (about 390) that the old pause's sends to the dead worker stopped completing
+FREQUENT_PAUSES = ["--set", "train.steps=4000", "--set", "run.timeout_s=20", "--set", "eval.every=10",
+                   "--set", "run.progress=false"]
+
+
+def steps_by_rank(run_dir):
+    counts = {}
+    for record in strict_json(str(run_dir / "metrics.jsonl")):
+        if record["kind"] == "step":
+            counts[record["rank"]] = counts.get(record["rank"], 0) + 1
+    return counts
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("servers,victim,in_pause", [(1, 3, False), (1, 3, True), (1, 1, True)],
+                         ids=["follower mid-run", "follower in a pause", "leader in its evaluation"])
+def test_a_lost_async_worker_ends_no_pause_and_the_run_completes(tmp_path, servers, victim, in_pause):
+    """The bug of issue 26: with evaluations every 10 steps, a killed ps_async worker made the pause wait
+    on it until the server declared the live workers lost too. Killed between pauses, or inside one
+    (right after its 10th-step record: a follower waiting to go on, or the leader evaluating)."""
+    out = tmp_path / "run"
+    proc = start("run", SMOKE, "--set", "strategy=ps_async", "--set", f"ranks={servers + 3}",
+                 "--set", f"strategy_options.servers={servers}", *FREQUENT_PAUSES, "--out", str(out))
+    wait_for_steps(out, 200)
+    if in_pause:  # its step count reaches a multiple of eval.every: it is in the pause that follows
+        deadline = time.time() + 60
+        while not (steps_by_rank(out).get(victim, 0) % 10 == 0 and steps_by_rank(out).get(victim, 0) > 20):
+            assert time.time() < deadline, "no pause seen"
+            time.sleep(0.002)
+    os.kill(rank_pids(out)[victim], signal.SIGKILL)
+    killed_after = steps_by_rank(out).get(victim, 0)
+    code, stdout, err = finished(proc, 240)
+    assert code == 0, err
+    summary = strict_json(str(out / "summary.json"))
+    assert summary["status"] == "complete" and [w["worker"] for w in summary["lost_workers"]] == [victim]
+    assert f"lost worker: rank {victim}" in stdout
+    done = steps_by_rank(out)
+    workers = range(servers, servers + 3)
+    assert all(done[w] == 4000 for w in workers if w != victim) and done[victim] <= killed_after + 1
+    evals = [r for r in strict_json(str(out / "metrics.jsonl")) if r["kind"] == "eval"]
+    later = [e for e in evals if e["rank"] in workers and e["step"] > 2 * 4000 * 0.9]  # evaluations went on
+    assert later and all(e["rank"] != victim for e in later)
+    assert not rank_pids(out)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("in_pause", [False, True], ids=["mid-run", "in a pause"])
+def test_a_lost_elastic_worker_ends_no_pause_and_the_ring_goes_on(tmp_path, in_pause):
+    """The same with elastic all-reduce: the pause is a Horovod collective, which fails on the lost
+    worker; the ring goes back to its last commit without it and pauses go on."""
+    out = tmp_path / "run"
+    proc = start("run", SMOKE, *ELASTIC, "--set", "ranks=3", "--set", "strategy_options.commit_every=7",
+                 "--set", "train.steps=300", "--set", "run.timeout_s=20", "--set", "eval.every=10",
+                 "--set", "run.progress=false", "--out", str(out))
+    wait_for_steps(out, 60)
+    if in_pause:
+        deadline = time.time() + 60
+        while not (steps_by_rank(out).get(2, 0) % 10 == 0 and steps_by_rank(out).get(2, 0) > 20):
+            assert time.time() < deadline, "no pause seen"
+            time.sleep(0.002)
+    os.kill(rank_pids(out)[2], signal.SIGKILL)
+    killed_after = steps_by_rank(out)[2]
+    code, stdout, err = finished(proc, 240)
+    assert code == 0, err
+    summary = strict_json(str(out / "summary.json"))
+    assert summary["status"] == "complete" and [w["worker"] for w in summary["lost_workers"]] == [2]
+    evals = [r for r in strict_json(str(out / "metrics.jsonl")) if r["kind"] == "eval"]
+    assert [e for e in evals if killed_after + 10 < e["step"] < 300], "no periodic evaluation after the loss"
+    assert not rank_pids(out)

@@ -108,21 +108,35 @@ class RankDuties:
         ctx, rec, done = self.ctx, self.ctx.recorder, record.step + 1
         if self.eval_every and done % self.eval_every == 0 and done < ctx.settings.steps:
             with rec.pause("eval"), self.watchdog.disarmed():
-                if ctx.rank == self.leader:
+                self.strategy.pause_begins()
+                led = ctx.rank == self.leader
+                if led:
                     self.evaluate(record.model_version)
-                self.control.hold(self.leader, self.followers, "the evaluation")
+                self.end_pause(led, "the evaluation")
         if self.checkpoint_every and done % self.checkpoint_every == 0 and done < ctx.settings.steps:
             train_time = rec.now()
             with rec.pause("checkpoint"), self.watchdog.disarmed():
+                self.strategy.pause_begins()
+                led = ctx.rank == self.leader
                 if self.resumable:  # the workers' state, and the other ranks' that snapshot() has saved
                     self.save_part(done, checkpoints.join(model=ctx.model.state(), stream=ctx.stream.state()))
                     self.strategy.snapshot(done)  # returns once every rank's part is saved
-                if ctx.rank == self.leader:  # the weights the first worker holds (for PS: its last pull)
+                if led:  # the weights the leading worker holds (for PS: its last pull)
                     self.save_weights(done)
                     if self.resumable:
                         checkpoints.commit(ctx.run_dir, done, {"train_time": train_time, "ranks": ctx.layout.ranks,
                                                                "strategy": ctx.layout.strategy})
-                self.control.hold(self.leader, self.followers, "the checkpoint")
+                self.end_pause(led, "the checkpoint")
+
+    def end_pause(self, led, what):
+        """Every live worker goes on together once the leader has done `what`: coordinated by the
+        strategy when it can go on without lost workers (the next pause's leader may change then),
+        else by bench's control plane."""
+        leader = self.strategy.pause_ends(led)
+        if leader is None:
+            self.control.hold(self.leader, self.followers, what)
+        else:
+            self.leader, self.followers = leader, [w for w in self.ctx.layout.worker_ranks if w != leader]
 
     def evaluate(self, model_version):
         """Held-out loss and voxel metrics of the weights the model holds, after `model_version` updates."""
