@@ -101,7 +101,7 @@ class HorovodAllreduce(SyncDataParallel):
             return super().train()
         state = elastic_state(self.hvd, self.model, self.ctx.start_step)
         self.ctx.recorder.commit(state.step)
-        self.ring = None
+        self.ring, self.lost_at = None, {}  # {worker: the step the ring went back to when it was lost}
 
         @self.hvd.elastic.run
         def train_elastic(state):  # runs again, from the last commit, each time the ring re-forms
@@ -120,10 +120,11 @@ class HorovodAllreduce(SyncDataParallel):
         import tensorflow as tf
         ring = self.hvd.allgather(tf.constant([self.ctx.rank]), name="ffnbench_ring").numpy().tolist()
         if self.ring is not None:
-            self.ctx.recorder.resume(step)
-            for worker in sorted(set(self.ring) - set(ring)) if self.ctx.rank == 0 else ():
+            self.ctx.recorder.resume(step)  # supersedes this rank's records since the commit, earlier losses too:
+            for worker in sorted(set(self.lost_at) | set(self.ring) - set(ring)) if self.ctx.rank == 0 else ():
+                self.lost_at.setdefault(worker, step)  # so every worker lost so far is recorded again
                 self.ctx.recorder.resume(step, rank=worker)  # its steps since the commit are undone too
-                self.ctx.recorder.lost(worker, pushes=step)
+                self.ctx.recorder.lost(worker, pushes=self.lost_at[worker])
         self.ring = ring
         self.lr = self.ctx.settings.lr_schedule(len(ring))
 
