@@ -13,8 +13,6 @@ import numpy as np
 
 KEEP = 2
 PREFIX = "step-"
-#: the checkpoint directory the launcher hands to the ranks of a resumed run
-RESUME_ENV = "FFNBENCH_RESUME"
 
 
 def root(run_dir):
