@@ -3,6 +3,7 @@ import argparse
 import os
 import signal
 import sys
+import time
 
 
 def _die(message, code=2):
@@ -321,6 +322,23 @@ def cmd_commbench(args):
     return 1 if commbench.print_table(results, params, args.ranks) else 0
 
 
+def cmd_pairbench(args):
+    from ffnbench.bench import config
+    from ffnbench.bench.measure import pairbench
+    from ffnbench.bench.run import context
+    from ffnbench.bench.run.launcher import cli_command
+    candidates = args.candidate or list(pairbench.DEFAULT_CANDIDATES)
+    for candidate in candidates:  # a bad config or candidate is one line before anything runs
+        context.layout_of(config.load(args.config, args.set + pairbench.parse_candidate(candidate)))
+    out = args.out or os.path.join("results", "pairbench", time.strftime("%Y%m%d-%H%M%S"))
+    try:
+        above = pairbench.measure(args.config, args.set, candidates, out, args.rounds, cli_command)
+    except RuntimeError as e:
+        return _die(f"pairbench: {e}", 1)
+    print(f"pairbench: results in {out}")
+    return 1 if above else 0
+
+
 def positive_int(text):
     value = int(text) if text.isdigit() else 0
     if value < 1:
@@ -485,6 +503,16 @@ def parser():
                    "the median over them (default 3)")
     b.add_argument("--ranks-part", help=argparse.SUPPRESS)
     b.set_defaults(fn=cmd_commbench)
+    pb = sub.add_parser("pairbench", help="a 2-rank strategy against two independent 1-thread runs (the pair "
+                                         "ceiling) and twice one alone, in interleaved rounds")
+    pb.add_argument("config", help="the model, data and steps of every run (eval.every is set to 0)")
+    add_overrides(pb, help="override a config field of every run (dotted.key=value), e.g. train.steps=200")
+    pb.add_argument("--candidate", action="append", metavar="'KEY=VALUE ...'",
+                    help="a 2-rank run as space-separated overrides (repeatable; default: "
+                         "'strategy=allreduce ranks=2')")
+    pb.add_argument("--rounds", type=positive_int, default=3, help="rounds, each running every run once (default 3)")
+    pb.add_argument("--out", help="results directory (default: results/pairbench/TIME)")
+    pb.set_defaults(fn=cmd_pairbench)
     return p
 
 

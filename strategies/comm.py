@@ -139,33 +139,3 @@ def duplicate(comm, timeout_s, what):
     new, request = comm.Idup()
     wait(comm, request, timeout_s, what)
     return new
-
-
-def isend_parts(comm, arrays, dest, tag):
-    """Send contiguous arrays as one message without copying them into one buffer (an MPI datatype
-    over their addresses): one message costs one latency and one probe. Keep the arrays alive and
-    unchanged until the request completes."""
-    return _parts(comm.Isend, arrays, dest, tag)
-
-
-def irecv_parts(comm, arrays, source, tag):
-    """Receive one message into contiguous arrays, in order (as isend_parts sends them)."""
-    return _parts(comm.Irecv, arrays, source, tag)
-
-
-def _parts(post, arrays, peer, tag):
-    from mpi4py import MPI
-    datatype = MPI.BYTE.Create_hindexed([a.nbytes for a in arrays], [MPI.Get_address(a) for a in arrays]).Commit()
-    try:
-        return post([MPI.BOTTOM, 1, datatype], peer, tag)
-    finally:
-        datatype.Free()  # MPI keeps it until the posted request is done
-
-
-def probe_any(comm):
-    """(source, tag) of a message waiting from any rank, or None."""
-    from mpi4py import MPI
-    status = MPI.Status()
-    if comm.Iprobe(source=MPI.ANY_SOURCE, tag=MPI.ANY_TAG, status=status):
-        return status.Get_source(), status.Get_tag()
-    return None

@@ -2,7 +2,8 @@
 from rank 0's weights, a server or worker per rank, and the final parameters gathered on rank 0.
 
 A PS strategy adds only its policy, as the server loop's hooks: `on_pull` (answer now or hold),
-`on_push` (what a gradient does) and `after_message` (release what may go on).
+`on_push` (what a gradient does; the gradient is the worker's inbox, valid during the call only) and
+`after_message` (release what may go on).
 """
 import time
 
@@ -66,12 +67,12 @@ class ParameterServerStrategy(Strategy):
             hooks.server.serve(hooks)
         else:
             worker = PSWorker(ctx, bounds)
-            pulled, versions, grad = np.empty(params, np.float32), np.zeros(1, np.int64), np.ones(params, np.float32)
-            comm.wait_all(world, worker.pull(pulled, versions), settings.timeout_s, "the parameters")
+            slot, grad = worker.slots[0], np.ones(params, np.float32)
+            comm.wait_all(world, worker.pull(slot), settings.timeout_s, "the parameters")
             times = []
             for _ in range(repeats):
                 start = time.perf_counter()
-                receives = worker.push(grad, versions, (pulled, versions))
+                receives = worker.push(grad, slot.versions, slot)
                 comm.wait_all(world, receives, settings.timeout_s, "the parameters")
                 times.append(time.perf_counter() - start)
             worker.say_done()

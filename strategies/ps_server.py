@@ -1,9 +1,15 @@
 """One parameter-server rank: its shard, its optimizer, and the message loop every PS strategy shares.
 
-The loop receives PULL, PUSH and DONE messages as they come and hands them to the strategy's hooks
+The loop receives each worker's messages as they come and hands them to the strategy's hooks
 (`on_pull`, `on_push`, `after_message`): the strategy decides when a pull is answered and what a
 gradient does; the server only moves buffers, applies and records. A PUSH that also pulls is handed
 on as a push, then a pull, as if they had come one after the other.
+
+Nothing is copied or allocated per message. Each worker has two persistent receives, posted again as
+soon as its message is handled: one for any header-sized message (so they land in the order the worker
+sent them, with no probe before them) and one for the values of its gradient, which follow a PUSH and
+land in place. Answers are sent straight out of the shard's buffer (ShardVersions): an update that
+would change a buffer a send still reads goes to a fresh copy instead.
 """
 import time
 
@@ -11,8 +17,106 @@ import numpy as np
 
 from ffnbench.strategies import comm
 from ffnbench.strategies.numpy_optimizers import ShardUpdater
-from ffnbench.strategies.ps_protocol import (DONE, FINAL, PARAMS, PARAMS_HEADER, PAUSE, PULL, PUSH, PUSH_HEADER,
-                                              READY, RESUME, SAVED, SNAPSHOT)
+from ffnbench.strategies.ps_protocol import (DONE, FINAL, GRADIENT, HEADER, PARAMS, PAUSE, PULL, PUSH, READY,
+                                              RESUME, SAVED, SNAPSHOT)
+
+
+#: bytes of the version before the values in a ShardVersions buffer
+VERSION_BYTES = 8
+
+
+class ShardVersions:
+    """The shard in buffers [int64 version | float32 values]: answers go out of the current buffer as
+    it is; an update writes over it in place unless a send still reads it, and then over a buffer no
+    send reads (a copy of the current one, made at most once per update)."""
+
+    def __init__(self, values):
+        self.buffers = [self._buffer(values.size)]
+        self.reading = []  # (buffer, request) of the sends still in flight
+        self.current = self.buffers[0]
+        self.values[:] = values
+        self.version = 0
+
+    @staticmethod
+    def _buffer(size):
+        return np.empty(VERSION_BYTES + 4 * size, np.uint8)
+
+    @property
+    def values(self):
+        return self.current[VERSION_BYTES:].view(np.float32)
+
+    @property
+    def version(self):
+        return int(self.current[:VERSION_BYTES].view(np.int64)[0])
+
+    @version.setter
+    def version(self, version):
+        self.current[:VERSION_BYTES].view(np.int64)[0] = version
+
+    def send(self, comm_, dest, tag):
+        """Isend the current version, then the values, to `dest` (ps_protocol PARAMS); the requests."""
+        requests = [comm_.Isend(self.current[:VERSION_BYTES], dest=dest, tag=tag),
+                    comm_.Isend(self.current[VERSION_BYTES:], dest=dest, tag=tag)]
+        self.reading += [(self.current, r) for r in requests]
+        return requests
+
+    def writable(self):
+        """The values, in a buffer no send reads, made current (copied over first if it was not)."""
+        self.reading = [(b, r) for b, r in self.reading if not r.Test()]
+        busy = [b for b, _ in self.reading]
+        if not any(b is self.current for b in busy):
+            return self.values
+        free = next((b for b in self.buffers if not any(b is r for r in busy)), None)
+        if free is None:
+            free = self._buffer(self.values.size)
+            self.buffers.append(free)
+        free[:] = self.current
+        self.current = free
+        return self.values
+
+    def forget(self, requests):
+        """Stop tracking sends that will never be taken (their peer was lost)."""
+        self.reading = [(b, r) for b, r in self.reading if not any(r is q for q in requests)]
+
+
+#: seconds between looks at the workers' silences while the server waits for a message
+CHECK_S = 0.01
+
+
+class Inbox:
+    """A worker's two persistent receives: any header message (any tag, so they come in the order
+    sent) and the values of its gradient (tag GRADIENT). The values' receive is always posted before
+    the header's, so a GRADIENT can never land in the header's buffer."""
+
+    def __init__(self, comm_, worker, size, dtype):
+        from mpi4py import MPI
+        self.header, self.gradient = np.zeros(HEADER, np.int64), np.empty(size, dtype)
+        self.header_receive = comm_.Recv_init(self.header, source=worker, tag=MPI.ANY_TAG)
+        self.gradient_receive = comm_.Recv_init(self.gradient, source=worker, tag=GRADIENT)
+        self.posted = set()  # of "gradient", "header": the receives waiting for their message
+
+    def post(self):
+        """Post again what has taken its message, the values' receive first."""
+        for name in ("gradient", "header"):
+            if name not in self.posted:
+                getattr(self, f"{name}_receive").Start()
+                self.posted.add(name)
+
+    def header_taken(self):
+        self.posted.discard("header")
+
+    def gradient_arrived(self):
+        if "gradient" in self.posted and self.gradient_receive.Test():
+            self.posted.discard("gradient")
+        return "gradient" not in self.posted
+
+    def close(self):
+        """Cancel what will not come (from a lost worker; the values' receive after a last push)."""
+        for name in ("gradient", "header"):
+            request = getattr(self, f"{name}_receive")
+            if name in self.posted:
+                request.Cancel()
+            request.Free()
 
 
 class ShardServer:
@@ -21,75 +125,103 @@ class ShardServer:
         wire: how gradients arrive (comm.GRADIENT_WIRES)."""
         self.ctx, self.comm, self.bounds = ctx, ctx.comm, bounds
         lo, hi = bounds[ctx.rank]
-        self.shard = weights[lo:hi].copy()
+        self.shard = ShardVersions(weights[lo:hi])
         self.wire, self.wire_dtype = wire, comm.wire_dtype(wire)
-        self.wire_bytes = np.dtype(self.wire_dtype).itemsize
         self.updater = ShardUpdater(ctx.settings.optimizer, hi - lo, ctx.settings.clip)
-        self.version = 0      # updates applied to this shard
         self.dropped = 0      # gradients a strategy chose not to apply
         self.finished = set()  # workers that said DONE
         self.lost = set()     # workers gone silent, whose work the others carry on (survives_lost_workers)
         # a worker is lost after half the run's wait bound, so its peers' own bounded waits (for the
         # answers this server owes them) outlast the detection
         self.lost_after = ctx.settings.timeout_s / 2
-        self.sends = []       # (worker, request) of answers still in flight
-        self.heard = {w: time.monotonic() for w in ctx.layout.worker_ranks}  # last message from each
-        self.pushes = {w: 0 for w in ctx.layout.worker_ranks}
+        self.sends = []       # (worker, request) of the answers still in flight
+        workers = ctx.layout.worker_ranks
+        self.heard = {w: time.monotonic() for w in workers}  # last message from each
+        self.pushes = {w: 0 for w in workers}
+        self.inboxes = {w: Inbox(self.comm, w, hi - lo, self.wire_dtype) for w in workers}
         self.snapshot_asks = {}  # {worker: step} of the workers waiting for a checkpoint
         self.paused = set()   # workers in a pause (PAUSE received, nothing since)
-        self.leader = ctx.layout.worker_ranks[0]  # the worker that leads the pauses (server 0's view)
+        self.leader = workers[0]  # the worker that leads the pauses (server 0's view)
         self.leader_ready = False
         # a server with a core of its own answers at once (busy-polling, as MPI does); one sharing its
-        # cores with workers sleeps between probes, which delays each answer by up to 1 ms
+        # cores with workers sleeps between polls, which delays each answer by up to 1 ms
         self.spin_s = float("inf") if own_core else 0.0
+
+    @property
+    def version(self):
+        """Updates applied to this shard."""
+        return self.shard.version
 
     def serve(self, hooks):
         """Run until every worker is done, then record this server's totals."""
+        from mpi4py import MPI
         start_wall, start_cpu = time.time(), time.process_time()
-        token = np.empty(1, np.int64)
+        workers = list(self.inboxes)
+        for w in workers:
+            if w not in self.finished | self.lost:
+                self.inboxes[w].post()
+        headers = [self.inboxes[w].header_receive for w in workers]
         self.heard = {w: time.monotonic() for w in self.heard}  # set-up is over: silence counts from now
+        status = MPI.Status()
         while len(self.finished | self.lost) < self.ctx.layout.workers:
-            found = self.next_message(hooks)
-            if found is None:
+            index = self.next_message(headers, status, hooks)
+            if index is None:
                 self.snapshot_if_asked()
                 self.resume_if_ready()
                 continue  # a worker was declared lost
-            worker, tag = found
+            worker, tag = workers[index], status.Get_tag()
+            inbox = self.inboxes[worker]
+            inbox.header_taken()
             self.heard[worker] = time.monotonic()
             if tag in (PULL, PUSH, DONE) and worker in self.paused:
                 self.pause_is_over()
-            if tag == PULL:
-                self.recv(token, worker, PULL, "a pull request")
-                hooks.on_pull(worker)
-            elif tag == PUSH:
-                message = np.empty(PUSH_HEADER + self.shard.size * self.wire_bytes, np.uint8)
-                if self.recv_or_lose(message, worker, PUSH, f"the gradient from rank {worker}", hooks):
-                    read, pull = message[:PUSH_HEADER].view(np.int64)
-                    hooks.on_push(worker, int(read), comm.from_wire(message[PUSH_HEADER:].view(self.wire_dtype),
-                                                                     self.wire))
-                    self.pushes[worker] += 1
-                    if pull:
-                        hooks.after_message()
-                        hooks.on_pull(worker)
-            elif tag == DONE:
-                self.recv(token, worker, DONE, "a done message")
-                self.finished.add(worker)
-            elif tag == SNAPSHOT:
-                self.recv(token, worker, SNAPSHOT, "a checkpoint request")
-                self.snapshot_asks[worker] = int(token[0])
-            elif tag == PAUSE:
-                self.recv(token, worker, PAUSE, "a pause")
-                self.paused.add(worker)
-            elif tag == READY and self.ctx.rank == 0:
-                self.recv(token, worker, READY, "the end of a pause")
-                self.leader_ready = True
-            else:
-                comm.fail(self.comm, f"unexpected message tag {tag} from rank {worker}")
+            self.handle(worker, tag, hooks)
+            if worker not in self.finished:
+                inbox.post()
             hooks.after_message()
             self.snapshot_if_asked()
             self.resume_if_ready()
+        for inbox in self.inboxes.values():
+            inbox.close()
         self.ctx.recorder.server(self.version, self.dropped, time.time() - start_wall,
                                  time.process_time() - start_cpu)
+
+    def handle(self, worker, tag, hooks):
+        """Act on one header message from `worker` (in its inbox); a PUSH's values follow it."""
+        inbox = self.inboxes[worker]
+        if tag == PULL:
+            hooks.on_pull(worker)
+        elif tag == PUSH:
+            if not self.gradient_arrives(worker, hooks):
+                return
+            read, pull = inbox.header
+            hooks.on_push(worker, int(read), comm.from_wire(inbox.gradient, self.wire))
+            self.pushes[worker] += 1
+            if pull:
+                hooks.after_message()
+                hooks.on_pull(worker)
+        elif tag == DONE:
+            self.finished.add(worker)
+        elif tag == SNAPSHOT:
+            self.snapshot_asks[worker] = int(inbox.header[0])
+        elif tag == PAUSE:
+            self.paused.add(worker)
+        elif tag == READY and self.ctx.rank == 0:
+            self.leader_ready = True
+        else:
+            comm.fail(self.comm, f"unexpected message tag {tag} from rank {worker}")
+
+    def gradient_arrives(self, worker, hooks):
+        """Wait for the values of a PUSH whose header came; False when the worker died part-way
+        through sending them (declared lost)."""
+        inbox = self.inboxes[worker]
+        give_up = time.monotonic() + self.lost_after
+        comm.poll(self.comm, lambda: inbox.gradient_arrived() or time.monotonic() > give_up,
+                  self.ctx.settings.timeout_s, f"the gradient from rank {worker}")
+        if inbox.gradient_arrived():
+            return True
+        self.lose(worker, hooks, "stopped part-way through a gradient")
+        return False
 
     def snapshot_if_asked(self):
         """Once every worker still training has asked (ps_protocol: after its pushes), save this
@@ -115,8 +247,10 @@ class ShardServer:
     def resume_if_ready(self):
         """Server 0: once every live worker has paused and the pause's leader is ready (or lost), let
         them go, naming the lowest live worker the next leader; silence counts from now."""
+        if self.ctx.rank != 0 or not self.paused:
+            return
         live = set(self.pushes) - self.finished - self.lost
-        if self.ctx.rank != 0 or not live or not live <= self.paused:
+        if not live or not live <= self.paused:
             return
         if not self.leader_ready and self.leader not in self.lost:
             return
@@ -128,27 +262,38 @@ class ShardServer:
     def state(self):
         """The shard, its optimizer's slots, its version and what each worker delivered."""
         workers = sorted(self.pushes)
-        return {"shard": self.shard.copy(), "version": np.array(self.version), "dropped": np.array(self.dropped),
-                "workers": np.array(workers), "pushes": np.array([self.pushes[w] for w in workers]),
-                "lost": np.array(sorted(self.lost), np.int64),
+        return {"shard": self.shard.values.copy(), "version": np.array(self.version),
+                "dropped": np.array(self.dropped), "workers": np.array(workers),
+                "pushes": np.array([self.pushes[w] for w in workers]), "lost": np.array(sorted(self.lost), np.int64),
                 **{f"optimizer.{k}": v for k, v in self.updater.state().items()}}
 
     def load_state(self, arrays):
-        self.shard[:] = arrays["shard"]
-        self.version, self.dropped = int(arrays["version"]), int(arrays["dropped"])
+        self.shard.writable()[:] = arrays["shard"]
+        self.shard.version = int(arrays["version"])
+        self.dropped = int(arrays["dropped"])
         self.pushes = dict(zip(arrays["workers"].tolist(), arrays["pushes"].tolist()))
         self.lost = set(arrays["lost"].tolist())
         self.updater.load_state({k[len("optimizer."):]: v for k, v in arrays.items() if k.startswith("optimizer.")})
 
-    def next_message(self, hooks):
-        """(worker, tag) of the next message (polling as `spin_s` says); None when instead a worker
-        silent for half the run's timeout was declared lost."""
-        found = []
+    def next_message(self, headers, status, hooks):
+        """Index into `headers` (each worker's header receive) of the next message in, polling as
+        `spin_s` says; None when instead a worker silent for too long was declared lost. The silences
+        and the answers in flight are looked at every CHECK_S, not on every poll."""
+        from mpi4py import MPI
+        found = [None]
+        check_at = [time.monotonic() + CHECK_S]
 
         def arrived():
+            index, done = MPI.Request.Testany(headers, status)
+            if done and index != MPI.UNDEFINED:
+                found[0] = index
+                return True
+            now = time.monotonic()
+            if now < check_at[0]:
+                return False
+            check_at[0] = now + CHECK_S
             self.sends = [(w, r) for w, r in self.sends if not r.Test()]
-            found[:] = [comm.probe_any(self.comm)]
-            return found[0] is not None or self.declare_lost(hooks)
+            return self.declare_lost(hooks)
         comm.poll(self.comm, arrived, self.ctx.settings.timeout_s + 1.0, "any worker", spin_s=self.spin_s)
         return found[0]
 
@@ -156,7 +301,8 @@ class ShardServer:
         """Go on without workers silent for longer than half the timeout (if the strategy can); whether
         any was. A worker waiting on a server (for a checkpoint, a held pull) is not silent; one in a pause
         is lost only after twice the timeout, or, if it leads the pause on server 0 and is not done, after
-        the timeout (an evaluation or a checkpoint takes far less)."""
+        the timeout (an evaluation or a checkpoint takes far less). A worker killed part-way through a
+        message is silent from its last whole one."""
         now = time.monotonic()
 
         def bound(w):
@@ -176,52 +322,39 @@ class ShardServer:
             comm.fail(self.comm, f"worker rank {worker} {why}", "lost_ranks")
         self.lost.add(worker)
         self.paused.discard(worker)
+        never_taken = [r for w, r in self.sends if w == worker]
         self.sends = [(w, r) for w, r in self.sends if w != worker]  # never taken: do not wait for them
+        self.shard.forget(never_taken)
         self.ctx.recorder.lost(worker, self.pushes[worker])
         if self.lost >= set(self.pushes) - self.finished and not self.finished:
             comm.fail(self.comm, f"every worker was lost (the last, rank {worker}, {why})", "lost_ranks")
 
-    def recv_or_lose(self, buf, worker, tag, what, hooks):
-        """Receive a message part from `worker`; False when it died part-way (declared lost)."""
-        request = self.comm.Irecv(buf, source=worker, tag=tag)
-        give_up = time.monotonic() + self.lost_after
-        comm.poll(self.comm, lambda: request.Test() or time.monotonic() > give_up, self.ctx.settings.timeout_s,
-                  what)
-        if request.Test():
-            return True
-        request.Cancel()
-        self.lose(worker, hooks, f"stopped part-way through {what}")
-        return False
-
-    def recv(self, buf, source, tag, what):
-        comm.wait(self.comm, self.comm.Irecv(buf, source=source, tag=tag), self.ctx.settings.timeout_s, what)
-
     def answer_pull(self, worker):
-        """Send the version and a copy of the shard (which may change before the send is done)."""
-        message = np.empty(PARAMS_HEADER + self.shard.nbytes, np.uint8)
-        message[:PARAMS_HEADER].view(np.int64)[0] = self.version
-        message[PARAMS_HEADER:].view(np.float32)[:] = self.shard
-        self.sends.append((worker, self.comm.Isend(message, dest=worker, tag=PARAMS)))
+        """Send the version and the shard, straight from its buffer (ShardVersions keeps it unchanged
+        until the send is done)."""
+        self.sends += [(worker, r) for r in self.shard.send(self.comm, worker, PARAMS)]
 
     def record(self, worker, read, lr):
         """Record a gradient from `worker`, computed on version `read`, going onto this version."""
         self.ctx.recorder.update(worker, read, self.version, lr=lr)
 
     def apply(self, grad, lr):
-        self.updater.apply(self.shard, grad, lr)
-        self.version += 1
+        version = self.version
+        self.updater.apply(self.shard.writable(), grad, lr)
+        self.shard.version = version + 1
 
     def gather_final(self, final_comm):
         """Every server's shard to rank 0 over `final_comm`; the whole vector there, None elsewhere."""
         timeout = self.ctx.settings.timeout_s
         comm.wait_all(self.comm, [r for _, r in self.sends], timeout, "workers to take the parameters")
+        values = self.shard.values
         if self.ctx.rank != 0:
-            comm.wait(final_comm, final_comm.Isend(self.shard, dest=0, tag=FINAL), timeout,
+            comm.wait(final_comm, final_comm.Isend(values, dest=0, tag=FINAL), timeout,
                       "rank 0 to take the final parameters")
             return None
         final = np.empty(self.bounds[-1][1], np.float32)
         lo, hi = self.bounds[0]
-        final[lo:hi] = self.shard
+        final[lo:hi] = values
         reqs = [final_comm.Irecv(final[lo:hi], source=s, tag=FINAL)
                 for s, (lo, hi) in enumerate(self.bounds) if s != 0]
         comm.wait_all(final_comm, reqs, timeout, "the final shards")

@@ -50,7 +50,7 @@ class PSSync(ParameterServerStrategy):
         if read < self.server.version:
             self.server.dropped += 1  # a backup's gradient for a round already applied
         else:
-            self.pending[worker] = grad
+            self.pending[worker] = grad.copy()  # grad is the worker's inbox, which its next message fills
 
     def after_message(self):
         server, layout = self.server, self.ctx.layout

@@ -9,38 +9,66 @@ import time
 import numpy as np
 
 from ffnbench.strategies import comm
-from ffnbench.strategies.ps_protocol import DONE, PARAMS, PAUSE, PULL, PUSH, READY, RESUME, SAVED, SNAPSHOT
+from ffnbench.strategies.ps_protocol import DONE, GRADIENT, HEADER, PARAMS, PAUSE, PULL, PUSH, READY, RESUME, SAVED, SNAPSHOT
+
+
+class Slot:
+    """Where one step's parameters arrive: the vector, each shard's version, and persistent receives
+    into them (posted again for each pull, so nothing is allocated or built per step). A server sends
+    the version, then the values, with one tag; posted in that order, the receives take them in it."""
+
+    def __init__(self, comm_, bounds):
+        self.params = np.empty(bounds[-1][1], np.float32)
+        self.versions = np.zeros(len(bounds), np.int64)
+        self.receives = [comm_.Recv_init(part, source=s, tag=PARAMS) for s, (lo, hi) in enumerate(bounds)
+                         for part in (self.versions[s:s + 1], self.params[lo:hi])]
+
+    def expect(self):
+        """Post the receives of every shard's answer; the requests."""
+        for request in self.receives:
+            request.Start()
+        return list(self.receives)
+
+    def close(self):
+        for request in self.receives:
+            request.Free()
 
 
 class PSWorker:
     def __init__(self, ctx, bounds, prefetch=False, straggle_s=0.0, wire="float32"):
         self.ctx, self.comm, self.bounds = ctx, ctx.comm, bounds
         self.prefetch, self.straggle_s, self.wire = prefetch, straggle_s, wire
+        # with prefetch one slot is read while the next step's parameters arrive in the other
+        self.slots = [Slot(self.comm, bounds) for _ in range(1 + prefetch)]
+        self.headers = np.zeros((len(bounds), HEADER), np.int64)  # a push's (version read, pull) per shard
+        self.header_sends = [self.comm.Send_init(self.headers[s], dest=s, tag=PUSH) for s in range(len(bounds))]
 
-    def pull(self, params, versions):
-        """Post receives for every shard into `params`/`versions`, then ask; returns the requests."""
-        reqs = self.receive(params, versions)
+    def pull(self, slot):
+        """Post receives for every shard into `slot`, then ask; returns the requests."""
+        reqs = slot.expect()
         reqs += [self.comm.Isend(np.zeros(1, np.int64), dest=s, tag=PULL) for s in range(len(self.bounds))]
         return reqs
 
-    def receive(self, params, versions):
-        return [comm.irecv_parts(self.comm, [versions[s:s + 1], params[lo:hi]], s, PARAMS)
-                for s, (lo, hi) in enumerate(self.bounds)]
-
     def push(self, grad, versions, pull_into=None):
-        """Send the gradient computed on `versions`; with pull_into=(params, versions) the same
-        message asks for the next parameters, whose receives are returned."""
+        """Send the gradient computed on `versions`; with pull_into (a Slot) the same message asks for
+        the next parameters, whose receives are returned."""
         grad = comm.to_wire(grad, self.wire)
-        headers = [np.array([read, pull_into is not None], np.int64) for read in versions]
-        reqs = self.receive(*pull_into) if pull_into is not None else []
-        sends = [comm.isend_parts(self.comm, [headers[s], grad[lo:hi]], s, PUSH)
-                 for s, (lo, hi) in enumerate(self.bounds)]
+        self.headers[:, 0], self.headers[:, 1] = versions, pull_into is not None
+        reqs = pull_into.expect() if pull_into is not None else []
+        sends = []
+        for s, (lo, hi) in enumerate(self.bounds):
+            self.header_sends[s].Start()
+            sends += [self.header_sends[s], self.comm.Isend(grad[lo:hi], dest=s, tag=GRADIENT)]
         comm.wait_all(self.comm, sends, self.ctx.settings.timeout_s, "a server to take the gradient")
         return reqs
 
     def say_done(self):
         reqs = [self.comm.Isend(np.zeros(1, np.int64), dest=s, tag=DONE) for s in range(len(self.bounds))]
         comm.wait_all(self.comm, reqs, self.ctx.settings.timeout_s, "a server to take the done message")
+        for request in self.header_sends:
+            request.Free()
+        for slot in self.slots:
+            slot.close()
 
     def snapshot(self, step):
         """Ask every server to save its shard for the checkpoint after `step` steps; wait until saved."""
@@ -69,30 +97,28 @@ class PSWorker:
     def work(self, model):
         ctx, rec = self.ctx, self.ctx.recorder
         steps = ctx.settings.steps
-        buffers = [(np.empty(model.num_params, np.float32), np.zeros(len(self.bounds), np.int64))
-                   for _ in range(1 + self.prefetch)]
         pending = None
         for step in range(ctx.start_step, steps):
             with rec.phase("data"):
                 batch = ctx.stream.next_batch()
             with rec.phase("comm"):
-                params, versions = buffers[step % len(buffers)]
-                reqs = pending if pending is not None else self.pull(params, versions)
+                slot = self.slots[step % len(self.slots)]
+                reqs = pending if pending is not None else self.pull(slot)
                 comm.wait_all(self.comm, reqs, ctx.settings.timeout_s, "the parameters from the servers")
             if self.straggle_s:
                 with rec.phase("wait"):  # injected straggling, between reading and pushing
                     time.sleep(self.straggle_s)
             with rec.phase("compute"):
-                model.set_flat(params)
+                model.set_flat(slot.params)
                 if self.prefetch:
-                    pending = self.pull(*buffers[(step + 1) % 2]) if step + 1 < steps else None
+                    pending = self.pull(self.slots[(step + 1) % 2]) if step + 1 < steps else None
                 grad, loss, logits = model.flat_gradients(batch)
-            read = int(versions[0])  # before the push: its answer lands in the same buffers
+            read = int(slot.versions[0])  # before the push: its answer lands in the same slot
             with rec.phase("comm"):
                 if self.prefetch or step + 1 == steps:
-                    self.push(grad, versions)
+                    self.push(grad, slot.versions)
                 else:
-                    pending = self.push(grad, versions, pull_into=buffers[0])
+                    pending = self.push(grad, slot.versions, pull_into=self.slots[0])
             with rec.phase("compute"):
                 ctx.stream.feedback(logits)
             rec.step(step, len(batch), loss, model_version=read)
