@@ -322,6 +322,12 @@ def cmd_commbench(args):
     return 1 if commbench.print_table(results, params, args.ranks) else 0
 
 
+def cmd_timeline(args):
+    from ffnbench.bench.analyse import horovod_timeline
+    horovod_timeline.print_breakdown(horovod_timeline.breakdown(args.run_dir))
+    return 0
+
+
 def cmd_pairbench(args):
     from ffnbench.bench import config
     from ffnbench.bench.measure import pairbench
@@ -513,6 +519,10 @@ def parser():
     pb.add_argument("--rounds", type=positive_int, default=3, help="rounds, each running every run once (default 3)")
     pb.add_argument("--out", help="results directory (default: results/pairbench/TIME)")
     pb.set_defaults(fn=cmd_pairbench)
+    tl = sub.add_parser("timeline", help="where an all-reduce run's exchange went, from its Horovod timeline "
+                                        "(strategy_options.timeline=true) beside its step records")
+    tl.add_argument("run_dir")
+    tl.set_defaults(fn=cmd_timeline)
     return p
 
 

@@ -50,7 +50,12 @@ class HorovodAllreduce(SyncDataParallel):
                                    "(hvd.grouped_allreduce) or flat_eager (flat, as eager ops rather than a tf.function)",
                            choices=EXCHANGES),
         "fusion_threshold_mb": Option(128.0, "Horovod fusion buffer (HOROVOD_FUSION_THRESHOLD)", at_least=0),
-        "cycle_time_ms": Option(1.0, "Horovod cycle time (HOROVOD_CYCLE_TIME)", at_least=0),
+        # 0.1 rather than Horovod's 1: each cycle's coordination is a blocking MPI collective that spins
+        # while the other rank's cycle is out of phase, and at 1 ms that took 0.09-0.20 of a core from
+        # each rank's compute here (0.03-0.05 at 0.1 ms; docs/measurements.md)
+        "cycle_time_ms": Option(0.1, "Horovod cycle time (HOROVOD_CYCLE_TIME)", at_least=0),
+        "thread_affinity": Option([], "the core of each local rank's Horovod background thread "
+                                      "(HOROVOD_THREAD_AFFINITY; empty: unpinned)", items=int, at_least=0),
         "fp16": Option(False, "hvd.Compression.fp16 on the wire"),
         "timeline": Option(False, "Horovod's chrome-trace timeline in RUN_DIR/horovod_timeline.json"),
         "elastic": Option(False, "elastic Horovod (horovodrun over Gloo): a lost worker shrinks the ring"),
@@ -79,6 +84,8 @@ class HorovodAllreduce(SyncDataParallel):
         # A lost rank stalls Horovod's collectives: shut down after the run's wait bound.
         os.environ.setdefault("HOROVOD_STALL_CHECK_TIME_SECONDS", str(int(min(60, self.ctx.settings.timeout_s))))
         os.environ.setdefault("HOROVOD_STALL_SHUTDOWN_TIME_SECONDS", str(int(self.ctx.settings.timeout_s)))
+        if o["thread_affinity"]:
+            os.environ["HOROVOD_THREAD_AFFINITY"] = ",".join(str(c) for c in o["thread_affinity"])
         if o["timeline"]:
             os.environ["HOROVOD_TIMELINE"] = os.path.join(self.ctx.run_dir, "horovod_timeline.json")
         import horovod.tensorflow as hvd

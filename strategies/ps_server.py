@@ -26,57 +26,81 @@ VERSION_BYTES = 8
 
 
 class ShardVersions:
-    """The shard in buffers [int64 version | float32 values]: answers go out of the current buffer as
-    it is; an update writes over it in place unless a send still reads it, and then over a buffer no
-    send reads (a copy of the current one, made at most once per update)."""
+    """The shard in buffers [int64 version | float32 values], and the answers sent out of them as they
+    are: a persistent pair of sends (the version, then the values) per worker and buffer. An update
+    writes over the current buffer in place unless an answer is still being sent from it, and then
+    over a buffer no answer reads (a copy of the current one, made at most once per update)."""
 
-    def __init__(self, values):
-        self.buffers = [self._buffer(values.size)]
-        self.reading = []  # (buffer, request) of the sends still in flight
-        self.current = self.buffers[0]
+    def __init__(self, comm_, values):
+        self.comm = comm_
+        self.buffers = [np.empty(VERSION_BYTES + values.nbytes, np.uint8)]
+        self.current = 0       # index of the buffer answers go out of
+        self.answers = {}      # (buffer, worker) -> [version send, values send], persistent
+        self.in_flight = set()  # (buffer, worker) of answers not yet seen done
+        self.abandoned = set()  # (buffer, worker) of answers to a lost worker, never to be started again
         self.values[:] = values
         self.version = 0
 
-    @staticmethod
-    def _buffer(size):
-        return np.empty(VERSION_BYTES + 4 * size, np.uint8)
-
     @property
     def values(self):
-        return self.current[VERSION_BYTES:].view(np.float32)
+        return self.buffers[self.current][VERSION_BYTES:].view(np.float32)
 
     @property
     def version(self):
-        return int(self.current[:VERSION_BYTES].view(np.int64)[0])
+        return int(self.buffers[self.current][:VERSION_BYTES].view(np.int64)[0])
 
     @version.setter
     def version(self, version):
-        self.current[:VERSION_BYTES].view(np.int64)[0] = version
+        self.buffers[self.current][:VERSION_BYTES].view(np.int64)[0] = version
 
-    def send(self, comm_, dest, tag):
-        """Isend the current version, then the values, to `dest` (ps_protocol PARAMS); the requests."""
-        requests = [comm_.Isend(self.current[:VERSION_BYTES], dest=dest, tag=tag),
-                    comm_.Isend(self.current[VERSION_BYTES:], dest=dest, tag=tag)]
-        self.reading += [(self.current, r) for r in requests]
-        return requests
+    def send(self, worker, timeout_s):
+        """Start the answer to `worker` from the current buffer (ps_protocol PARAMS). The worker took
+        the last one before it could ask again, so that one is done or about to be (bounded wait)."""
+        key = (self.current, worker)
+        pair = self.answers.get(key)
+        if pair is None or key in self.abandoned:
+            buffer = self.buffers[self.current]
+            pair = self.answers[key] = [self.comm.Send_init(part, dest=worker, tag=PARAMS)
+                                        for part in (buffer[:VERSION_BYTES], buffer[VERSION_BYTES:])]
+            self.abandoned.discard(key)
+        elif key in self.in_flight:
+            comm.wait_all(self.comm, pair, timeout_s, f"rank {worker} to take its last parameters")
+        for request in pair:
+            request.Start()
+        self.in_flight.add(key)
+
+    def done(self):
+        """Forget the answers that are done."""
+        from mpi4py import MPI
+        self.in_flight = {k for k in self.in_flight if not MPI.Request.Testall(self.answers[k])}
 
     def writable(self):
-        """The values, in a buffer no send reads, made current (copied over first if it was not)."""
-        self.reading = [(b, r) for b, r in self.reading if not r.Test()]
-        busy = [b for b, _ in self.reading]
-        if not any(b is self.current for b in busy):
-            return self.values
-        free = next((b for b in self.buffers if not any(b is r for r in busy)), None)
-        if free is None:
-            free = self._buffer(self.values.size)
-            self.buffers.append(free)
-        free[:] = self.current
-        self.current = free
+        """The values, in a buffer no answer reads, made current (copied over first if it was not)."""
+        self.done()
+        busy = {b for b, _ in self.in_flight}
+        if self.current in busy:
+            free = next((b for b in range(len(self.buffers)) if b not in busy), None)
+            if free is None:
+                free = len(self.buffers)
+                self.buffers.append(np.empty_like(self.buffers[0]))
+            self.buffers[free][:] = self.buffers[self.current]
+            self.current = free
         return self.values
 
-    def forget(self, requests):
-        """Stop tracking sends that will never be taken (their peer was lost)."""
-        self.reading = [(b, r) for b, r in self.reading if not any(r is q for q in requests)]
+    def abandon(self, worker):
+        """Stop waiting for answers to a lost worker (they may never be taken)."""
+        gone = {k for k in self.in_flight if k[1] == worker}
+        self.in_flight -= gone
+        self.abandoned |= gone
+
+    def wait_sent(self, timeout_s):
+        """Wait until every answer is taken, then free them (the run is over)."""
+        comm.wait_all(self.comm, [r for k in self.in_flight for r in self.answers[k]], timeout_s,
+                      "workers to take the parameters")
+        for key, pair in self.answers.items():
+            if key not in self.abandoned:
+                for request in pair:
+                    request.Free()
 
 
 #: seconds between looks at the workers' silences while the server waits for a message
@@ -125,7 +149,7 @@ class ShardServer:
         wire: how gradients arrive (comm.GRADIENT_WIRES)."""
         self.ctx, self.comm, self.bounds = ctx, ctx.comm, bounds
         lo, hi = bounds[ctx.rank]
-        self.shard = ShardVersions(weights[lo:hi])
+        self.shard = ShardVersions(self.comm, weights[lo:hi])
         self.wire, self.wire_dtype = wire, comm.wire_dtype(wire)
         self.updater = ShardUpdater(ctx.settings.optimizer, hi - lo, ctx.settings.clip)
         self.dropped = 0      # gradients a strategy chose not to apply
@@ -134,7 +158,7 @@ class ShardServer:
         # a worker is lost after half the run's wait bound, so its peers' own bounded waits (for the
         # answers this server owes them) outlast the detection
         self.lost_after = ctx.settings.timeout_s / 2
-        self.sends = []       # (worker, request) of the answers still in flight
+        self.sends = []       # (worker, request) of the small answers still in flight (SAVED, RESUME)
         workers = ctx.layout.worker_ranks
         self.heard = {w: time.monotonic() for w in workers}  # last message from each
         self.pushes = {w: 0 for w in workers}
@@ -293,6 +317,7 @@ class ShardServer:
                 return False
             check_at[0] = now + CHECK_S
             self.sends = [(w, r) for w, r in self.sends if not r.Test()]
+            self.shard.done()
             return self.declare_lost(hooks)
         comm.poll(self.comm, arrived, self.ctx.settings.timeout_s + 1.0, "any worker", spin_s=self.spin_s)
         return found[0]
@@ -322,9 +347,8 @@ class ShardServer:
             comm.fail(self.comm, f"worker rank {worker} {why}", "lost_ranks")
         self.lost.add(worker)
         self.paused.discard(worker)
-        never_taken = [r for w, r in self.sends if w == worker]
         self.sends = [(w, r) for w, r in self.sends if w != worker]  # never taken: do not wait for them
-        self.shard.forget(never_taken)
+        self.shard.abandon(worker)
         self.ctx.recorder.lost(worker, self.pushes[worker])
         if self.lost >= set(self.pushes) - self.finished and not self.finished:
             comm.fail(self.comm, f"every worker was lost (the last, rank {worker}, {why})", "lost_ranks")
@@ -332,7 +356,7 @@ class ShardServer:
     def answer_pull(self, worker):
         """Send the version and the shard, straight from its buffer (ShardVersions keeps it unchanged
         until the send is done)."""
-        self.sends += [(worker, r) for r in self.shard.send(self.comm, worker, PARAMS)]
+        self.shard.send(worker, self.ctx.settings.timeout_s)
 
     def record(self, worker, read, lr):
         """Record a gradient from `worker`, computed on version `read`, going onto this version."""
@@ -347,6 +371,7 @@ class ShardServer:
         """Every server's shard to rank 0 over `final_comm`; the whole vector there, None elsewhere."""
         timeout = self.ctx.settings.timeout_s
         comm.wait_all(self.comm, [r for _, r in self.sends], timeout, "workers to take the parameters")
+        self.shard.wait_sent(timeout)
         values = self.shard.values
         if self.ctx.rank != 0:
             comm.wait(final_comm, final_comm.Isend(values, dest=0, tag=FINAL), timeout,

@@ -25,8 +25,8 @@ class Slot:
 
     def expect(self):
         """Post the receives of every shard's answer; the requests."""
-        for request in self.receives:
-            request.Start()
+        from mpi4py import MPI
+        MPI.Prequest.Startall(self.receives)
         return list(self.receives)
 
     def close(self):
@@ -53,7 +53,8 @@ class PSWorker:
         """Send the gradient computed on `versions`; with pull_into (a Slot) the same message asks for
         the next parameters, whose receives are returned."""
         grad = comm.to_wire(grad, self.wire)
-        self.headers[:, 0], self.headers[:, 1] = versions, pull_into is not None
+        self.headers[:, 0] = versions
+        self.headers[:, 1] = pull_into is not None
         reqs = pull_into.expect() if pull_into is not None else []
         sends = []
         for s, (lo, hi) in enumerate(self.bounds):
