@@ -51,15 +51,10 @@ def _start(cli_command, config_path, overrides, run_dir, seed=0):
 
 def _rate(proc, run_dir, timeout_s):
     """The run's steady-state FOVs/s; RuntimeError when it did not complete."""
-    try:
-        _, err = proc.communicate(timeout=timeout_s)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.communicate()
-        raise RuntimeError(f"{run_dir}: no result within {timeout_s:g}s")
+    status, _, err = processes.finish(proc, timeout_s, run_dir)
     path = os.path.join(run_dir, "summary.json")
     summary = json.load(open(path)) if os.path.exists(path) else {}
-    if proc.returncode != 0 or summary.get("status") != "complete":
+    if status != 0 or summary.get("status") != "complete":
         last = (err or "").strip().splitlines()[-1:] or ["no output"]
         raise RuntimeError(f"{run_dir}: did not complete ({last[0]})")
     return float(summary["fovs_per_s"]["mean"])
