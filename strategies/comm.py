@@ -1,5 +1,5 @@
 """The MPI operations a strategy calls: start-up, bounded waits and collectives, the gradient's wire
-format, messages of several arrays, and abort. (Starting ranks, and bench's own messages between
+format, and abort. (Starting ranks, and bench's own messages between
 them, are bench's: bench/run/processes.py and bench/run/control.py.)
 
 Waits poll nonblocking requests: Open MPI busy-polls inside blocking calls, and a deadline turns a
@@ -135,7 +135,8 @@ def oversubscribed(comm):
 
 
 def duplicate(comm, timeout_s, what):
-    """A bounded duplicate of `comm`, for messages no probe of the original may see."""
+    """A bounded duplicate of `comm`, for messages no receive on the original may take (a parameter
+    server's receives take any tag)."""
     new, request = comm.Idup()
     wait(comm, request, timeout_s, what)
     return new

@@ -84,7 +84,7 @@ class ParameterServerStrategy(Strategy):
         o = ctx.layout.options
         bounds = shard_bounds(self.model.num_params, o["servers"])
         weights = comm.broadcast(self.comm, self.model.get_flat(), ctx.settings.timeout_s, "initial weights")
-        # the final shards travel on their own communicator: a server still serving never probes them
+        # the final shards travel on their own communicator: a server still serving never takes them
         self.final_comm = comm.duplicate(self.comm, ctx.settings.timeout_s, "every rank to set up")
         own_core = not comm.oversubscribed(self.comm)
         if ctx.role == "server":

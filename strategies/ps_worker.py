@@ -1,7 +1,7 @@
 """A parameter-server worker: pull the shards, compute a gradient, push it back, until its steps are done.
 
-A push also asks for the next step's parameters (ps_protocol), so a step exchanges one message each
-way per shard. With prefetch the next pull overlaps this step's compute instead, so the gradient is
+A push also asks for the next step's parameters (ps_protocol), so a step is one push and one answer
+per shard. With prefetch the next pull overlaps this step's compute instead, so the gradient is
 computed on older parameters; the servers measure that extra staleness.
 """
 import time
@@ -9,7 +9,8 @@ import time
 import numpy as np
 
 from ffnbench.strategies import comm
-from ffnbench.strategies.ps_protocol import DONE, GRADIENT, HEADER, PARAMS, PAUSE, PULL, PUSH, READY, RESUME, SAVED, SNAPSHOT
+from ffnbench.strategies.ps_protocol import (DONE, GRADIENT, HEADER, PARAMS, PAUSE, PULL, PUSH, READY, RESUME, SAVED,
+                                              SNAPSHOT)
 
 
 class Slot:

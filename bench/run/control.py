@@ -1,7 +1,7 @@
 """Bench's own messages between the ranks of a job: the start, pauses, the end-of-run roll call, aborts.
 
 There is one kind per launch (strategies/declare.py LAUNCHES). Under mpirun they travel over MPI on a
-duplicate of the job's communicator, so no strategy's probe sees them, and each wait is bounded by
+duplicate of the job's communicator, so no strategy's receive takes them, and each wait is bounded by
 run.timeout_s. An elastic Horovod job has no MPI communicator: they are Horovod collectives over
 Gloo, bounded by Horovod's Gloo timeout (the launcher sets it to run.timeout_s). There a lost worker
 surfaces as Horovod's own error, which the elastic training loop recovers from.
@@ -93,7 +93,7 @@ class MPIControl:
     def __init__(self, world, timeout_s):
         self.world, self.timeout_s = world, timeout_s
         self.rank, self.size = world.rank, world.size
-        self.comm = mpi.duplicate(world, timeout_s, "the other ranks to start")  # no strategy's probe sees it
+        self.comm = mpi.duplicate(world, timeout_s, "the other ranks to start")  # no strategy's receive takes it
 
     def census(self, flag):
         """(ranks on this node with `flag` true, nodes in the job)."""
