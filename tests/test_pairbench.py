@@ -48,3 +48,17 @@ def test_one_round_measures_the_unit_the_ceiling_and_the_candidate(tmp_path):
     for run in ("single", "pair-0", "pair-1", "strategy-mpi_allreduce_ranks-2"):
         assert json.loads((out / "round-0" / run / "summary.json").read_text())["status"] == "complete"
     assert "pair ceiling" in result.stdout and "unit:" in result.stdout
+
+
+def test_a_run_that_did_not_complete_stops_the_bench(tmp_path):
+    import subprocess
+    import sys
+    from ffnbench.bench.measure.pairbench import _rate
+    failed = subprocess.Popen([sys.executable, "-c", "import sys; print('ffnbench: error: boom', file=sys.stderr); "
+                               "sys.exit(1)"], stderr=subprocess.PIPE, text=True)
+    with pytest.raises(RuntimeError, match="did not complete .*boom"):
+        _rate(failed, str(tmp_path), 30)
+    (tmp_path / "summary.json").write_text(json.dumps({"status": "diverged"}))
+    exited_0 = subprocess.Popen([sys.executable, "-c", "pass"], stderr=subprocess.PIPE, text=True)
+    with pytest.raises(RuntimeError, match="did not complete"):  # exit 0 is not enough: the summary must say complete
+        _rate(exited_0, str(tmp_path), 30)
