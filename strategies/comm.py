@@ -9,6 +9,7 @@ before the sleeps grow to 1 ms, which keeps an idle rank off the CPU.
 
 mpi4py is imported inside the functions: the launching process must never become an MPI rank.
 """
+import importlib
 import os
 import sys
 import time
@@ -31,18 +32,41 @@ def fail(comm, message, status="failed"):
     comm.Abort(ABORT_CODE)
 
 
-def poll(comm, done, timeout_s, what, spin_s=SPIN_S):
-    """Call done() until it is true: without sleeping for spin_s, then with sleeps growing to 1 ms;
-    abort the job after timeout_s."""
+#: calls of done() between two reads of the clock while spinning: a call is a fraction of a
+#: microsecond, as is a clock read, and a large message moves only while done() is inside MPI
+CLOCK_EVERY = 16
+
+
+def until(done, seconds, spin_s=SPIN_S):
+    """Call done() until it is true (True) or `seconds` have passed (False): without sleeping for
+    spin_s, then with sleeps growing to 1 ms."""
+    if done():
+        return True
     start = time.monotonic()
     nap = 2e-5
-    while not done():
+    spinning = spin_s > 0
+    while True:
+        for _ in range(CLOCK_EVERY if spinning else 1):
+            if done():
+                return True
         elapsed = time.monotonic() - start
-        if elapsed > timeout_s:
-            fail(comm, f"timed out after {timeout_s:g}s waiting for {what}", "stalled")
+        if elapsed > seconds:
+            return False
         if elapsed > spin_s:
+            spinning = False
             time.sleep(nap)
             nap = min(nap * 2, 1e-3)
+
+
+def _mpi():
+    """mpi4py's MPI module, cheaply once imported (a bounded wait may be a few microseconds in all)."""
+    return sys.modules.get("mpi4py.MPI") or importlib.import_module("mpi4py.MPI")
+
+
+def poll(comm, done, timeout_s, what, spin_s=SPIN_S):
+    """Call done() until it is true (as `until` does); abort the job after timeout_s."""
+    if not until(done, timeout_s, spin_s):
+        fail(comm, f"timed out after {timeout_s:g}s waiting for {what}", "stalled")
 
 
 def wait(comm, request, timeout_s, what, status=None):
@@ -51,8 +75,8 @@ def wait(comm, request, timeout_s, what, status=None):
 
 
 def wait_all(comm, requests, timeout_s, what):
-    from mpi4py import MPI
-    poll(comm, lambda: MPI.Request.Testall(requests), timeout_s, what)
+    testall = _mpi().Request.Testall
+    poll(comm, lambda: testall(requests), timeout_s, what)
 
 
 def barrier(comm, timeout_s, what="the other ranks"):

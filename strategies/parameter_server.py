@@ -72,7 +72,7 @@ class ParameterServerStrategy(Strategy):
             times = []
             for _ in range(repeats):
                 start = time.perf_counter()
-                receives = worker.push(grad, slot.versions, slot)
+                receives = worker.push(grad, slot)
                 comm.wait_all(world, receives, settings.timeout_s, "the parameters")
                 times.append(time.perf_counter() - start)
             worker.say_done()

@@ -2,40 +2,36 @@
 
 The loop receives each worker's messages as they come and hands them to the strategy's hooks
 (`on_pull`, `on_push`, `after_message`): the strategy decides when a pull is answered and what a
-gradient does; the server only moves buffers, applies and records. A PUSH that also pulls is handed
-on as a push, then a pull, as if they had come one after the other.
+gradient does; the server only moves buffers, applies and records. A PUSH_PULL is handed on as a
+push, then a pull, as if they had come one after the other.
 
-Nothing is copied or allocated per message. Each worker has two persistent receives, posted again as
-soon as its message is handled: one for any header-sized message (so they land in the order the worker
-sent them, with no probe before them) and one for the values of its gradient, which follow a PUSH and
-land in place. Answers are sent straight out of the shard's buffer (ShardVersions): an update that
-would change a buffer a send still reads goes to a fresh copy instead.
+Nothing is copied or allocated per message. Each worker has one persistent receive (Inbox), started
+again as soon as its message is handled; every message lands whole in its buffer, in the order the
+worker sent them, with no probe before it. Answers are sent straight out of the shard's buffer
+(ShardVersions): an update that would change a buffer a send still reads goes to a fresh copy instead.
 """
+import collections
 import time
 
 import numpy as np
 
 from ffnbench.strategies import comm
 from ffnbench.strategies.numpy_optimizers import ShardUpdater
-from ffnbench.strategies.ps_protocol import (DONE, FINAL, GRADIENT, HEADER, PARAMS, PAUSE, PULL, PUSH, READY,
-                                              RESUME, SAVED, SNAPSHOT)
-
-
-#: bytes of the version before the values in a ShardVersions buffer
-VERSION_BYTES = 8
+from ffnbench.strategies.ps_protocol import (DONE, FINAL, PARAMS, PAUSE, PULL, PUSH, PUSH_PULL, READY, RESUME,
+                                              SAVED, SNAPSHOT, number, versioned)
 
 
 class ShardVersions:
-    """The shard in buffers [int64 version | float32 values], and the answers sent out of them as they
-    are: a persistent pair of sends (the version, then the values) per worker and buffer. An update
-    writes over the current buffer in place unless an answer is still being sent from it, and then
-    over a buffer no answer reads (a copy of the current one, made at most once per update)."""
+    """The shard in buffers [int64 version | float32 values] (ps_protocol.versioned), and the answers
+    sent out of them as they are: a persistent send per worker and buffer. An update writes over the
+    current buffer in place unless an answer is still being sent from it, and then over a buffer no
+    answer reads (a copy of the current one, made at most once per update)."""
 
     def __init__(self, comm_, values):
         self.comm = comm_
-        self.buffers = [np.empty(VERSION_BYTES + values.nbytes, np.uint8)]
+        self.buffers = [versioned(values.size)]
         self.current = 0       # index of the buffer answers go out of
-        self.answers = {}      # (buffer, worker) -> [version send, values send], persistent
+        self.answers = {}      # (buffer, worker) -> persistent send
         self.in_flight = set()  # (buffer, worker) of answers not yet seen done
         self.abandoned = set()  # (buffer, worker) of answers to a lost worker, never to be started again
         self.values[:] = values
@@ -43,36 +39,36 @@ class ShardVersions:
 
     @property
     def values(self):
-        return self.buffers[self.current][VERSION_BYTES:].view(np.float32)
+        return self.buffers[self.current][2]
 
     @property
     def version(self):
-        return int(self.buffers[self.current][:VERSION_BYTES].view(np.int64)[0])
+        return self._version  # kept as an int too: read once per answer, where microseconds count
 
     @version.setter
     def version(self, version):
-        self.buffers[self.current][:VERSION_BYTES].view(np.int64)[0] = version
+        self.buffers[self.current][1][0] = self._version = version
 
-    def send(self, worker, timeout_s):
-        """Start the answer to `worker` from the current buffer (ps_protocol PARAMS). The worker took
-        the last one before it could ask again, so that one is done or about to be (bounded wait)."""
+    def send(self, worker, timeout_s, drive_s=0.0):
+        """Start the answer to `worker` from the current buffer (ps_protocol PARAMS) and drive it for up
+        to drive_s: a send of more than a few fragments moves only while its sender is inside MPI (no
+        single-copy transport), so a server that goes back to Python leaves it waiting. The worker took
+        the last answer before it could ask again, so that one is done or about to be (bounded wait)."""
         key = (self.current, worker)
-        pair = self.answers.get(key)
-        if pair is None or key in self.abandoned:
-            buffer = self.buffers[self.current]
-            pair = self.answers[key] = [self.comm.Send_init(part, dest=worker, tag=PARAMS)
-                                        for part in (buffer[:VERSION_BYTES], buffer[VERSION_BYTES:])]
+        answer = self.answers.get(key)
+        if answer is None or key in self.abandoned:
+            answer = self.answers[key] = self.comm.Send_init(self.buffers[self.current][0], dest=worker, tag=PARAMS)
             self.abandoned.discard(key)
         elif key in self.in_flight:
-            comm.wait_all(self.comm, pair, timeout_s, f"rank {worker} to take its last parameters")
-        for request in pair:
-            request.Start()
-        self.in_flight.add(key)
+            comm.wait(self.comm, answer, timeout_s, f"rank {worker} to take its last parameters")
+        answer.Start()
+        if not (drive_s and comm.until(answer.Test, drive_s, drive_s)):
+            self.in_flight.add(key)
 
     def done(self):
         """Forget the answers that are done."""
         from mpi4py import MPI
-        self.in_flight = {k for k in self.in_flight if not MPI.Request.Testall(self.answers[k])}
+        self.in_flight = {k for k in self.in_flight if not self.answers[k].Test()}
 
     def writable(self):
         """The values, in a buffer no answer reads, made current (copied over first if it was not)."""
@@ -82,8 +78,8 @@ class ShardVersions:
             free = next((b for b in range(len(self.buffers)) if b not in busy), None)
             if free is None:
                 free = len(self.buffers)
-                self.buffers.append(np.empty_like(self.buffers[0]))
-            self.buffers[free][:] = self.buffers[self.current]
+                self.buffers.append(versioned(self.values.size))
+            self.buffers[free][0][:] = self.buffers[self.current][0]
             self.current = free
         return self.values
 
@@ -95,12 +91,10 @@ class ShardVersions:
 
     def wait_sent(self, timeout_s):
         """Wait until every answer is taken, then free them (the run is over)."""
-        comm.wait_all(self.comm, [r for k in self.in_flight for r in self.answers[k]], timeout_s,
-                      "workers to take the parameters")
-        for key, pair in self.answers.items():
+        comm.wait_all(self.comm, [self.answers[k] for k in self.in_flight], timeout_s, "workers to take the parameters")
+        for key, answer in self.answers.items():
             if key not in self.abandoned:
-                for request in pair:
-                    request.Free()
+                answer.Free()
 
 
 #: seconds between looks at the workers' silences while the server waits for a message
@@ -108,39 +102,34 @@ CHECK_S = 0.01
 
 
 class Inbox:
-    """A worker's two persistent receives: any header message (any tag, so they come in the order
-    sent) and the values of its gradient (tag GRADIENT). The values' receive is always posted before
-    the header's, so a GRADIENT can never land in the header's buffer."""
+    """A worker's persistent receive of any message (any tag, so they come in the order sent) into a
+    buffer the size of its gradient; `gradient` and `number` read what came."""
 
     def __init__(self, comm_, worker, size, dtype):
         from mpi4py import MPI
-        self.header, self.gradient = np.zeros(HEADER, np.int64), np.empty(size, dtype)
-        self.header_receive = comm_.Recv_init(self.header, source=worker, tag=MPI.ANY_TAG)
-        self.gradient_receive = comm_.Recv_init(self.gradient, source=worker, tag=GRADIENT)
-        self.posted = set()  # of "gradient", "header": the receives waiting for their message
+        self.buffer = np.empty(max(size * np.dtype(dtype).itemsize, 8), np.uint8)
+        self.gradient = self.buffer[:size * np.dtype(dtype).itemsize].view(dtype)
+        self.receive = comm_.Recv_init(self.buffer, source=worker, tag=MPI.ANY_TAG)
+        self.posted = False
+
+    @property
+    def number(self):
+        """The int64 a small message carries."""
+        return int(self.buffer[:8].view(np.int64)[0])
 
     def post(self):
-        """Post again what has taken its message, the values' receive first."""
-        for name in ("gradient", "header"):
-            if name not in self.posted:
-                getattr(self, f"{name}_receive").Start()
-                self.posted.add(name)
+        if not self.posted:
+            self.receive.Start()
+            self.posted = True
 
-    def header_taken(self):
-        self.posted.discard("header")
-
-    def gradient_arrived(self):
-        if "gradient" in self.posted and self.gradient_receive.Test():
-            self.posted.discard("gradient")
-        return "gradient" not in self.posted
+    def taken(self):
+        self.posted = False
 
     def close(self):
-        """Cancel what will not come (from a lost worker; the values' receive after a last push)."""
-        for name in ("gradient", "header"):
-            request = getattr(self, f"{name}_receive")
-            if name in self.posted:
-                request.Cancel()
-            request.Free()
+        """Cancel what will not come (from a lost worker, or after a last message)."""
+        if self.posted:
+            self.receive.Cancel()
+        self.receive.Free()
 
 
 class ShardServer:
@@ -163,6 +152,9 @@ class ShardServer:
         self.heard = {w: time.monotonic() for w in workers}  # last message from each
         self.pushes = {w: 0 for w in workers}
         self.inboxes = {w: Inbox(self.comm, w, hi - lo, self.wire_dtype) for w in workers}
+        # the versions of the answers each worker has not yet pushed a gradient against, oldest first:
+        # a gradient is computed on the oldest (a worker pushes against its answers in the order it got them)
+        self.answered = {w: collections.deque() for w in workers}
         self.snapshot_asks = {}  # {worker: step} of the workers waiting for a checkpoint
         self.paused = set()   # workers in a pause (PAUSE received, nothing since)
         self.leader = workers[0]  # the worker that leads the pauses (server 0's view)
@@ -170,6 +162,8 @@ class ShardServer:
         # a server with a core of its own answers at once (busy-polling, as MPI does); one sharing its
         # cores with workers sleeps between polls, which delays each answer by up to 1 ms
         self.spin_s = float("inf") if own_core else 0.0
+        from mpi4py import MPI
+        self.testany, self.undefined = MPI.Request.Testany, MPI.UNDEFINED
 
     @property
     def version(self):
@@ -184,22 +178,22 @@ class ShardServer:
         for w in workers:
             if w not in self.finished | self.lost:
                 self.inboxes[w].post()
-        headers = [self.inboxes[w].header_receive for w in workers]
+        receives = [self.inboxes[w].receive for w in workers]
         self.heard = {w: time.monotonic() for w in self.heard}  # set-up is over: silence counts from now
         status = MPI.Status()
         while len(self.finished | self.lost) < self.ctx.layout.workers:
-            index = self.next_message(headers, status, hooks)
+            index = self.next_message(receives, status, hooks)
             if index is None:
                 self.snapshot_if_asked()
                 self.resume_if_ready()
                 continue  # a worker was declared lost
             worker, tag = workers[index], status.Get_tag()
             inbox = self.inboxes[worker]
-            inbox.header_taken()
+            inbox.taken()
             self.heard[worker] = time.monotonic()
-            if tag in (PULL, PUSH, DONE) and worker in self.paused:
+            if self.paused and worker in self.paused and tag in (PULL, PUSH, PUSH_PULL, DONE):
                 self.pause_is_over()
-            self.handle(worker, tag, hooks)
+            self.handle(worker, tag, hooks, inbox)
             if worker not in self.finished:
                 inbox.post()
             hooks.after_message()
@@ -210,42 +204,29 @@ class ShardServer:
         self.ctx.recorder.server(self.version, self.dropped, time.time() - start_wall,
                                  time.process_time() - start_cpu)
 
-    def handle(self, worker, tag, hooks):
-        """Act on one header message from `worker` (in its inbox); a PUSH's values follow it."""
-        inbox = self.inboxes[worker]
-        if tag == PULL:
-            hooks.on_pull(worker)
-        elif tag == PUSH:
-            if not self.gradient_arrives(worker, hooks):
-                return
-            read, pull = inbox.header
-            hooks.on_push(worker, int(read), comm.from_wire(inbox.gradient, self.wire))
+    def handle(self, worker, tag, hooks, inbox):
+        """Act on one message from `worker`, in its inbox."""
+        if tag == PUSH_PULL or tag == PUSH:
+            answered = self.answered[worker]
+            if not answered:
+                comm.fail(self.comm, f"rank {worker} pushed a gradient before it had any parameters")
+            hooks.on_push(worker, answered.popleft(), comm.from_wire(inbox.gradient, self.wire))
             self.pushes[worker] += 1
-            if pull:
+            if tag == PUSH_PULL:
                 hooks.after_message()
                 hooks.on_pull(worker)
+        elif tag == PULL:
+            hooks.on_pull(worker)
         elif tag == DONE:
             self.finished.add(worker)
         elif tag == SNAPSHOT:
-            self.snapshot_asks[worker] = int(inbox.header[0])
+            self.snapshot_asks[worker] = inbox.number
         elif tag == PAUSE:
             self.paused.add(worker)
         elif tag == READY and self.ctx.rank == 0:
             self.leader_ready = True
         else:
             comm.fail(self.comm, f"unexpected message tag {tag} from rank {worker}")
-
-    def gradient_arrives(self, worker, hooks):
-        """Wait for the values of a PUSH whose header came; False when the worker died part-way
-        through sending them (declared lost)."""
-        inbox = self.inboxes[worker]
-        give_up = time.monotonic() + self.lost_after
-        comm.poll(self.comm, lambda: inbox.gradient_arrived() or time.monotonic() > give_up,
-                  self.ctx.settings.timeout_s, f"the gradient from rank {worker}")
-        if inbox.gradient_arrived():
-            return True
-        self.lose(worker, hooks, "stopped part-way through a gradient")
-        return False
 
     def snapshot_if_asked(self):
         """Once every worker still training has asked (ps_protocol: after its pushes), save this
@@ -257,7 +238,7 @@ class ShardServer:
         if len(steps) != 1:
             comm.fail(self.comm, f"workers asked for checkpoints of different steps {sorted(steps)}")
         self.ctx.save_state(steps.pop(), self.state())
-        self.sends += [(w, self.comm.Isend(np.zeros(1, np.int64), dest=w, tag=SAVED)) for w in asks]
+        self.sends += [(w, self.comm.Isend(number(0), dest=w, tag=SAVED)) for w in asks]
         asks.clear()
 
     def pause_is_over(self):
@@ -280,7 +261,7 @@ class ShardServer:
             return
         self.leader, self.leader_ready = min(live), False
         for w in sorted(live):
-            self.sends.append((w, self.comm.Isend(np.array([self.leader], np.int64), dest=w, tag=RESUME)))
+            self.sends.append((w, self.comm.Isend(number(self.leader), dest=w, tag=RESUME)))
         self.pause_is_over()
 
     def state(self):
@@ -299,19 +280,26 @@ class ShardServer:
         self.lost = set(arrays["lost"].tolist())
         self.updater.load_state({k[len("optimizer."):]: v for k, v in arrays.items() if k.startswith("optimizer.")})
 
-    def next_message(self, headers, status, hooks):
-        """Index into `headers` (each worker's header receive) of the next message in, polling as
+    def next_message(self, receives, status, hooks):
+        """Index into `receives` (each worker's inbox) of the next message in, polling as
         `spin_s` says; None when instead a worker silent for too long was declared lost. The silences
         and the answers in flight are looked at every CHECK_S, not on every poll."""
-        from mpi4py import MPI
+        testany, undefined = self.testany, self.undefined
+        index, done = testany(receives, status)
+        if done and index != undefined:
+            return index
         found = [None]
         check_at = [time.monotonic() + CHECK_S]
+        polls = [0]
 
         def arrived():
-            index, done = MPI.Request.Testany(headers, status)
-            if done and index != MPI.UNDEFINED:
+            index, done = testany(receives, status)
+            if done and index != undefined:
                 found[0] = index
                 return True
+            polls[0] += 1
+            if polls[0] % comm.CLOCK_EVERY:
+                return False
             now = time.monotonic()
             if now < check_at[0]:
                 return False
@@ -355,8 +343,10 @@ class ShardServer:
 
     def answer_pull(self, worker):
         """Send the version and the shard, straight from its buffer (ShardVersions keeps it unchanged
-        until the send is done)."""
-        self.shard.send(worker, self.ctx.settings.timeout_s)
+        until the send is done). A server with a core of its own drives the send to its end (bounded by
+        CHECK_S, for a worker that stopped taking it); one sharing its cores leaves it to its next polls."""
+        self.answered[worker].append(self.version)
+        self.shard.send(worker, self.ctx.settings.timeout_s, CHECK_S if self.spin_s else 0.0)
 
     def record(self, worker, read, lr):
         """Record a gradient from `worker`, computed on version `read`, going onto this version."""

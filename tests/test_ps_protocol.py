@@ -11,6 +11,7 @@ import os
 import numpy as np
 from mpi4py import MPI
 from ffnbench.strategies.ps_server import ShardVersions
+from ffnbench.strategies.ps_protocol import versioned
 world = MPI.COMM_WORLD
 n = 100_000  # 400 KB: far above any eager limit, so a send stays in flight until the receive is posted
 if world.rank == 0:
@@ -31,12 +32,12 @@ if world.rank == 0:
     shard.wait_sent(30)
     os.write(1, b"SERVER OK\\n")
 else:
-    version, values = np.zeros(1, np.int64), np.empty(n, np.float32)
+    buffer, version, values = versioned(n)
     world.Barrier()
-    MPI.Request.Waitall([world.Irecv(version, 0), world.Irecv(values, 0)])
+    world.Recv(buffer, 0)
     assert version[0] == 0 and not values.any(), (version, values[:3])
     world.Barrier()
-    MPI.Request.Waitall([world.Irecv(version, 0), world.Irecv(values, 0)])
+    world.Recv(buffer, 0)
     assert version[0] == 2 and (values == 2.0).all(), (version, values[:3])
     os.write(1, b"WORKER OK\\n")
 """
