@@ -51,16 +51,16 @@ class ParameterServerStrategy(Strategy):
         return {"server_apply_s_per_byte": best / (4 * params)}
 
     @classmethod
-    def round_trip_seconds(cls, world, settings, params, repeats, skipped):
-        """Median seconds of a worker's step exchange of all `params` through this protocol (the push
+    def round_trip_times(cls, world, settings, params, repeats):
+        """Seconds of each of `repeats` step exchanges of all `params` through this protocol (the push
         that also pulls, and the parameters back), on ranks 0 (the server, answering at once and
         dropping gradients: no optimizer step) and 1 (the worker) of `world`; every rank returns rank
-        1's figure (commbench's yardstick compares it)."""
+        1's figures (commbench's yardstick compares them)."""
         ctx = TrainingContext(settings=settings, layout=cls.resolve_layout(2, {}), rank=world.rank, comm=world,
                               recorder=_Unrecorded(), run_dir=".", model=None, make_stream=None)
         bounds = shard_bounds(params, 1)
         own_core = not comm.oversubscribed(world)
-        median = np.zeros(1)
+        times = np.zeros(repeats)
         if world.rank == 0:
             hooks = _TakeWithoutApplying()
             hooks.server = ShardServer(ctx, bounds, np.zeros(params, np.float32), own_core)
@@ -69,15 +69,13 @@ class ParameterServerStrategy(Strategy):
             worker = PSWorker(ctx, bounds)
             slot, grad = worker.slots[0], np.ones(params, np.float32)
             comm.wait_all(world, worker.pull(slot), settings.timeout_s, "the parameters")
-            times = []
-            for _ in range(repeats):
+            for i in range(repeats):
                 start = time.perf_counter()
                 receives = worker.push(grad, slot)
                 comm.wait_all(world, receives, settings.timeout_s, "the parameters")
-                times.append(time.perf_counter() - start)
+                times[i] = time.perf_counter() - start
             worker.say_done()
-            median[0] = np.median(times[skipped:])
-        return float(comm.broadcast(world, median, settings.timeout_s, "the worker's round trip", root=1)[0])
+        return comm.broadcast(world, times, settings.timeout_s, "the worker's round trips", root=1).tolist()
 
     def setup(self):
         ctx = self.ctx

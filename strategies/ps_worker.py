@@ -68,14 +68,13 @@ class PSWorker:
 
     def push(self, grad, pull_into=None):
         """Send the gradient; with pull_into (a Slot) the same message asks for the next parameters,
-        whose receives are returned. They are posted once the gradient is on its way: the answer
-        cannot come before the whole gradient is in, and MPI matches a receive posted late."""
+        whose receives are returned. They are posted once the gradient is sent, while the server
+        applies it: the answer cannot come before that, and MPI matches a receive posted late."""
         wire = as_bytes(comm.to_wire(grad, self.wire))
         tag = PUSH if pull_into is None else PUSH_PULL
         sends = [self.comm.Isend(wire[lo:hi], dest=s, tag=tag) for s, (lo, hi) in enumerate(self.byte_bounds)]
-        reqs = pull_into.expect() if pull_into is not None else []
         comm.wait_all(self.comm, sends, self.ctx.settings.timeout_s, "a server to take the gradient")
-        return reqs
+        return pull_into.expect() if pull_into is not None else []
 
     def say_done(self):
         comm.wait_all(self.comm, self.tell_servers(DONE), self.ctx.settings.timeout_s,

@@ -15,8 +15,11 @@ Parameter server. A worker's step exchange of the whole vector through our proto
 ShardServer's message loop: the push, which also asks for the next parameters, and the parameters
 back, the server answering at once and taking gradients without applying them),
 against the fastest raw point-to-point exchange of the same bytes both ways (`Sendrecv`, and a
-`Send` then `Recv` ping-pong, yielding and busy-polling). The server's optimizer step on the vector
-is timed apart: it is compute, not communication.
+`Send` then `Recv` ping-pong with the receive posted first, as the protocol posts it), in the same
+mpirun, in interleaved blocks: a round trip is tens of microseconds, and two mpiruns of the same
+code differ by more than the protocol's own cost. One such mpirun with Open MPI's waiting ranks
+yielding, one busy-polling. The server's optimizer step on the vector is timed apart: it is compute,
+not communication.
 
 Each all-reduce repetition starts after a barrier, so the times are transfer + reduction, not
 waiting for a slow peer (which a step's comm_s also holds). Separate mpiruns on a shared machine
@@ -35,6 +38,8 @@ from ffnbench.bench.run import control, processes
 RAW_WAYS = ("Allreduce", "Iallreduce+Wait", "Iallreduce+Test loop")
 #: plain MPI's ways to move the bytes there and back (the PS round trip's yardstick)
 RAW_P2P_WAYS = ("Sendrecv", "Send then Recv")
+#: blocks of each point-to-point way, interleaved in one mpirun, and round trips per block
+P2P_BLOCKS, P2P_BLOCK = 5, 200
 #: the PS step exchange's row: a push that also pulls, and the parameters back
 PS_ROUND_TRIP = "PS push + pull (our protocol)"
 #: Horovod's settings tried, each in its own mpirun: the environment Horovod reads at init
@@ -52,21 +57,23 @@ BELOW_RAW = 0.9
 #: whole sets of mpiruns, interleaved; each way's figure is its median over them
 ROUNDS = 3
 REPEATS = 50
-#: a point-to-point round trip takes tens of microseconds, where the machine's jitter is a large part:
-#: the raw ways and the PS protocol are timed over more repetitions
-P2P_REPEATS = 1000
 #: repetitions dropped at the start of each median (first calls set up buffers)
 SKIPPED = 3
 
 
-def timed_median(world, fn, repeats=REPEATS):
+def timed(world, fn, repeats=REPEATS):
+    """Seconds of each call of fn after a barrier, the first SKIPPED dropped."""
     times = []
     for _ in range(repeats):
         world.Barrier()
         t = time.perf_counter()
         fn()
         times.append(time.perf_counter() - t)
-    return float(np.median(times[SKIPPED:]))
+    return times[SKIPPED:]
+
+
+def timed_median(world, fn, repeats=REPEATS):
+    return float(np.median(timed(world, fn, repeats)))
 
 
 def _report(world, results):
@@ -93,23 +100,21 @@ def raw_main(params, way):
     _report(world, {way: timed_median(world, allreduce)})
 
 
-def raw_p2p_main(params, way):
-    """One rank of a raw round trip between ranks 0 and 1: `params` float32 each way."""
-    world = control.init_world()
+def raw_round_trips(world, params):
+    """Plain MPI's round trips of `params` float32 each way between ranks 0 and 1: {way: call}."""
+    from mpi4py import MPI
     peer = 1 - world.rank
     out, back = np.ones(params, np.float32), np.empty(params, np.float32)
-    if way == "Sendrecv":
-        def round_trip():
-            world.Sendrecv(out, dest=peer, recvbuf=back, source=peer)
-    else:
-        def round_trip():  # rank 0 sends first, like a server answering a pull; then the push comes back
-            if world.rank == 0:
-                world.Send(out, dest=peer)
-                world.Recv(back, source=peer)
-            else:
-                world.Recv(back, source=peer)
-                world.Send(out, dest=peer)
-    _report(world, {way: timed_median(world, round_trip, P2P_REPEATS)})
+
+    def ping_pong():  # rank 0 sends first, like a server answering a pull; then the push comes back
+        receive = world.Irecv(back, source=peer)  # posted first, as the protocol posts its receives
+        if world.rank == 1:
+            receive.Wait()
+        world.Send(out, dest=peer)
+        if world.rank == 0:
+            receive.Wait()
+    return {"Sendrecv": lambda: world.Sendrecv(out, dest=peer, recvbuf=back, source=peer),
+            "Send then Recv": ping_pong}
 
 
 def _params(cfg):
@@ -165,28 +170,32 @@ def horovod_main(cfg):
 
 def ps_main(cfg):
     """Ranks 0 (server) and 1 (worker): the push + pull round trip of the whole vector through our
-    PS protocol, and the server's optimizer step on it, timed apart."""
+    PS protocol and plain MPI's round trips of the same bytes, in interleaved blocks; the server's
+    optimizer step on the vector, timed apart."""
     from ffnbench import strategies
     from ffnbench.bench.run.context import training_settings
     world = control.init_world()
     params = _params(cfg)
     settings = training_settings(cfg)
     ps = strategies.get("ps_async")
-    round_trip = ps.round_trip_seconds(world, settings, params, P2P_REPEATS, SKIPPED)
+    raw = raw_round_trips(world, params)
+    times = {**{f"raw {way}": [] for way in raw}, PS_ROUND_TRIP: []}
+    for _ in range(P2P_BLOCKS):
+        for way, call in raw.items():
+            times[f"raw {way}"] += timed(world, call, P2P_BLOCK)
+        times[PS_ROUND_TRIP] += ps.round_trip_times(world, settings, params, P2P_BLOCK)[SKIPPED:]
     apply_s = ps.measure_costs(settings, params)["server_apply_s_per_byte"] * 4 * params
-    _report(world, {PS_ROUND_TRIP: round_trip, "server optimizer step": apply_s})
+    _report(world, {**{name: float(np.median(t)) for name, t in times.items()}, "server optimizer step": apply_s})
 
 
 PARTS = {"mpi_allreduce": mpi_allreduce_main, "horovod": horovod_main, "ps": ps_main}
 
 
 def ranks_main(part, cfg):
-    """One rank of the mpirun named by `part`: raw:WAY, raw_p2p:WAY, or one of PARTS."""
+    """One rank of the mpirun named by `part`: raw:WAY, or one of PARTS."""
     kind, _, way = part.partition(":")
     if kind == "raw":
         raw_main(_params(cfg), way)
-    elif kind == "raw_p2p":
-        raw_p2p_main(_params(cfg), way)
     else:
         PARTS[kind](cfg)
 
@@ -212,21 +221,18 @@ def measure(config_path, cfg, ranks, cli_command, rounds=ROUNDS):
     """Every mpirun commbench makes, `rounds` times over, interleaved (the machine's drift between
     mpiruns falls on every way alike); {section: {name: median over rounds}} and the parameter count."""
     def part(name, **kw):
-        return _run_ranks(ranks if name != "ps" and not name.startswith("raw_p2p") else 2,
-                          cli_command("commbench", config_path, "--ranks-part", name), **kw)
+        return _run_ranks(ranks if name != "ps" else 2, cli_command("commbench", config_path, "--ranks-part", name),
+                          **kw)
 
     def one_round():
-        raw, horovod, ps_raw = {}, {}, {}
+        raw, horovod = {}, {}
         for way in RAW_WAYS:
             for label, mca in _yields():
                 raw[f"raw {way}, {label}"] = part(f"raw:{way}", mca=mca)[way]
-        for way in RAW_P2P_WAYS:
-            for label, mca in _yields():
-                ps_raw[f"raw {way}, {label}"] = part(f"raw_p2p:{way}", mca=mca)[way]
         for setting, env in HOROVOD_SETTINGS.items():
             horovod[setting] = part("horovod", env=env)
-        return {"raw": raw, "mpi_allreduce": part("mpi_allreduce"), "horovod": horovod, "ps_raw": ps_raw,
-                "ps": part("ps")}
+        return {"raw": raw, "mpi_allreduce": part("mpi_allreduce"), "horovod": horovod,
+                "ps": {label: part("ps", mca=mca) for label, mca in _yields()}}
     return median_of([one_round() for _ in tqdm(range(rounds), desc="commbench rounds", unit="round")]), _params(cfg)
 
 
@@ -271,17 +277,17 @@ def print_table(results, params, ranks):
           f"dispatch; TF's {'op' if eager else 'call'} alone {dispatch * 1e3:.3f} ms) and {bytes_part}, which plain MPI moves in {best * 1e3:.3f} ms")
     low = [name for name, seconds in ours.items() if seconds / best < BELOW_RAW]
 
-    ps_raw, ps = results["ps_raw"], results["ps"]
-    p2p_name, p2p = fastest_of(ps_raw)
-    print(f"parameter server, 1 server + 1 worker, the whole vector pushed and pulled, median of {P2P_REPEATS - SKIPPED} "
-          f"in each mpirun, then over the rounds; "
-          f"the yardstick is the fastest raw round trip ({p2p_name}):")
-    for name in ps_raw:
-        _row(name, ps_raw[name], p2p)
-    _row(PS_ROUND_TRIP, ps[PS_ROUND_TRIP], p2p)
+    print(f"parameter server, 1 server + 1 worker, the whole vector pushed and pulled; plain MPI's round trips "
+          f"of the same bytes in the same mpirun, interleaved in {P2P_BLOCKS} blocks of {P2P_BLOCK}; medians, then "
+          f"over the rounds; the yardstick is the fastest raw round trip of the same mpirun:")
+    for label, ps in results["ps"].items():
+        p2p_name, p2p = fastest_of({name: seconds for name, seconds in ps.items() if name.startswith("raw")})
+        for name in [n for n in ps if n.startswith("raw")] + [PS_ROUND_TRIP]:
+            _row(f"{name}, {label}", ps[name], p2p)
+        if ps[PS_ROUND_TRIP] / p2p < BELOW_RAW:
+            low.append(f"{PS_ROUND_TRIP}, {label}")
+    ps = next(iter(results["ps"].values()))
     print(f"  server optimizer step on the vector (compute, apart): {ps['server optimizer step'] * 1e3:.3f} ms")
-    if ps[PS_ROUND_TRIP] / p2p < BELOW_RAW:
-        low.append(PS_ROUND_TRIP)
     if low:
         print(f"warning: {', '.join(low)} beat the best raw way by more than noise: the yardstick does not bound "
               f"them from below")
