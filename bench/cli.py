@@ -318,8 +318,46 @@ def cmd_commbench(args):
     if args.rounds < 1:
         raise config.ConfigError(f"--rounds must be >= 1 (got {args.rounds})")
     from ffnbench.bench.run.launcher import cli_command
+    if args.link:
+        _refuse_without_clusters()
+        link = None if args.link == "unshaped" else args.link
+        result = commbench.measure_link(args.config, cfg, link, cli_command, args.rounds)
+        commbench.print_link(result, commbench._params(cfg), link)
+        return 0
     results, params = commbench.measure(args.config, cfg, args.ranks, cli_command, args.rounds)
     return 1 if commbench.print_table(results, params, args.ranks) else 0
+
+
+def _refuse_without_clusters():
+    from ffnbench.bench.run import netcluster
+    reason = netcluster.unavailable_reason()
+    if reason:
+        raise RuntimeError(reason)
+
+
+def cmd_cluster(args):
+    """Bring an emulated cluster up, tear it down, or list those up."""
+    from ffnbench.bench.run import netcluster
+    if args.action == "status":
+        up = netcluster.clusters() if not netcluster.unavailable_reason() else {}
+        print("\n".join(f"{name}: {nodes} nodes" for name, nodes in sorted(up.items())) or "no emulated cluster is up")
+        return 0
+    _refuse_without_clusters()
+    if args.action == "down":
+        netcluster.down(args.name)
+        print(f"cluster {args.name}: down")
+        return 0
+    cluster = netcluster.Cluster(args.name, args.nodes, args.link)
+    import signal
+
+    def stop(signum, frame):
+        raise KeyboardInterrupt(f"signal {signum} while setting up")
+    signal.signal(signal.SIGTERM, stop)  # up() tears down what it made on any exception
+    seconds = cluster.up()
+    print(f"cluster {args.name}: {args.nodes} nodes {', '.join(cluster.address(n) for n in range(args.nodes))} "
+          f"on {cluster.subnet}, links {args.link or 'unshaped'}; up in {seconds:.1f} s "
+          f"(namespaces {cluster.namespace(0)}..{cluster.nodes - 1}; `ffnbench cluster down {args.name}`)")
+    return 0
 
 
 def cmd_timeline(args):
@@ -507,8 +545,17 @@ def parser():
     b.add_argument("--ranks", type=int, default=2)
     b.add_argument("--rounds", type=int, default=3, help="times every mpirun is made, interleaved; each figure is "
                    "the median over them (default 3)")
+    b.add_argument("--link", metavar="RATE", help="instead: raw MPI between 2 emulated nodes whose links are "
+                   "shaped to RATE (e.g. 100mbit, 1gbit; 'unshaped'), against that rate (needs root)")
     b.add_argument("--ranks-part", help=argparse.SUPPRESS)
     b.set_defaults(fn=cmd_commbench)
+    cl = sub.add_parser("cluster", help="an emulated cluster on this machine: nodes as network namespaces on a "
+                                        "bridge, links shaped to a rate (needs root)")
+    cl.add_argument("action", choices=("up", "down", "status"))
+    cl.add_argument("name", nargs="?", default="c", help="the cluster's name (1-6 letters or digits; default c)")
+    cl.add_argument("--nodes", type=positive_int, default=2)
+    cl.add_argument("--link", metavar="RATE", help="each node's link rate, each way (e.g. 1gbit); default unshaped")
+    cl.set_defaults(fn=cmd_cluster)
     pb = sub.add_parser("pairbench", help="a 2-rank strategy against two independent 1-thread runs (the pair "
                                          "ceiling) and twice one alone, in interleaved rounds")
     pb.add_argument("config", help="the model, data and steps of every run (eval.every is set to 0)")

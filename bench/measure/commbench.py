@@ -27,6 +27,7 @@ drift apart by tens of per cent, so the whole set runs ROUNDS times, interleaved
 figure is its median over the rounds.
 """
 import json
+import subprocess
 import time
 
 import numpy as np
@@ -38,6 +39,8 @@ from ffnbench.bench.run import control, processes
 RAW_WAYS = ("Allreduce", "Iallreduce+Wait", "Iallreduce+Test loop")
 #: plain MPI's ways to move the bytes there and back (the PS round trip's yardstick)
 RAW_P2P_WAYS = ("Sendrecv", "Send then Recv")
+#: Sendrecvs across an emulated link, the first SKIPPED not timed (2.55 MB take 0.2 s at 100 Mbit/s)
+LINK_REPEATS = 8
 #: blocks of each point-to-point way, interleaved in one mpirun, and round trips per block
 P2P_BLOCKS, P2P_BLOCK = 5, 200
 #: the PS step exchange's row: a push that also pulls, and the parameters back
@@ -188,7 +191,16 @@ def ps_main(cfg):
     _report(world, {**{name: float(np.median(t)) for name, t in times.items()}, "server optimizer step": apply_s})
 
 
-PARTS = {"mpi_allreduce": mpi_allreduce_main, "horovod": horovod_main, "ps": ps_main}
+def link_main(cfg):
+    """Ranks 0 and 1, on two emulated nodes: seconds of a `Sendrecv` of the gradient's bytes each way
+    (both directions of the link at once, as a ring moves them)."""
+    world = control.init_world()
+    call = raw_round_trips(world, _params(cfg))["Sendrecv"]
+    call()  # TCP's slow start, outside the timing
+    _report(world, {"Sendrecv": float(np.median(timed(world, call, LINK_REPEATS)))})
+
+
+PARTS = {"mpi_allreduce": mpi_allreduce_main, "horovod": horovod_main, "ps": ps_main, "link": link_main}
 
 
 def ranks_main(part, cfg):
@@ -200,14 +212,18 @@ def ranks_main(part, cfg):
         PARTS[kind](cfg)
 
 
-def _run_ranks(ranks, argv, mca=None, env=None, timeout_s=600):
+def _run_ranks(ranks, argv, mca=None, env=None):
     """Launch one mpirun of commbench ranks; rank 0's results."""
-    import subprocess
     proc = processes.launch_ranks(ranks, argv, mca=mca, env_extra=env, stdout=subprocess.PIPE, text=True)
-    status, out, _ = processes.finish(proc, timeout_s, "commbench")
+    return _result_of(proc, "commbench")
+
+
+def _result_of(proc, what, timeout_s=600):
+    """Rank 0's result line of a launched mpirun of commbench ranks."""
+    status, out, _ = processes.finish(proc, timeout_s, what)
     lines = [ln for ln in (out or "").splitlines() if ln.startswith(RESULT)]
     if status != 0 or not lines:
-        raise RuntimeError(f"commbench ranks exited with status {status} and no result")
+        raise RuntimeError(f"{what}: ranks exited with status {status} and no result")
     return json.loads(lines[-1][len(RESULT):])
 
 
@@ -234,6 +250,37 @@ def measure(config_path, cfg, ranks, cli_command, rounds=ROUNDS):
         return {"raw": raw, "mpi_allreduce": part("mpi_allreduce"), "horovod": horovod,
                 "ps": {label: part("ps", mca=mca) for label, mca in _yields()}}
     return median_of([one_round() for _ in tqdm(range(rounds), desc="commbench rounds", unit="round")]), _params(cfg)
+
+
+def measure_link(config_path, cfg, link, cli_command, rounds=ROUNDS):
+    """Raw MPI between two nodes of an emulated cluster whose links are shaped to `link` (None:
+    unshaped), brought up for this and torn down after: {"seconds", "bits_per_s", "link_bits_per_s"}."""
+    from ffnbench.bench.run import netcluster
+    cluster = netcluster.Cluster("cbench", 2, link)
+    setup_s = cluster.up()
+    try:
+        seconds = []
+        for _ in tqdm(range(rounds), desc=f"link {link or 'unshaped'}", unit="round"):
+            proc = processes.launch_on_cluster(cluster, [1, 1], cli_command("commbench", config_path, "--ranks-part",
+                                                                            "link"), stdout=subprocess.PIPE, text=True)
+            seconds.append(_result_of(proc, "commbench across the emulated link")["Sendrecv"])
+    finally:
+        netcluster.down(cluster.name)
+    median = float(np.median(seconds))
+    return {"seconds": median, "bits_per_s": 8 * 4 * _params(cfg) / median, "link_bits_per_s": cluster.link_bits_per_s,
+            "setup_s": setup_s}
+
+
+def print_link(result, params, link):
+    """Raw MPI's bandwidth over the emulated link, against the rate it is shaped to."""
+    mbit = result["bits_per_s"] / 1e6
+    line = (f"raw MPI Sendrecv of {params} float32 ({4 * params / 1e6:.2f} MB) each way between 2 emulated nodes "
+            f"(set up in {result['setup_s']:.1f} s): {result['seconds'] * 1e3:.2f} ms, {mbit:.0f} Mbit/s each way")
+    if result["link_bits_per_s"]:
+        line += f" = {result['bits_per_s'] / result['link_bits_per_s']:.3f} of the shaped {link}"
+    else:
+        line += " (unshaped)"
+    print(line)
 
 
 def median_of(results):

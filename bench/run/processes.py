@@ -89,6 +89,16 @@ def launch_ranks(ranks, argv, mca=None, env_extra=None, **popen_kwargs):
     return subprocess.Popen(cmd, env={**rank_environment(mca), **(env_extra or {})}, **popen_kwargs)
 
 
+def launch_on_cluster(cluster, slots, argv, mca=None, env_extra=None, **popen_kwargs):
+    """Start `argv` as MPI ranks on an emulated cluster (netcluster.Cluster, up), `slots[i]` of them on
+    node i: TCP between nodes, shared memory within one. Returns the Popen of mpirun."""
+    from ffnbench.bench.run import netcluster
+    prefix, hosts, cluster_mca = netcluster.mpirun_settings(cluster, slots)
+    cmd = prefix + mpirun_command(sum(slots), ["--host", hosts] + list(argv), cores=sum(slots))
+    mca = {**MCA_DEFAULTS, **(mca or {}), **cluster_mca}
+    return subprocess.Popen(cmd, env={**rank_environment(mca), **(env_extra or {})}, **popen_kwargs)
+
+
 def finish(proc, timeout_s, what):
     """Wait for launched ranks with a bound; past it, kill them (mpirun takes its ranks down).
 

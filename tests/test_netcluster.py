@@ -1,0 +1,66 @@
+"""The emulated cluster is what it says: raw MPI between two of its nodes moves the bytes at the rate
+their links are shaped to (within 10 %, never above it), over TCP between namespaces; and a
+cluster is made and removed by name, leaving nothing behind."""
+import re
+import subprocess
+import sys
+
+import pytest
+
+from ffnbench.bench.run import netcluster
+
+REASON = netcluster.unavailable_reason()
+needs_clusters = pytest.mark.skipif(REASON is not None, reason=REASON or "")
+
+
+def commbench(*args):
+    return subprocess.run([sys.executable, "-m", "ffnbench.bench.cli", "commbench", *args], capture_output=True,
+                          text=True, timeout=600, stdin=subprocess.DEVNULL)
+
+
+def test_names_and_rates_are_checked_before_anything_is_made():
+    with pytest.raises(netcluster.ClusterError, match="1-6 lower-case"):
+        netcluster.Cluster("Bad-Name", 2)
+    with pytest.raises(netcluster.ClusterError, match="between 2 and"):
+        netcluster.Cluster("c", 1)
+    with pytest.raises(netcluster.ClusterError, match="kbit, mbit or gbit"):
+        netcluster.Cluster("c", 2, "fast")
+    cluster = netcluster.Cluster("c", 3, "1gbit")
+    assert cluster.link_bits_per_s == 1e9 and cluster.node_of(cluster.address(2)) == 2
+    assert cluster.node_of("10.0.0.1") is None
+
+
+@needs_clusters
+def test_a_cluster_is_made_and_removed_by_name_and_a_stale_one_is_replaced():
+    cluster = netcluster.Cluster("tst", 2, "100mbit")
+    try:
+        cluster.up()
+        cluster.up()  # the stale one (the same name) goes first
+        assert netcluster.clusters().get("tst") == 2
+        qdiscs = subprocess.run(["tc", "qdisc", "show", "dev", cluster.twin(1)], capture_output=True, text=True).stdout
+        assert "tbf" in qdiscs and "100Mbit" in qdiscs
+        routes = subprocess.run(["ip", "netns", "exec", cluster.namespace(0), "ip", "route"], capture_output=True,
+                                text=True).stdout
+        assert "default" not in routes  # no route out
+    finally:
+        netcluster.down("tst")
+    assert "tst" not in netcluster.clusters()
+    assert subprocess.run(["ip", "link", "show", cluster.bridge], capture_output=True).returncode != 0
+
+
+@pytest.mark.slow
+@needs_clusters
+@pytest.mark.parametrize("link", ["100mbit", "1gbit", "2gbit"])
+def test_raw_mpi_between_two_nodes_runs_at_the_shaped_rate(link):
+    proc = commbench("configs/paper.yaml", "--link", link, "--rounds", "1")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    ratio = float(re.search(r"= (\d\.\d+) of the shaped", proc.stdout).group(1))
+    assert 0.9 <= ratio <= 1.02, proc.stdout
+
+
+def test_without_root_or_tools_the_cluster_commands_say_why_in_one_line(monkeypatch, capsys):
+    from ffnbench.bench import cli
+    monkeypatch.setattr(netcluster, "unavailable_reason", lambda: "emulated clusters need root (test)")
+    assert cli.main(["cluster", "up", "x", "--nodes", "2"]) != 0
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["ffnbench: error: emulated clusters need root (test)"]
