@@ -52,8 +52,14 @@ def cmd_train(args):
             # before our own SIGTERM is handled; give it a moment to land before blaming the error
             import time
             try:
-                time.sleep(2.0)
+                if not _SIGNALLED:
+                    time.sleep(2.0)
             except KeyboardInterrupt as stop:
+                interrupted(stop)
+                raise stop from None
+            if _SIGNALLED:  # it landed inside a C extension, which replaced its exception (TF's pybind11 does)
+                from ffnbench.bench.run.launcher import Interrupted
+                stop = Interrupted(_SIGNALLED[0])
                 interrupted(stop)
                 raise stop from None
         import traceback
@@ -77,8 +83,13 @@ def record_config(cfg, run_dir):
         os.replace(tmp, path)
 
 
+#: signals a scheduler sent this rank (its handler's exception may not survive the call it lands in)
+_SIGNALLED = []
+
+
 def _interrupt(signum, frame):
     from ffnbench.bench.run.launcher import Interrupted
+    _SIGNALLED.append(signum)
     raise Interrupted(signum)
 
 

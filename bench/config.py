@@ -94,6 +94,15 @@ class Train:
                              choices=PRECISIONS)
     force_precision: bool = setting(False, "run mixed_bfloat16 on a CPU without bfloat16 instructions (emulated "
                                     "and slow; recorded in the manifest)")
+    compute: str = setting("real", "real | emulated: each worker's forward and backward pass replaced by a timed "
+                           "wait (the real exchange, updates and gradient sizes; no convergence figures)",
+                           choices=("real", "emulated"))
+    compute_mean_s: float = setting(0.0, "compute emulated: mean seconds of a pass (the model's own measured step "
+                                    "time), unless compute_from is given", at_least=0)
+    compute_cv: float = setting(0.1, "compute emulated: coefficient of variation of the waits (gamma-distributed)",
+                                at_least=0)
+    compute_from: str = setting("", "compute emulated: a real run's directory whose workers' compute times are "
+                                "resampled instead (it must be of the same model)")
 
 
 @dataclass
@@ -110,6 +119,11 @@ class Run:
     timing_warmup_steps: int = setting(5, "first steps excluded from FOVs/sec", at_least=0)
     progress: bool = setting(True, "progress bar on rank 0")
     checkpoint_every: int = setting(0, "also checkpoint every this many steps (0 = final only)", at_least=0)
+    nodes: int = setting(1, "emulated nodes on this machine: network namespaces on a bridge, TCP between them "
+                            "(1 = none; needs root); ranks are spread over them evenly, in rank order", at_least=1)
+    link: str = setting("", "each emulated node's link rate, each way: e.g. 100mbit, 1gbit ('' = unshaped)")
+    server_nodes: int = setting(0, "emulated nodes that hold the parameter servers alone (0 = servers share nodes "
+                                   "with workers)", at_least=0)
 
 
 #: the config's sections, in the order configs/README.md lists them (None: the top level)
@@ -252,6 +266,15 @@ def validate(cfg):
             if ":" not in d[key]:
                 raise ConfigError(f"config field data.{key}: must be file.h5:dataset for data.source hdf5 "
                                   f"(got {d[key]!r})")
+    if t["compute"] == "emulated":
+        if not t["compute_mean_s"] and not t["compute_from"]:
+            raise ConfigError("config field train.compute_mean_s: compute emulated needs the mean seconds of a pass "
+                              "(or train.compute_from, a real run to resample)")
+        if cfg["eval"]["every"]:
+            raise ConfigError("config field eval.every: must be 0 with train.compute emulated (the weights do not "
+                              "learn, so evaluations would measure nothing)")
+    if t["compute_from"]:
+        t["compute_from"] = os.path.abspath(t["compute_from"])
     try:
         strategies.layout(cfg["strategy"], cfg["ranks"], cfg["strategy_options"])
     except strategies.LayoutError as e:

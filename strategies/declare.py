@@ -71,13 +71,15 @@ class Traits:
     stream, plus what the other ranks save through ctx.save_state, are the whole training state, and
     train() starts at ctx.start_step). survives_lost_workers: training goes on when a worker dies (the
     launcher asks MPI not to end the job then). emulated: N logical workers in one process (its
-    records say so). simulator_model: one of SIMULATOR_MODELS, or None.
+    records say so). simulator_model: one of SIMULATOR_MODELS, or None. one_machine: its ranks can only
+    reach each other on one machine's loopback (so not across emulated nodes).
     """
     launch: str = "mpirun"
     resumable: bool = False
     survives_lost_workers: bool = False
     emulated: bool = False
     simulator_model: Optional[str] = None
+    one_machine: bool = False
 
     def __post_init__(self):
         if self.launch not in LAUNCHES or self.simulator_model not in SIMULATOR_MODELS + (None,):

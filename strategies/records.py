@@ -32,6 +32,7 @@ class StepRecord:
     wait_s: float
     step_s: float
     emulated: bool = False
+    compute: str = "real"  # "emulated": the pass was a timed wait (train.compute), apart from `emulated` workers
 
 
 @dataclass

@@ -11,6 +11,7 @@ API's separate gradient and apply tf.functions (TF refuses a synchronization poi
 tf.function). So the gradient is reduced explicitly, with MEAN, by the replica context's all_reduce,
 the same call keras makes, and applied by the shared model API, as in every other sync strategy.
 """
+import dataclasses
 import json
 import os
 import socket
@@ -42,6 +43,7 @@ def free_ports(count):
 class TFMultiWorker(SyncDataParallel):
     """Sync all-reduce with tf.distribute.MultiWorkerMirroredStrategy (gRPC ring collectives)."""
     name = "tf_multiworker"
+    traits = dataclasses.replace(SyncDataParallel.traits, one_machine=True)  # its cluster is 127.0.0.1 ports
     options = {"bytes_per_pack_mb": Option(0.0, "CommunicationOptions.bytes_per_pack: gradients are all-reduced in "
                                                 "packs of this size (0: TF's own choice)", at_least=0)}
 

@@ -538,3 +538,36 @@ def test_a_lost_elastic_worker_ends_no_pause_and_the_ring_goes_on(tmp_path, in_p
     evals = [r for r in strict_json(str(out / "metrics.jsonl")) if r["kind"] == "eval"]
     assert [e for e in evals if killed_after + 10 < e["step"] < 300], "no periodic evaluation after the loss"
     assert not rank_pids(out)
+
+
+def test_a_scheduler_signal_swallowed_by_a_c_extension_still_marks_the_run_interrupted(monkeypatch, tmp_path):
+    """SIGTERM can land while TensorFlow builds the error of a collective a stopped peer broke; pybind11
+    then replaces the handler's exception with a RuntimeError. The rank must still say interrupted."""
+    import signal as signals
+
+    from ffnbench.bench import cli
+    from ffnbench.bench.run import control, rank
+
+    def train(cfg, run_dir):
+        try:
+            cli._interrupt(signals.SIGTERM, None)  # the handler's exception, raised inside the C call
+        except KeyboardInterrupt:
+            raise RuntimeError("pybind11::error_already_set: MISMATCH of original and normalized active "
+                               "exception types: ORIGINAL UnknownError REPLACED BY Interrupted: SIGTERM")
+
+    class Rank0:
+        rank = 0
+
+        def fail(self, message, status="failed"):
+            raise AssertionError(f"blamed the error instead: {message}")
+    monkeypatch.setenv("SLURM_JOB_ID", "77")
+    monkeypatch.setattr(rank, "train", train)
+    monkeypatch.setattr(control, "for_launch", lambda launch, timeout_s: Rank0())
+    monkeypatch.setattr(cli, "_SIGNALLED", [])
+    previous = signals.getsignal(signals.SIGTERM)
+    try:
+        assert cli.main(["train", "configs/smoke.yaml", "--run-dir", str(tmp_path)]) == 128 + signals.SIGTERM
+    finally:
+        signals.signal(signals.SIGTERM, previous)
+    summary = json.load(open(tmp_path / "summary.json"))
+    assert summary["status"] == "interrupted" and "SIGTERM" in summary["error"]

@@ -1,6 +1,8 @@
 """The emulated cluster is what it says: raw MPI between two of its nodes moves the bytes at the rate
 their links are shaped to (within 10 %, never above it), over TCP between namespaces; and a
 cluster is made and removed by name, leaving nothing behind."""
+import json
+import os
 import re
 import subprocess
 import sys
@@ -52,7 +54,7 @@ def test_a_cluster_is_made_and_removed_by_name_and_a_stale_one_is_replaced():
 @needs_clusters
 @pytest.mark.parametrize("link", ["100mbit", "1gbit", "2gbit"])
 def test_raw_mpi_between_two_nodes_runs_at_the_shaped_rate(link):
-    proc = commbench("configs/paper.yaml", "--link", link, "--rounds", "1")
+    proc = commbench("configs/paper.yaml", "--link", link)  # the median of 3 rounds
     assert proc.returncode == 0, proc.stderr[-2000:]
     ratio = float(re.search(r"= (\d\.\d+) of the shaped", proc.stdout).group(1))
     assert 0.9 <= ratio <= 1.02, proc.stdout
@@ -64,3 +66,47 @@ def test_without_root_or_tools_the_cluster_commands_say_why_in_one_line(monkeypa
     assert cli.main(["cluster", "up", "x", "--nodes", "2"]) != 0
     err = capsys.readouterr().err.strip().splitlines()
     assert err == ["ffnbench: error: emulated clusters need root (test)"]
+
+
+def _records(run_dir, kind):
+    return [r for r in map(json.loads, open(run_dir / "metrics.jsonl")) if r["kind"] == kind]
+
+
+@pytest.mark.slow
+@needs_clusters
+def test_a_parameter_server_alone_on_its_node_trains_workers_over_tcp(run_cli, tmp_path):
+    out = tmp_path / "run"
+    r = run_cli("run", "configs/smoke.yaml", "--set", "strategy=ps_async", "--set", "ranks=3", "--set",
+                "run.nodes=2", "--set", "run.server_nodes=1", "--set", "run.link=1gbit", "--set", "train.steps=20",
+                "--set", "eval.every=0", "--out", str(out))
+    assert r.returncode == 0, r.stderr[-2000:]
+    manifest = json.load(open(out / "manifest.json"))
+    assert manifest["nodes"] == 2  # Open MPI's own census: one host per namespace
+    assert manifest["network"]["emulated_nodes"] == 2 and manifest["network"]["ranks_per_node"] == [1, 2]
+    assert manifest["peak"]["nodes"] == 1  # the nodes share this machine's cores
+    assert len(_records(out, "update")) == 40
+    assert "tst" not in netcluster.clusters() and not [c for c in netcluster.clusters() if c.startswith("r")]
+
+
+@pytest.mark.slow
+@needs_clusters
+def test_horovod_all_reduces_across_two_emulated_nodes(run_cli, tmp_path):
+    out = tmp_path / "run"
+    r = run_cli("run", "configs/smoke.yaml", "--set", "strategy=allreduce", "--set", "ranks=2", "--set",
+                "run.nodes=2", "--set", "train.steps=10", "--set", "eval.every=0", "--out", str(out))
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert json.load(open(out / "manifest.json"))["nodes"] == 2
+    assert json.load(open(out / "summary.json"))["status"] == "complete"
+
+
+def test_nodes_the_layout_cannot_fill_are_refused_in_one_line(run_cli, tmp_path):
+    r = run_cli("run", "configs/smoke.yaml", "--set", "strategy=ps_async", "--set", "ranks=3", "--set",
+                "run.nodes=2", "--set", "run.server_nodes=2", "--out", str(tmp_path / "run"))
+    assert r.returncode == 2 and r.stderr.strip().splitlines() == [
+        "ffnbench: error: config field run.server_nodes: must leave nodes for the workers (got 2 of 2 nodes)"]
+    r = run_cli("run", "configs/smoke.yaml", "--set", "run.link=1gbit", "--out", str(tmp_path / "run2"))
+    assert r.returncode == 2 and "run.link: needs emulated nodes" in r.stderr
+    r = run_cli("run", "configs/smoke.yaml", "--set", "strategy=tf_multiworker", "--set", "ranks=2", "--set",
+                "run.nodes=2", "--out", str(tmp_path / "run3"))
+    assert r.returncode == 2 and "runs on one machine only" in r.stderr
+    assert not os.path.exists(tmp_path / "run") and not os.path.exists(tmp_path / "run3")

@@ -139,8 +139,16 @@ class RunData:
 
     @cached_property
     def evals(self) -> List[EvalRecord]:
-        """Held-out evaluations in time order."""
+        """Held-out evaluations in time order; none for emulated compute (its weights do not learn,
+        so no convergence figure may come from it)."""
+        if self.compute_emulated:
+            return []
         return sorted(self.records.evals, key=lambda r: r.time)
+
+    @property
+    def compute_emulated(self) -> bool:
+        """Its workers' passes were timed waits (train.compute emulated)."""
+        return (self.fields.get("train.compute") or "real") == "emulated"
 
     @cached_property
     def emulated(self) -> bool:

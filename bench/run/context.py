@@ -63,12 +63,37 @@ def fovs_per_update(cfg, layout):
     return strategies.get(layout.strategy).fovs_per_update(layout, cfg["train"]["batch_size"])
 
 
-def build_model(cfg):
-    """The FFN of the config, with the config's optimizer."""
+def build_model(cfg, rank=0):
+    """The FFN of the config, with the config's optimizer; with train.compute emulated, its passes
+    are timed waits, drawn with a seed of this rank's own."""
     from ffnbench.model.api import FFNModel
     m, t = cfg["model"], cfg["train"]
-    return FFNModel(m["fov"], m["depth"], m["features"], optimizer_settings(cfg), t["lr"], t["clip"], t["seed"],
-                    m["init"], m["init_stddev"], t["precision"])
+    args = (m["fov"], m["depth"], m["features"], optimizer_settings(cfg), t["lr"], t["clip"], t["seed"],
+            m["init"], m["init_stddev"], t["precision"])
+    if t["compute"] == "real":
+        return FFNModel(*args)
+    from ffnbench.model.timed import StepTimes, TimedComputeFFN
+    measured = measured_compute_s(t["compute_from"], cfg) if t["compute_from"] else None
+    return TimedComputeFFN(*args, step_times=StepTimes(t["compute_mean_s"], t["compute_cv"], 1009 * t["seed"] + rank,
+                                                       measured))
+
+
+def measured_compute_s(run_dir, cfg):
+    """The compute seconds of every worker step of a real run of the same model (past its timing
+    warm-up): what emulated compute resamples."""
+    from ffnbench.bench.analyse.results import load_run
+    from ffnbench.bench.config import ConfigError
+    from ffnbench.model.network import param_count
+    run = load_run(run_dir)
+    if not run.complete:
+        raise ConfigError(f"config field train.compute_from: {run_dir} holds no complete run")
+    if run.manifest.get("params") != param_count(cfg["model"]["depth"], cfg["model"]["features"]):
+        raise ConfigError(f"config field train.compute_from: {run_dir} trained another model "
+                          f"({run.manifest.get('params')} parameters)")
+    if (run.manifest.get("compute") or {}).get("mode", "real") != "real":
+        raise ConfigError(f"config field train.compute_from: {run_dir} did not compute for real")
+    warmup = run.config["run"]["timing_warmup_steps"]
+    return [s.compute_s for s in run.records.steps if s.step >= warmup]
 
 
 def initial_weights(cfg):

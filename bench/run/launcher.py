@@ -17,7 +17,7 @@ from ffnbench import strategies
 from ffnbench.bench.run import context, peak, summary as summ
 from ffnbench.bench.config import ConfigError
 from ffnbench.bench.analyse.results import is_complete, read_summary
-from ffnbench.bench.run import processes
+from ffnbench.bench.run import netcluster, processes
 
 # Open MPI's multi-line banners around an abort add nothing to our one-line error.
 _MPI_NOISE = re.compile(r"^(-{20,}|MPI_ABORT|NOTE: invoking|You may or may not|exactly when|with errorcode|"
@@ -53,6 +53,7 @@ def check_inputs(cfg, layout, resuming=False, here=True):
         if cfg["ranks"] > len(names):
             raise ConfigError(f"config field ranks: elastic allreduce runs at most {len(names)} workers on this "
                               f"machine, one per name it answers to ({', '.join(names)}), got {cfg['ranks']}")
+    netcluster.check_config(cfg, layout)
     if here:
         check_memory(cfg)
 
@@ -227,6 +228,10 @@ def launch(cfg, layout, run_dir, env=None):
             hosts = write_host_discovery(run_dir, cfg["ranks"])
             proc = processes.launch_elastic(cfg["ranks"], argv, hosts, cfg["run"]["timeout_s"], stdout=subprocess.PIPE,
                                        **popen)
+        elif cfg["run"]["nodes"] > 1:
+            cluster = emulated_cluster(cfg, run_dir)
+            proc = processes.launch_on_cluster(cluster, netcluster.slots_for(layout.roles, cfg["run"]["nodes"],
+                                                                            cfg["run"]["server_nodes"]), argv, **popen)
         else:
             proc = processes.launch_ranks(cfg["ranks"], argv, **popen)
         job.append(proc)
@@ -262,8 +267,24 @@ def launch(cfg, layout, run_dir, env=None):
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
+        if cfg["run"]["nodes"] > 1:
+            netcluster.down(cluster_name(run_dir))
     first = (errors or deaths or [None])[0]
     return status, first, (received[0] if received else None)
+
+
+def cluster_name(run_dir):
+    """The emulated cluster of a run: named after its directory, so concurrent runs never share one."""
+    return "r" + hashlib.sha1(os.path.abspath(run_dir).encode()).hexdigest()[:5]
+
+
+def emulated_cluster(cfg, run_dir):
+    """Bring up the run's emulated cluster (run.nodes namespaces, links shaped to run.link)."""
+    cluster = netcluster.Cluster(cluster_name(run_dir), cfg["run"]["nodes"], cfg["run"]["link"] or None)
+    seconds = cluster.up()
+    print(f"emulated cluster {cluster.name}: {cluster.nodes} nodes, links {cfg['run']['link'] or 'unshaped'}, "
+          f"up in {seconds:.1f} s", flush=True)
+    return cluster
 
 
 def wait_for_job(proc, run_dir, received, timeout_s):

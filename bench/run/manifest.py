@@ -17,7 +17,29 @@ def manifest(cfg, layout, ranks, threads, params, nodes, init_from):
             "cpu": cpu_model(), "cores": os.cpu_count(), "nodes": nodes,
             "precision": {"train": cfg["train"]["precision"], "forced": cfg["train"]["force_precision"],
                           "cpu_bf16_flags": bf16_flags()},
-            "init_from": init_from, "start_time": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "git_commit": git_commit()}
+            "init_from": init_from, "start_time": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "git_commit": git_commit(),
+            "network": network(cfg, layout), "compute": compute(cfg)}
+
+
+def compute(cfg):
+    """Whether the workers computed for real, or waited as long (train.compute emulated)."""
+    t = cfg["train"]
+    if t["compute"] == "real":
+        return {"mode": "real"}
+    return {"mode": "emulated", "mean_s": t["compute_mean_s"], "cv": t["compute_cv"], "from": t["compute_from"] or None}
+
+
+def network(cfg, layout):
+    """How the ranks reach each other: emulated nodes (run.nodes > 1) or one machine's shared memory
+    (on a real cluster, `nodes` above counts its nodes and Open MPI picks the transport)."""
+    r = cfg["run"]
+    if r["nodes"] == 1:
+        return {"emulated_nodes": 1, "between_ranks": "shared memory (vader) on one node, or the cluster's own"}
+    from ffnbench.bench.run.netcluster import slots_for
+    return {"emulated_nodes": r["nodes"], "link": r["link"] or "unshaped",
+            "ranks_per_node": slots_for(list(layout.roles), r["nodes"], r["server_nodes"]),
+            "between_nodes": "TCP over veths and a bridge (network namespaces on one machine)",
+            "within_a_node": "shared memory (vader)"}
 
 
 def git_commit():

@@ -53,11 +53,11 @@ def _run(*argv, namespace=None, check=True):
     return proc
 
 
-def _bits_per_s(rate):
+def bits_per_s(rate):
     """A tc rate ('100mbit', '1gbit', '2gbit', '500kbit') in bits per second."""
     match = re.fullmatch(r"(\d+(?:\.\d+)?)(k|m|g)?bit", rate.strip().lower())
     if not match:
-        raise ClusterError(f"link rate {rate!r}: expected a number and kbit, mbit or gbit (for example 1gbit)")
+        raise ClusterError(f"config field run.link: must be a number and kbit, mbit or gbit, e.g. 1gbit (got {rate!r})")
     return float(match.group(1)) * {None: 1, "k": 1e3, "m": 1e6, "g": 1e9}[match.group(2)]
 
 
@@ -70,7 +70,7 @@ class Cluster:
         if not 2 <= nodes <= MAX_NODES:
             raise ClusterError(f"cluster of {nodes} nodes: between 2 and {MAX_NODES}")
         self.name, self.nodes, self.link = name, nodes, link
-        self.link_bits_per_s = _bits_per_s(link) if link else None
+        self.link_bits_per_s = bits_per_s(link) if link else None
         # one /24 per name, so clusters of different names can be up at once
         self.subnet = ipaddress.ip_network(f"10.77.{sum(map(ord, name)) % 250}.0/24")
 
@@ -162,6 +162,29 @@ def down(name):
 AGENT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "netns_agent.py")
 
 
+def slots_for(roles, nodes, server_nodes=0):
+    """Ranks per node, in rank order (mpirun fills the nodes in order; a layout's servers come
+    first): with server_nodes, the servers spread evenly over the first server_nodes nodes and the
+    workers over the others; else every rank spread evenly over all."""
+    servers = roles.count("server")
+    if not server_nodes:
+        return _spread(len(roles), nodes, "run.nodes", "ranks")
+    if not servers:
+        raise ClusterError("config field run.server_nodes: the layout has no parameter servers")
+    if server_nodes >= nodes:
+        raise ClusterError(f"config field run.server_nodes: must leave nodes for the workers (got {server_nodes} "
+                           f"of {nodes} nodes)")
+    return (_spread(servers, server_nodes, "run.server_nodes", "servers")
+            + _spread(len(roles) - servers, nodes - server_nodes, "run.nodes", "workers"))
+
+
+def _spread(ranks, nodes, field, what):
+    if ranks < nodes:
+        raise ClusterError(f"config field {field}: {nodes} nodes for {ranks} {what} would leave a node empty")
+    q, r = divmod(ranks, nodes)
+    return [q + (i < r) for i in range(nodes)]
+
+
 def mpirun_settings(cluster, slots):
     """How to start ranks on the cluster: (command prefix, mpirun's --host value, MCA settings).
     `slots` is the ranks per node, in order (mpirun fills node 0's with the first ranks, then node
@@ -170,5 +193,34 @@ def mpirun_settings(cluster, slots):
     subnet = str(cluster.subnet)
     mca = {"btl": "tcp,vader,self", "btl_tcp_if_include": subnet, "oob_tcp_if_include": subnet,
            "plm_rsh_agent": f"{sys.executable} {AGENT}", "plm_rsh_no_tree_spawn": "1"}
-    prefix = ["env", f"FFNBENCH_CLUSTER={cluster.name}:{cluster.nodes}", "ip", "netns", "exec", cluster.namespace(0)]
+    prefix = ["env", f"FFNBENCH_CLUSTER={cluster.name}:{cluster.nodes}"] + as_node(cluster.namespace(0))
     return prefix, hosts, mca
+
+
+def as_node(namespace):
+    """The command prefix that runs a command as node `namespace`: inside its network namespace, with a
+    host name of its own (Open MPI tells nodes apart by name: ranks of one node share memory)."""
+    return ["ip", "netns", "exec", namespace, "unshare", "--uts", "sh", "-c", 'hostname "$0" && exec "$@"', namespace]
+
+
+def check_config(cfg, layout):
+    """run.nodes, run.link and run.server_nodes against the layout (ConfigError naming the field)."""
+    from ffnbench.bench.config import ConfigError  # here: the launch agent imports this module bare
+    r = cfg["run"]
+    if r["nodes"] == 1:
+        for key, unset in (("link", ""), ("server_nodes", 0)):
+            if r[key] != unset:
+                raise ConfigError(f"config field run.{key}: needs emulated nodes (run.nodes > 1)")
+        return
+    if layout.traits.launch != "mpirun" or layout.traits.one_machine:
+        raise ConfigError(f"config field run.nodes: strategy {layout.strategy} runs on one machine only (got "
+                          f"{r['nodes']} nodes)")
+    try:
+        if r["link"]:
+            bits_per_s(r["link"])
+        slots_for(layout.roles, r["nodes"], r["server_nodes"])
+    except ClusterError as e:
+        raise ConfigError(str(e))
+    reason = unavailable_reason()
+    if reason:
+        raise ConfigError(f"config field run.nodes: {reason}")

@@ -16,12 +16,12 @@ def main(argv):
         rest = rest[1:]
     host, command = rest[0], " ".join(rest[1:])
     sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-    from netcluster import Cluster  # a sibling module: no package import, nothing heavy
+    from netcluster import Cluster, as_node  # a sibling module: no package import, nothing heavy
     node = Cluster(name, nodes).node_of(host)
     if node is None:
         print(f"netns_agent: {host} is no node of emulated cluster {name}", file=sys.stderr)
         return 2
-    os.execvp("ip", ["ip", "netns", "exec", Cluster(name, nodes).namespace(node), "sh", "-c", command])
+    os.execvp("ip", as_node(Cluster(name, nodes).namespace(node)) + ["sh", "-c", command])
 
 
 if __name__ == "__main__":

@@ -38,14 +38,18 @@ def train(cfg, run_dir):
     rank = control.rank
     role = layout.roles[rank]
     local_workers, nodes = control.census(role == "worker")
+    if cfg["run"]["nodes"] > 1:  # emulated nodes share this machine: its cores, and one matmul peak
+        local_workers, machines = layout.workers, 1
+    else:
+        machines = nodes
     threads = threads_for(cfg, local_workers) if role == "worker" else 1
     configure_threads(threads)
 
-    recorder = Recorder(run_dir, rank)
+    recorder = Recorder(run_dir, rank, compute=cfg["train"]["compute"])
     data = context.Data(cfg, handoff.synthetic_npz) if role == "worker" or rank == 0 else None
     settings = context.training_settings(cfg)
     with cls.model_scope(layout, rank, settings, handoff.strategy):
-        model = context.build_model(cfg)
+        model = context.build_model(cfg, rank)
         init_from = context.load_initial_weights(cfg, model, handoff.resume_from is not None)
     stream = data.stream(layout.worker_ranks.index(rank)) if role == "worker" else None
     if stream is not None:
@@ -75,7 +79,7 @@ def train(cfg, run_dir):
     control.barrier("all ranks to finish set-up")
     if rank == 0:  # measured now only when the launcher did not; the others sleep in the next barrier
         manifest["peak"] = {**(handoff.node_peak or peak.node_peak(during="while the other ranks slept in a barrier")),
-                            "nodes": nodes}
+                            "nodes": machines}
         summ.write_json_atomic(os.path.join(run_dir, "manifest.json"), manifest)
     control.barrier("rank 0 to measure the matmul peak")
     recorder.start_clock(control.start_time() - (resumed["train_time"] if resumed else 0.0))

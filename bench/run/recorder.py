@@ -18,8 +18,9 @@ from ffnbench.strategies.records import (PAUSES, PHASES, CommitRecord, EvalRecor
 
 
 class Recorder:
-    def __init__(self, run_dir: str, rank: int):
-        self.run_dir, self.rank = run_dir, rank
+    def __init__(self, run_dir: str, rank: int, compute: str = "real"):
+        """compute: train.compute, which every step record carries."""
+        self.run_dir, self.rank, self.compute = run_dir, rank, compute
         self.t0 = time.time()
         self.paused = 0.0  # seconds of evaluation and checkpoints, left out of every record's time
         self.fd = os.open(os.path.join(run_dir, "metrics.jsonl"), os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
@@ -73,7 +74,7 @@ class Recorder:
         record = StepRecord(rank=self.rank, step=step, time=self.now(), fovs=int(fovs), loss=float(loss),
                             model_version=int(model_version), compute_s=p.get("compute", 0.0),
                             comm_s=p.get("comm", 0.0), data_s=p.get("data", 0.0), wait_s=p.get("wait", 0.0),
-                            step_s=sum(p.values()), emulated=emulated)
+                            step_s=sum(p.values()), emulated=emulated, compute=self.compute)
         self.phases = {}
         self.write(record)
         for listener in self.on_step:
