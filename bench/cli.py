@@ -349,6 +349,10 @@ def _refuse_without_clusters():
 def cmd_cluster(args):
     """Bring an emulated cluster up, tear it down, or list those up."""
     from ffnbench.bench.run import netcluster
+    if args.action == "check":
+        reason = netcluster.unavailable_reason()
+        print(f"emulated clusters: {reason or 'available (root, ip and tc found)'}")
+        return 2 if reason else 0
     if args.action == "status":
         up = netcluster.clusters() if not netcluster.unavailable_reason() else {}
         print("\n".join(f"{name}: {nodes} nodes" for name, nodes in sorted(up.items())) or "no emulated cluster is up")
@@ -562,7 +566,8 @@ def parser():
     b.set_defaults(fn=cmd_commbench)
     cl = sub.add_parser("cluster", help="an emulated cluster on this machine: nodes as network namespaces on a "
                                         "bridge, links shaped to a rate (needs root)")
-    cl.add_argument("action", choices=("up", "down", "status"))
+    cl.add_argument("action", choices=("up", "down", "status", "check"), help="check: whether clusters can run "
+                    "here (exit 0), else why not (exit 2)")
     cl.add_argument("name", nargs="?", default="c", help="the cluster's name (1-6 letters or digits; default c)")
     cl.add_argument("--nodes", type=positive_int, default=2)
     cl.add_argument("--link", metavar="RATE", help="each node's link rate, each way (e.g. 1gbit); default unshaped")

@@ -66,6 +66,8 @@ def test_without_root_or_tools_the_cluster_commands_say_why_in_one_line(monkeypa
     assert cli.main(["cluster", "up", "x", "--nodes", "2"]) != 0
     err = capsys.readouterr().err.strip().splitlines()
     assert err == ["ffnbench: error: emulated clusters need root (test)"]
+    assert cli.main(["cluster", "check"]) == 2  # what `make demo` asks before its network comparison
+    assert capsys.readouterr().out.strip() == "emulated clusters: emulated clusters need root (test)"
 
 
 def _records(run_dir, kind):

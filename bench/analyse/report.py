@@ -74,6 +74,7 @@ def report_rows(runs, target):
         rates = [r.summary["fovs_per_s"]["mean"] for r in group]
         # an emulated run computes its workers one after another: no speed-up to speak of
         base, base_strategy = (None, None) if group[0].emulated else baseline_rate(group, complete)
+        emulated_compute = group[0].compute_emulated  # no pass ran: nothing learnt to report
         reached = [time_to_target(r.evals, target) for r in group] if target is not None else []
         times = [t for t, _ in reached if t is not None]
         stale = [r.summary["staleness"] for r in group if r.summary.get("staleness")]
@@ -88,8 +89,11 @@ def report_rows(runs, target):
             "fovs_to_target": _mean([f for t, f in reached if t is not None]),
             **_interval("final_loss", _values(group, lambda r: final_value([e.loss for e in r.evals]))),
             **_interval("final_f1", _values(group, lambda r: final_value([e.f1 for e in r.evals]))),
-            "f1_all_foreground": _mean([r.summary["baselines"]["f1_all_foreground"] for r in group]),
-            "loss_constant": _mean([r.summary["baselines"].get("loss_constant") for r in group]),
+            "f1_all_foreground": None if emulated_compute else _mean([r.summary["baselines"]["f1_all_foreground"]
+                                                                      for r in group]),
+            "loss_constant": None if emulated_compute else _mean([r.summary["baselines"].get("loss_constant")
+                                                                  for r in group]),
+            "compute": "emulated" if emulated_compute else "real",
             "beats_all_foreground": sum(final_value([e.f1 for e in r.evals]) > r.summary["baselines"]["f1_all_foreground"]
                                         for r in group if r.evals),
             "mfu": _mean([r.summary["mfu"] for r in group]),
@@ -153,6 +157,8 @@ def format_interval(row, key, fmt=None):
 
 
 def format_target(row):
+    if row["compute"] == "emulated":
+        return "n/a (emulated compute)"
     if not row["reached"]:
         return "not reached"
     partial = f" ({row['reached']}/{row['n']} reached)" if row["reached"] < row["n"] else ""

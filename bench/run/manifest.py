@@ -13,7 +13,7 @@ def manifest(cfg, layout, ranks, threads, params, nodes, init_from):
     """The manifest of this run, without its matmul peak (rank 0 adds it after set-up)."""
     return {"config": cfg, "strategy": layout.strategy, "ranks": ranks, "roles": list(layout.roles),
             "role_counts": layout.role_counts(), "workers": layout.workers, "emulated": layout.traits.emulated,
-            "threads_per_rank": threads, "params": params, **versions(), "host": socket.gethostname(),
+            "threads_per_rank": threads, "params": params, **versions(), "host": os.environ.get("FFNBENCH_MACHINE") or socket.gethostname(),
             "cpu": cpu_model(), "cores": os.cpu_count(), "nodes": nodes,
             "precision": {"train": cfg["train"]["precision"], "forced": cfg["train"]["force_precision"],
                           "cpu_bf16_flags": bf16_flags()},

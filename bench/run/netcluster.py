@@ -193,7 +193,9 @@ def mpirun_settings(cluster, slots):
     subnet = str(cluster.subnet)
     mca = {"btl": "tcp,vader,self", "btl_tcp_if_include": subnet, "oob_tcp_if_include": subnet,
            "plm_rsh_agent": f"{sys.executable} {AGENT}", "plm_rsh_no_tree_spawn": "1"}
-    prefix = ["env", f"FFNBENCH_CLUSTER={cluster.name}:{cluster.nodes}"] + as_node(cluster.namespace(0))
+    # ranks name the machine, not their node, as the host they ran on
+    prefix = ["env", f"FFNBENCH_CLUSTER={cluster.name}:{cluster.nodes}",
+              f"FFNBENCH_MACHINE={os.uname().nodename}"] + as_node(cluster.namespace(0))
     return prefix, hosts, mca
 
 

@@ -126,6 +126,8 @@ def write_complete(run_dir, manifest, heldout_labels):
     result["peak_flops_per_s"] = peak
     result["peak_dtype"] = peak_dtype
     result["mfu"] = result["model_flops_per_s"] / peak  # never clamped: above 1, the denominator is wrong
+    if cfg["train"]["compute"] == "emulated":  # no pass ran: neither FLOPs nor learning to speak of
+        result.update(compute="emulated", model_flops_per_s=None, mfu=None)
     write_json_atomic(os.path.join(run_dir, "summary.json"), result)
     print_summary(result)
     return result
@@ -172,8 +174,11 @@ def print_summary(s):
     if s.get("staleness"):
         st = s["staleness"]
         print(f"staleness: mean={st['mean']:.2f} p50={st['p50']:.0f} p99={st['p99']:.0f} max={st['max']}")
-    print(f"model: {s['model_flops_per_s'] / 1e9:.2f} GFLOP/s = {100 * s['mfu']:.1f}% of the job's matmul peak "
-          f"{s['peak_dtype']} {s['peak_flops_per_s'] / 1e9:.1f} GFLOP/s (MFU)")
+    if s.get("compute") == "emulated":
+        print("model: emulated compute (each pass a timed wait): no FLOPs, no MFU, and no convergence to read")
+    else:
+        print(f"model: {s['model_flops_per_s'] / 1e9:.2f} GFLOP/s = {100 * s['mfu']:.1f}% of the job's matmul peak "
+              f"{s['peak_dtype']} {s['peak_flops_per_s'] / 1e9:.1f} GFLOP/s (MFU)")
     stalls = s["stalled_steps"]
     if stalls["count"]:
         print(f"warning: {stalls['count']} step(s) took over {STALL_FACTOR:g}x the median step "
