@@ -261,7 +261,9 @@ def cmd_calibrate(args):
     cfg = load(args.config)  # no config: the defaults, i.e. the paper's model
     params = param_count(cfg["model"]["depth"], cfg["model"]["features"])
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-    cal = calibrate(args.out, cfg, params)
+    if args.link:
+        _refuse_without_clusters()
+    cal = calibrate(args.out, cfg, params, link=args.link)
     print(f"alpha = {cal['alpha_s'] * 1e6:.2f} us, beta = {1 / cal['beta_s_per_byte'] / 1e9:.2f} GB/s, "
           f"server apply = {cal['server_apply_s_per_byte'] * 1e9:.3f} ns/byte, raw MPI Allreduce of "
           f"{params} float32 between 2 ranks = {cal['allreduce_s'] * 1e3:.3f} ms; wrote {args.out}")
@@ -521,6 +523,8 @@ def parser():
     c.add_argument("--config", help="size the Allreduce and server apply to this config's model and optimizer "
                    "(default: the defaults, the paper's model)")
     c.add_argument("--params", type=int, help=argparse.SUPPRESS)
+    c.add_argument("--link", metavar="RATE", help="measure between 2 emulated nodes whose links are shaped to RATE "
+                   "(e.g. 1gbit; 'unshaped'), for the simulator's network (needs root)")
     c.set_defaults(fn=cmd_calibrate)
     m = sub.add_parser("simulate", help="predict FOVs/s and efficiency at N workers (or validate against runs)")
     m.add_argument("--strategy", help="a strategy that declares a simulator model (default: the first)")

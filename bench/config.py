@@ -99,7 +99,7 @@ class Train:
                            choices=("real", "emulated"))
     compute_mean_s: float = setting(0.0, "compute emulated: mean seconds of a pass (the model's own measured step "
                                     "time), unless compute_from is given", at_least=0)
-    compute_cv: float = setting(0.1, "compute emulated: coefficient of variation of the waits (gamma-distributed)",
+    compute_cv: float = setting(0.1, "compute emulated: coefficient of variation of the waits (lognormal, as the simulator draws them)",
                                 at_least=0)
     compute_from: str = setting("", "compute emulated: a real run's directory whose workers' compute times are "
                                 "resampled instead (it must be of the same model)")

@@ -5,8 +5,9 @@ contention. The gradient has the model's real shapes (zeros: an update still run
 nothing); the loss is 0 and the logits are zeros, so no convergence figure may come from such a run
 (its records and manifest say `compute: emulated`).
 
-The waits are drawn from a gamma distribution of the given mean and coefficient of variation (step
-times are positive and skewed), or resampled from a real run's compute times.
+The waits are drawn from a lognormal distribution of the given mean and coefficient of variation
+(positive and right-skewed, like real step times, and the simulator's model of them, so its
+predictions for such runs assume what they ran), or resampled from a real run's compute times.
 """
 import time
 from typing import List, Optional, Sequence, Tuple
@@ -30,8 +31,8 @@ class StepTimes:
             return float(self.rng.choice(self.measured))
         if self.cv == 0:
             return self.mean_s
-        shape = 1.0 / self.cv ** 2
-        return float(self.rng.gamma(shape, self.mean_s / shape))
+        s2 = np.log1p(self.cv ** 2)
+        return float(self.mean_s * np.exp(np.sqrt(s2) * self.rng.standard_normal() - s2 / 2))
 
 
 class TimedComputeFFN(FFNModel):

@@ -52,7 +52,7 @@ def test_a_cluster_is_made_and_removed_by_name_and_a_stale_one_is_replaced():
 
 @pytest.mark.slow
 @needs_clusters
-@pytest.mark.parametrize("link", ["100mbit", "1gbit", "2gbit"])
+@pytest.mark.parametrize("link", ["100mbit", "500mbit", "1gbit"])
 def test_raw_mpi_between_two_nodes_runs_at_the_shaped_rate(link):
     proc = commbench("configs/paper.yaml", "--link", link)  # the median of 3 rounds
     assert proc.returncode == 0, proc.stderr[-2000:]

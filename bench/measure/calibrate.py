@@ -87,14 +87,27 @@ def ranks_main(out, params):
                                 "allreduce_params": params, "allreduce_s": float(np.median(times[5:]))})
 
 
-def calibrate(out, cfg, params, timeout_s=120):
-    """Measure, write `out` (JSON) and return the calibration: network, raw Allreduce, strategy costs."""
+def calibrate(out, cfg, params, timeout_s=120, link=None):
+    """Measure, write `out` (JSON) and return the calibration: network, raw Allreduce, strategy costs.
+    link: measure the network between two emulated nodes with links of this rate ("unshaped": no
+    shaping) instead of within this machine."""
     from ffnbench.bench.run.context import training_settings
     from ffnbench.bench.run.launcher import cli_command
+    from ffnbench.bench.run import netcluster
     tmp = out + ".ranks"
-    proc = processes.launch_ranks(2, cli_command("calibrate", "--ranks-part", tmp, "--params", str(params)),
-                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    _, _, err = processes.finish(proc, timeout_s, "the calibration ranks")
+    argv = cli_command("calibrate", "--ranks-part", tmp, "--params", str(params))
+    popen = dict(stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    cluster = None
+    if link is not None:
+        cluster = netcluster.Cluster("calib", 2, None if link == "unshaped" else link)
+        cluster.up()
+    try:
+        proc = (processes.launch_on_cluster(cluster, [1, 1], argv, **popen) if cluster else
+                processes.launch_ranks(2, argv, **popen))
+        _, _, err = processes.finish(proc, timeout_s, "the calibration ranks")
+    finally:
+        if cluster:
+            netcluster.down(cluster.name)
     if proc.returncode != 0 or not os.path.exists(tmp):
         last = (err.strip().splitlines() or ["no output"])[-1]
         raise RuntimeError(f"calibration ranks failed: {last}")
@@ -105,5 +118,6 @@ def calibrate(out, cfg, params, timeout_s=120):
     for name in strategies.names():
         result.update(strategies.get(name).measure_costs(settings, params))
     result["host"], result["cores"] = os.uname().nodename, os.cpu_count()
+    result["network"] = f"2 emulated nodes, links {link}" if link else "one machine (shared memory)"
     write_json_atomic(out, result)
     return result

@@ -125,10 +125,11 @@ class Cluster:
                 _run("tc", "qdisc", "add", "dev", device, "root", "tbf", *self._tbf(), namespace=where)
 
     def _tbf(self):
-        """tbf's settings for the link: a bucket of 1 ms at the rate (at least 16 KB; tbf splits a
+        """tbf's settings for the link: a bucket of 250 µs at the rate, at least 32 KB (a larger one lets
+        a message of its size through at memory speed, which a real link never does; tbf splits a
         segment larger than its bucket rather than dropping it), and a queue of 50 ms at the rate."""
         bytes_per_s = self.link_bits_per_s / 8
-        burst = max(int(bytes_per_s * 0.001), 16 * 1024)
+        burst = max(int(bytes_per_s * 2.5e-4), 32 * 1024)
         return ["rate", self.link, "burst", str(burst), "limit", str(max(int(bytes_per_s * 0.05), 2 * burst))]
 
     def exists(self):
@@ -152,10 +153,15 @@ def clusters():
 
 
 def down(name):
-    """Remove every namespace, veth and bridge of cluster `name` (whatever is left of it)."""
+    """Remove every veth, namespace and bridge of cluster `name` (whatever is left of it). The veths
+    go first, from this side: a deleted namespace takes its end with it only later, when the kernel
+    gets round to it, and a cluster of the same name made meanwhile would find the names taken."""
+    links = _run("ip", "-o", "link", "show", check=False).stdout
+    for twin in re.findall(rf"^\d+: (fb{re.escape(name)}-\d+)@", links, re.MULTILINE):
+        _run("ip", "link", "delete", twin, check=False)
     for ns in namespaces():
         if re.fullmatch(rf"{PREFIX}-{re.escape(name)}-\d+", ns):
-            _run("ip", "netns", "delete", ns, check=False)  # takes its veth, and so the twin, with it
+            _run("ip", "netns", "delete", ns, check=False)
     _run("ip", "link", "delete", f"fb{name}", check=False)
 
 

@@ -126,7 +126,7 @@ def write_complete(run_dir, manifest, heldout_labels):
     result["peak_flops_per_s"] = peak
     result["peak_dtype"] = peak_dtype
     result["mfu"] = result["model_flops_per_s"] / peak  # never clamped: above 1, the denominator is wrong
-    if cfg["train"]["compute"] == "emulated":  # no pass ran: neither FLOPs nor learning to speak of
+    if cfg["train"].get("compute") == "emulated":  # no pass ran: neither FLOPs nor learning to speak of
         result.update(compute="emulated", model_flops_per_s=None, mfu=None)
     write_json_atomic(os.path.join(run_dir, "summary.json"), result)
     print_summary(result)
