@@ -67,7 +67,6 @@ class ShardVersions:
 
     def done(self):
         """Forget the answers that are done."""
-        from mpi4py import MPI
         self.in_flight = {k for k in self.in_flight if not self.answers[k].Test()}
 
     def writable(self):

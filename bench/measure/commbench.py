@@ -105,7 +105,6 @@ def raw_main(params, way):
 
 def raw_round_trips(world, params):
     """Plain MPI's round trips of `params` float32 each way between ranks 0 and 1: {way: call}."""
-    from mpi4py import MPI
     peer = 1 - world.rank
     out, back = np.ones(params, np.float32), np.empty(params, np.float32)
 
