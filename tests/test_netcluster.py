@@ -112,3 +112,20 @@ def test_nodes_the_layout_cannot_fill_are_refused_in_one_line(run_cli, tmp_path)
                 "run.nodes=2", "--out", str(tmp_path / "run3"))
     assert r.returncode == 2 and "runs on one machine only" in r.stderr
     assert not os.path.exists(tmp_path / "run") and not os.path.exists(tmp_path / "run3")
+
+
+@needs_clusters
+def test_a_cluster_that_fails_part_way_up_leaves_nothing_behind(monkeypatch):
+    add_node = netcluster.Cluster._add_node
+
+    def fail_on_the_second(self, node):
+        if node == 1:
+            raise netcluster.ClusterError("injected: the second node failed")
+        add_node(self, node)
+    monkeypatch.setattr(netcluster.Cluster, "_add_node", fail_on_the_second)
+    cluster = netcluster.Cluster("fail", 3)
+    with pytest.raises(netcluster.ClusterError, match="injected"):
+        cluster.up()
+    assert "fail" not in netcluster.clusters()
+    assert subprocess.run(["ip", "link", "show", cluster.bridge], capture_output=True).returncode != 0
+    assert subprocess.run(["ip", "link", "show", cluster.twin(0)], capture_output=True).returncode != 0
