@@ -334,7 +334,9 @@ def cmd_commbench(args):
     if args.link:
         _refuse_without_clusters()
         link = None if args.link == "unshaped" else args.link
-        result = commbench.measure_link(args.config, cfg, link, cli_command, args.rounds)
+        if args.ranks < 2:
+            raise config.ConfigError(f"--ranks with --link: the nodes, at least 2 (got {args.ranks})")
+        result = commbench.measure_link(args.config, cfg, link, cli_command, args.rounds, nodes=args.ranks)
         commbench.print_link(result, commbench._params(cfg), link)
         return 0
     results, params = commbench.measure(args.config, cfg, args.ranks, cli_command, args.rounds)
@@ -564,8 +566,9 @@ def parser():
     b.add_argument("--ranks", type=int, default=2)
     b.add_argument("--rounds", type=int, default=3, help="times every mpirun is made, interleaved; each figure is "
                    "the median over them (default 3)")
-    b.add_argument("--link", metavar="RATE", help="instead: raw MPI between 2 emulated nodes whose links are "
-                   "shaped to RATE (e.g. 100mbit, 1gbit; 'unshaped'), against that rate (needs root)")
+    b.add_argument("--link", metavar="RATE", help="instead: raw MPI between --ranks emulated nodes (one rank each, "
+                   "all sending at once in a ring) whose links are shaped to RATE (e.g. 100mbit, 1gbit; "
+                   "'unshaped'), against that rate (needs root)")
     b.add_argument("--ranks-part", help=argparse.SUPPRESS)
     b.set_defaults(fn=cmd_commbench)
     cl = sub.add_parser("cluster", help="an emulated cluster on this machine: nodes as network namespaces on a "

@@ -36,6 +36,7 @@ def test_a_run_with_emulated_compute_waits_exchanges_for_real_and_says_so(run_cl
                                                                "from": None}
     run = load_run(str(out))
     assert run.complete and run.compute_emulated and run.evals == []  # no convergence figure from it
+    assert run.summary["final_eval"] is None and "held-out" not in r.stdout
 
 
 def test_emulated_compute_needs_its_mean_and_no_evaluations(run_cli, tmp_path):

@@ -191,12 +191,19 @@ def ps_main(cfg):
 
 
 def link_main(cfg):
-    """Ranks 0 and 1, on two emulated nodes: seconds of a `Sendrecv` of the gradient's bytes each way
-    (both directions of the link at once, as a ring moves them)."""
+    """One rank per emulated node, in a ring: seconds of a `Sendrecv` of the gradient's bytes to the
+    next node and from the one before, every node at once (each link busy both ways, as in a ring
+    all-reduce); the slowest node's median."""
+    from mpi4py import MPI
     world = control.init_world()
-    call = raw_round_trips(world, _params(cfg))["Sendrecv"]
+    out, back = np.ones(_params(cfg), np.float32), np.empty(_params(cfg), np.float32)
+    after, before = (world.rank + 1) % world.size, (world.rank - 1) % world.size
+
+    def call():
+        world.Sendrecv(out, dest=after, recvbuf=back, source=before)
     call()  # TCP's slow start, outside the timing
-    _report(world, {"Sendrecv": float(np.median(timed(world, call, LINK_REPEATS)))})
+    slowest = world.allreduce(float(np.median(timed(world, call, LINK_REPEATS))), op=MPI.MAX)
+    _report(world, {"Sendrecv": slowest})
 
 
 PARTS = {"mpi_allreduce": mpi_allreduce_main, "horovod": horovod_main, "ps": ps_main, "link": link_main}
@@ -251,30 +258,33 @@ def measure(config_path, cfg, ranks, cli_command, rounds=ROUNDS):
     return median_of([one_round() for _ in tqdm(range(rounds), desc="commbench rounds", unit="round")]), _params(cfg)
 
 
-def measure_link(config_path, cfg, link, cli_command, rounds=ROUNDS):
-    """Raw MPI between two nodes of an emulated cluster whose links are shaped to `link` (None:
-    unshaped), brought up for this and torn down after: {"seconds", "bits_per_s", "link_bits_per_s"}."""
+def measure_link(config_path, cfg, link, cli_command, rounds=ROUNDS, nodes=2):
+    """Raw MPI between `nodes` nodes of an emulated cluster whose links are shaped to `link` (None:
+    unshaped), all sending at once (link_main), brought up for this and torn down after:
+    {"seconds", "bits_per_s" (the slowest node's, each way), "link_bits_per_s", "setup_s", "nodes"}."""
     from ffnbench.bench.run import netcluster
-    cluster = netcluster.Cluster("cbench", 2, link)
+    cluster = netcluster.Cluster("cbench", nodes, link)
     setup_s = cluster.up()
     try:
         seconds = []
         for _ in tqdm(range(rounds), desc=f"link {link or 'unshaped'}", unit="round"):
-            proc = processes.launch_on_cluster(cluster, [1, 1], cli_command("commbench", config_path, "--ranks-part",
+            proc = processes.launch_on_cluster(cluster, [1] * nodes, cli_command("commbench", config_path, "--ranks-part",
                                                                             "link"), stdout=subprocess.PIPE, text=True)
             seconds.append(_result_of(proc, "commbench across the emulated link")["Sendrecv"])
     finally:
         netcluster.down(cluster.name)
     median = float(np.median(seconds))
     return {"seconds": median, "bits_per_s": 8 * 4 * _params(cfg) / median, "link_bits_per_s": cluster.link_bits_per_s,
-            "setup_s": setup_s}
+            "setup_s": setup_s, "nodes": nodes}
 
 
 def print_link(result, params, link):
     """Raw MPI's bandwidth over the emulated link, against the rate it is shaped to."""
     mbit = result["bits_per_s"] / 1e6
-    line = (f"raw MPI Sendrecv of {params} float32 ({4 * params / 1e6:.2f} MB) each way between 2 emulated nodes "
-            f"(set up in {result['setup_s']:.1f} s): {result['seconds'] * 1e3:.2f} ms, {mbit:.0f} Mbit/s each way")
+    between = "2 emulated nodes" if result["nodes"] == 2 else f"each of {result['nodes']} emulated nodes in a ring, all at once"
+    line = (f"raw MPI Sendrecv of {params} float32 ({4 * params / 1e6:.2f} MB) each way between {between} "
+            f"(set up in {result['setup_s']:.1f} s): {result['seconds'] * 1e3:.2f} ms, {mbit:.0f} Mbit/s each way"
+            f"{' (the slowest node)' if result['nodes'] > 2 else ''}")
     if result["link_bits_per_s"]:
         line += f" = {result['bits_per_s'] / result['link_bits_per_s']:.3f} of the shaped {link}"
     else:
