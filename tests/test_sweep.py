@@ -109,6 +109,7 @@ def test_plot_writes_the_always_produced_figures(tiny_sweep):
     ({"grid": {"train.lr": 0.1}}, "grid.train.lr: must be a non-empty list"),
     ({"grid": {"train.lrate": [0.1]}}, "config field train.lrate: unknown field"),
     ({"runs": [{"train.lr": 0.1, "repeats": 0}]}, "runs[0].repeats: must be an integer >= 1"),
+    ({"runs": [{"preset": "big"}], "presets": {"small": {"model.depth": 2}}}, "runs[0].preset: 'big' is not one of"),
 ])
 def test_malformed_sweep_file_exits_2_with_one_line(tmp_path, change, message):
     path = write_sweep(str(tmp_path), {**TINY, **change})
@@ -127,6 +128,17 @@ def test_a_variant_can_have_more_seeds_than_the_rest(tmp_path):
     assert ids == ["train.batch_size=1,rep=0", "train.batch_size=2,rep=0", "train.batch_size=1,rep=1",
                    "train.batch_size=2,rep=1", "train.batch_size=2,rep=2", "train.batch_size=2,rep=3"]
     assert [r["config"]["train"]["seed"] for r in planned][-2:] == [2, 3]
+
+
+def test_a_preset_sets_its_fields_and_names_the_run_by_itself(tmp_path):
+    spec = {**TINY, "grid": {"train.batch_size": [1]}, "presets": {"deep": {"model.depth": 3, "train.lr": 0.01}},
+            "runs": [{"preset": "deep", "train.lr": 0.02}, {"train.lr": 0.03}]}
+    planned = sweep.plan(sweep.load_sweep(write_sweep(str(tmp_path), spec)))
+    assert [r["id"] for r in planned] == ["preset=deep,train.lr=0.02,train.batch_size=1,rep=0",
+                                          "train.lr=0.03,train.batch_size=1,rep=0"]
+    deep, plain = (r["config"] for r in planned)
+    assert (deep["model"]["depth"], deep["train"]["lr"]) == (3, 0.02)  # the variant's own value wins
+    assert plain["model"]["depth"] != 3
 
 
 def test_fov_budget_gives_every_run_the_same_fovs():

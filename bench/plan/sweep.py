@@ -5,8 +5,11 @@ A sweep file:
     name: demo                       # default: the file's stem
     base: ../bench.yaml              # relative to the sweep file, else to the working directory
     set: {train.optimizer: adam}     # overrides shared by every run
+    presets:                         # optional: named groups of overrides a variant takes whole
+      small: {model.depth: 4, model.features: 16}
     runs:                            # run variants: a list of override mappings ...
       - {strategy: single, ranks: 1}
+      - {preset: small, strategy: single, ranks: 1}   # its directory says preset=small
       - {strategy: allreduce, ranks: 2, repeats: 6}   # `repeats` in a variant overrides the sweep's
     grid:                            # ... and/or a grid: every combination of these values
       train.lr: [0.001, 0.003]
@@ -47,7 +50,7 @@ from ffnbench.bench.analyse.results import COMPLETE, DEFAULT_TARGET_F1, is_compl
 from ffnbench.bench.config import ConfigError
 from ffnbench.bench.run.summary import write_json_atomic
 
-SWEEP_KEYS = ("name", "base", "set", "runs", "grid", "fov_budget", "repeats", "report", "out")
+SWEEP_KEYS = ("name", "base", "set", "presets", "runs", "grid", "fov_budget", "repeats", "report", "out")
 REPORT_KEYS = ("target_loss", "target_f1")
 
 
@@ -76,7 +79,12 @@ def load_sweep(path):
     if "runs" in spec and (not isinstance(runs, list) or not runs
                            or not all(isinstance(r, dict) and r for r in runs)):
         raise bad("runs", "must be a non-empty list of non-empty mappings of dotted.key: value")
+    presets = spec.get("presets", {})
+    if not isinstance(presets, dict) or not all(isinstance(p, dict) and p for p in presets.values()):
+        raise bad("presets", "must be a mapping of name: {dotted.key: value}")
     for i, r in enumerate(runs):
+        if "preset" in r and r["preset"] not in presets:
+            raise bad(f"runs[{i}].preset", f"{r['preset']!r} is not one of presets ({', '.join(presets) or 'none'})")
         if "repeats" in r and (not isinstance(r["repeats"], int) or isinstance(r["repeats"], bool) or r["repeats"] < 1):
             raise bad(f"runs[{i}].repeats", f"must be an integer >= 1 (got {r['repeats']!r})")
     both = sorted({k for r in runs for k in r} & set(grid))
@@ -111,7 +119,7 @@ def load_sweep(path):
         if not isinstance(value, str) or not value:
             raise bad(key, "must be a non-empty string")
     return {"file": os.path.abspath(path), "name": name, "base": resolve_base(path, spec["base"]), "set": fixed,
-            "runs": runs, "grid": grid, "fov_budget": budget, "repeats": repeats,
+            "presets": presets, "runs": runs, "grid": grid, "fov_budget": budget, "repeats": repeats,
             "report": {"target_f1": float(target), "target_loss": target_loss}, "out": out}
 
 
@@ -179,7 +187,8 @@ def plan(sweep, here=True):
                     raise ConfigError(f"sweep file {sweep['file']}: runs {seen[rid]} and {len(planned)} are the "
                                       f"same run ({rid})")
                 seen[rid] = len(planned)
-                overrides = {**sweep["set"], **varying}
+                preset = sweep["presets"].get(varying.get("preset"), {})
+                overrides = {**sweep["set"], **preset, **{k: v for k, v in varying.items() if k != "preset"}}
                 try:
                     cfg = config.load(sweep["base"], list(overrides.items()))
                     # a repeat is the same experiment from another seed (weights and example streams);

@@ -64,7 +64,8 @@ RANK_BASE_BYTES = 250e6
 
 def memory_estimate(cfg):
     """Bytes the job's ranks need on this machine: each rank's base, its copy of both volumes
-    (float32 image and int32 labels) and the step's activations (forward and backward)."""
+    (float32 image and int32 labels) and the step's activations (forward and backward; none where
+    the passes are emulated)."""
     m, d, t = cfg["model"], cfg["data"], cfg["train"]
     if d["source"] == "synthetic":
         voxels = 2 * float(np.prod(d["shape"]))
@@ -75,6 +76,8 @@ def memory_estimate(cfg):
             voxels = float(np.prod(f[name].shape))
     layers = 2 * m["depth"] + 1
     activations = 3 * t["batch_size"] * float(np.prod(m["fov"])) * m["features"] * layers * 4
+    if t["compute"] == "emulated":
+        activations = 0.0
     return cfg["ranks"] * (RANK_BASE_BYTES + 8 * voxels + activations)
 
 
