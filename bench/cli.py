@@ -264,7 +264,8 @@ def cmd_calibrate(args):
     if args.link:
         _refuse_without_clusters()
     cal = calibrate(args.out, cfg, params, link=args.link)
-    print(f"alpha = {cal['alpha_s'] * 1e6:.2f} us, beta = {1 / cal['beta_s_per_byte'] / 1e9:.2f} GB/s, "
+    print(f"alpha = {cal['alpha_s'] * 1e6:.2f} us, 1/beta = {1 / cal['beta_s_per_byte'] / 1e6:.1f} MB/s "
+          f"({8 / cal['beta_s_per_byte'] / 1e9:.3f} Gbit/s), "
           f"server apply = {cal['server_apply_s_per_byte'] * 1e9:.3f} ns/byte, raw MPI Allreduce of "
           f"{params} float32 between 2 ranks = {cal['allreduce_s'] * 1e3:.3f} ms; wrote {args.out}")
     return 0

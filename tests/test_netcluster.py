@@ -60,6 +60,28 @@ def test_raw_mpi_between_two_nodes_runs_at_the_shaped_rate(link):
     assert 0.9 <= ratio <= 1.02, proc.stdout
 
 
+@pytest.mark.slow
+@needs_clusters
+def test_the_rate_holds_with_four_nodes_sending_at_once():
+    proc = commbench("configs/paper.yaml", "--link", "1gbit", "--ranks", "4")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "each of 4 emulated nodes in a ring, all at once" in proc.stdout
+    ratio = float(re.search(r"= (\d\.\d+) of the shaped", proc.stdout).group(1))
+    assert 0.9 <= ratio <= 1.02, proc.stdout
+
+
+@pytest.mark.slow
+@needs_clusters
+def test_calibration_across_an_emulated_link_finds_its_rate(run_cli, tmp_path):
+    out = tmp_path / "cal.json"
+    r = run_cli("calibrate", "--link", "1gbit", "--out", str(out))
+    assert r.returncode == 0, r.stderr[-2000:]
+    cal = json.load(open(out))
+    link_bytes_per_s = 1e9 / 8
+    assert 0.9 <= (1 / cal["beta_s_per_byte"]) / link_bytes_per_s <= 1.02, cal["pingpong"]
+    assert 0 < cal["alpha_s"] < 1e-3 and cal["network"] == "2 emulated nodes, links 1gbit"
+
+
 def test_without_root_or_tools_the_cluster_commands_say_why_in_one_line(monkeypatch, capsys):
     from ffnbench.bench import cli
     monkeypatch.setattr(netcluster, "unavailable_reason", lambda: "emulated clusters need root (test)")
