@@ -6,7 +6,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 from matplotlib.lines import Line2D
 
-from ffnbench.bench.plan.studies import async_variant
+from ffnbench.bench.plan.studies import SERIES, async_variant
 from ffnbench.plots.common import log2_workers_axis, plain_log_yaxis, side_legend, strategy_color, style, title
 
 RULE_COLORS = {"none": "0.45", "linear": "#1f77b4", "sqrt": "#ff7f0e"}
@@ -197,4 +197,59 @@ def segmentation(runs, data):
     return fig
 
 
-FIGURES = {"lr_scaling": lr_scaling, "batch_size": batch_size, "sync_async": sync_async, "segmentation": segmentation}
+#: the network study's exchanges: ring all-reduce as Horovod's colour, the one-server PS dashed
+SERIES_STYLE = {"allreduce": (strategy_color("allreduce"), "-", "o"), "mpi_allreduce": (strategy_color("mpi_allreduce"), "-", "s"),
+                "ps_sync": (strategy_color("ps_sync"), "-", "^"), "ps_async, 1 server": (strategy_color("ps_async"), "--", "D"),
+                "ps_async, sharded": (strategy_color("ps_async"), "-", "v")}
+
+
+def network(runs, data):
+    """FOVs/s against N per gradient (rows) and link (columns), measured (seeds, mean, 95 %) with the
+    simulator's prediction as a thin line of the same colour and the ideal N x one worker in grey;
+    a last column with ps_async's measured staleness."""
+    style()
+    fovs, sim, links, stale = data["fovs"], data["sim"], data["links"], data["stale"]
+    grads = sorted({k[0] for k in fovs}, reverse=True)
+    fig, axes = plt.subplots(len(grads), len(links) + 1, figsize=(4.2 * (len(links) + 1), 3.8 * len(grads)),
+                             layout="constrained", squeeze=False)
+    legend = {}
+    for row, g in zip(axes, grads):
+        workers = sorted({k[3] for k in fovs if k[0] == g})
+        for ax, link in zip(row, links):
+            alone = data["alone"].get(g)
+            if alone:
+                ax.plot(workers, [n * alone.interval[0] for n in workers], color="0.6", lw=1, ls=":")
+                legend["ideal"] = (Line2D([], [], color="0.6", ls=":"), "N x one worker alone (ideal)")
+            for i, series in enumerate(SERIES):
+                color, ls, marker = SERIES_STYLE[series]
+                keys = [(g, link if n > 1 or series.startswith("ps") else None, series, n) for n in workers]
+                offset = 1 + 0.04 * (i - 2)
+                line = draw_cells(ax, workers, [fovs.get(k) for k in keys], color, series, offset, marker, ls)
+                if line:
+                    legend[series] = (line, series)
+                shown = [(n, sim[k].interval[0]) for n, k in zip(workers, keys) if k in sim]
+                if shown:
+                    ax.plot([n * offset for n, _ in shown], [v for _, v in shown], color=color, lw=3, alpha=0.25)
+            legend["sim"] = (Line2D([], [], color="0.3", lw=3, alpha=0.25), "simulated (calibration alone)")
+            log2_workers_axis(ax, workers, "workers N (one per emulated node)")
+            plain_log_yaxis(ax)
+            ax.set_title(f"{g} gradients, links {link}")
+            ax.set_ylabel("FOVs/s (emulated compute)")
+        ax = row[-1]
+        for link, color in zip(links, ("#2b8cbe", "#e34a33", "0.4")):
+            for series, ls in (("ps_async, 1 server", "--"), ("ps_async, sharded", "-")):
+                pts = [(n, np.mean(stale[(g, link, series, n)].known)) for n in workers
+                       if (g, link, series, n) in stale and stale[(g, link, series, n)].known]
+                if pts:
+                    ax.plot(*zip(*pts), color=color, ls=ls, marker="o", ms=4, label=f"{link}, {series[10:]}")
+        log2_workers_axis(ax, workers, "workers N")
+        ax.set_ylabel("mean staleness τ (updates)")
+        ax.set_title(f"{g}: ps_async staleness")
+        if ax.lines:
+            ax.legend(fontsize=7)
+    return finish(fig, list(legend.values()), "What the network does to the exchange: FOVs/s as workers grow on "
+                  "emulated nodes", runs)
+
+
+FIGURES = {"lr_scaling": lr_scaling, "batch_size": batch_size, "sync_async": sync_async, "segmentation": segmentation,
+           "network": network}

@@ -1,6 +1,7 @@
 """The cluster path under a real Slurm: job scripts from `ffnbench job` and `ffnbench sweep
---scheduler slurm`, submitted to a private single-node cluster (tests/slurm_cluster.py). Skipped,
-with the reason, where the daemons cannot start."""
+--scheduler slurm`, submitted to a private cluster (tests/slurm_cluster.py) of one node, and of two
+emulated nodes (network namespaces, one slurmd each). Skipped, with the reason, where the daemons or
+the namespaces cannot start."""
 import json
 import os
 import subprocess
@@ -29,6 +30,17 @@ def cluster(tmp_path_factory):
     stop()
 
 
+@pytest.fixture(scope="module")
+def two_nodes(tmp_path_factory):
+    root = str(tmp_path_factory.mktemp("slurm2"))
+    try:
+        env, stop = slurm_cluster.start(root, nodes=2)
+    except slurm_cluster.Unavailable as why:
+        pytest.skip(f"no 2-node Slurm cluster: {why}")
+    yield env
+    stop()
+
+
 def submit(env, script, cwd):
     """sbatch the script as a user would: from `cwd`, with nothing added."""
     out = subprocess.run(["sbatch", "--parsable", script], capture_output=True, text=True, env=env, cwd=cwd, timeout=60)
@@ -49,11 +61,11 @@ def wait_gone(env, jobs, timeout_s):
     pytest.fail(f"Slurm jobs {jobs} still queued or running after {timeout_s} s")
 
 
-def job_script(tmp_path, strategy, *options):
+def job_script(tmp_path, strategy, *options, nodes=1):
     path = tmp_path / f"{strategy}.sh"
     r = ffnbench("job", "configs/smoke.yaml", "--set", f"strategy={strategy}", "--set", f"run.out={tmp_path}",
-                 *QUICK, *options, "--scheduler", "slurm", "--nodes", "1", "--ranks-per-node", "2", "--threads", "1",
-                 "--out", str(path))
+                 *QUICK, *options, "--scheduler", "slurm", "--nodes", str(nodes), "--ranks-per-node", str(2 // nodes),
+                 "--threads", "1", "--out", str(path))
     assert r.returncode == 0, r.stderr
     return str(path)
 
@@ -116,3 +128,19 @@ def test_a_sweep_runs_as_slurm_jobs_with_the_local_report_columns(cluster, tmp_p
         assert ffnbench("report", str(directory)).returncode == 0
         return next(line for line in (directory / "report.md").read_text().splitlines() if line.startswith("| strategy"))
     assert columns(tmp_path / "slurm") == columns(tmp_path / "local")
+
+
+@pytest.mark.slow
+def test_two_node_jobs_run_their_ranks_on_two_emulated_nodes(two_nodes, tmp_path):
+    jobs = {strategy: submit(two_nodes, job_script(tmp_path, strategy, "--no-cpu-bind", nodes=2), tmp_path)
+            for strategy in ("allreduce", "ps_async")}  # ps_async: the server alone on node 0, a worker on node 1
+    wait_gone(two_nodes, list(jobs.values()), 600)
+    for strategy, job in jobs.items():
+        run_dir = tmp_path / f"smoke-{strategy}-r2-{job}"
+        log = (tmp_path / f"ffnbench-smoke-{job}.out").read_text()
+        summary = json.loads((run_dir / "summary.json").read_text())
+        assert summary["status"] == "complete" and summary["ranks"] == 2, log
+        manifest = json.loads((run_dir / "manifest.json").read_text())
+        assert manifest["nodes"] == 2, manifest  # two host names: Open MPI had to use TCP between them
+    roles = json.loads((tmp_path / f"smoke-ps_async-r2-{jobs['ps_async']}" / "manifest.json").read_text())["roles"]
+    assert roles == ["server", "worker"]

@@ -5,7 +5,7 @@ A conclusion never hangs on one evaluation point: a run is summarised by the mea
 evaluations, and reaches a target when the trailing mean of its evaluations first crosses it.
 """
 import math
-from typing import Optional, Sequence, Tuple
+from typing import List, Optional, Sequence, Tuple
 
 import numpy as np
 from scipy import stats
@@ -91,3 +91,26 @@ def verdict(ratio: float, low: Optional[float], high: Optional[float]) -> str:
     if low > 1:
         return "slower"
     return "no difference (the interval includes 1)"
+
+
+def log_ratio_p(a: Sequence[float], b: Sequence[float]) -> Optional[float]:
+    """Welch's two-sided p for equal geometric means of a and b (None with fewer than 2 values a side)."""
+    la, lb = np.log(np.asarray(a, float)), np.log(np.asarray(b, float))
+    if la.size < 2 or lb.size < 2:
+        return None
+    if np.ptp(la) == 0 and np.ptp(lb) == 0:
+        return 0.0 if la[0] != lb[0] else 1.0
+    return float(stats.ttest_ind(la, lb, equal_var=False).pvalue)
+
+
+def holm(pvalues: Sequence[float]) -> List[float]:
+    """Holm's step-down adjustment of a family of p values (Holm 1979): compare each with the level
+    as it stands; controls the family-wise error rate without assuming independence."""
+    p = np.asarray(pvalues, float)
+    order = np.argsort(p)
+    adjusted = np.empty_like(p)
+    running = 0.0
+    for rank, i in enumerate(order):
+        running = max(running, min(1.0, (len(p) - rank) * p[i]))
+        adjusted[i] = running
+    return adjusted.tolist()

@@ -16,7 +16,8 @@ import numpy as np
 
 from ffnbench.bench.config import ConfigError
 from ffnbench.bench.analyse.results import collect_runs
-from ffnbench.bench.analyse.stats import difference_ci, final_value, first_crossing, mean_ci
+from ffnbench.bench.analyse.stats import (difference_ci, final_value, first_crossing, holm, log_ratio_p, mean_ci,
+                                          ratio_ci)
 
 STUDY_DIR = os.path.join("configs", "studies")
 #: the segmentation study's test volume: another generator seed and density than any training volume
@@ -274,7 +275,179 @@ def segmentation(runs, index):
     return {"are": are, "voi": voi, "baselines": evaluated[0].seg["baselines"] if evaluated else {}}, lines
 
 
-ANALYSES = {"lr_scaling": lr_scaling, "batch_size": batch_size, "sync_async": sync_async, "segmentation": segmentation}
+# ------------------------------------------------------------------ the network study
+
+#: a run's measured throughput and its workers' step seconds outside the exchange (kept by archive)
+THROUGHPUT_FILE = "throughput.json"
+#: the simulator's prediction of a shaped-link cell should be within this of the measurement
+SIM_TOLERANCE = 0.10
+SERIES = ("allreduce", "mpi_allreduce", "ps_sync", "ps_async, 1 server", "ps_async, sharded")
+
+
+def link_of(run):
+    """The link a run's nodes had: its rate, 'unshaped', or None (one node: no network)."""
+    if (run.fields.get("run.nodes") or 1) == 1:
+        return None
+    return run.fields.get("run.link") or "unshaped"
+
+
+def series_of(run):
+    if run.strategy == "ps_async":
+        return "ps_async, 1 server" if (run.fields.get("strategy_options.servers") or 1) == 1 else "ps_async, sharded"
+    return run.strategy
+
+
+def gradient_of(run):
+    return f"{4 * run.summary['params'] / 1e6:.2f} MB"
+
+
+def throughput(run):
+    """{fovs_per_s: worker FOVs after warm-up over their wall time (the quantity the simulator
+    predicts), compute_mean_s and compute_cv: a worker step's seconds outside the exchange (the
+    emulated pass and the data)}, from the run's step records once, then from THROUGHPUT_FILE."""
+    from ffnbench.bench.analyse.results import read_json
+    from ffnbench.bench.analyse.simulate import measured_throughput
+    from ffnbench.bench.run.summary import write_json_atomic
+    path = os.path.join(run.run_dir, THROUGHPUT_FILE)
+    cached = read_json(path)
+    if cached is not None:
+        return cached
+    warm = run.fields["run.timing_warmup_steps"]
+    local = np.array([r.compute_s + r.data_s + r.wait_s for r in run.records.steps if r.step >= warm])
+    result = {"fovs_per_s": measured_throughput(run.run_dir, warm), "compute_mean_s": float(local.mean()),
+              "compute_cv": float(local.std() / local.mean())}
+    write_json_atomic(path, result)
+    return result
+
+
+def calibrate_links(sweep_dir, runs):
+    """{link: the simulator's network}, each from `ffnbench calibrate --link LINK` on an emulated cluster
+    of its own (SWEEP_DIR/calibration-LINK.json, made once, before any prediction reads it: the
+    predictions are out of sample); None (one node) has no network."""
+    from ffnbench.bench.analyse.simulate import network
+    from ffnbench.bench.measure.calibrate import calibrate
+    from ffnbench.model.network import param_count
+    nets = {None: {}}
+    complete = [r for r in runs if r.complete]
+    for link in sorted({link_of(r) for r in complete} - {None}):
+        path = os.path.join(sweep_dir, f"calibration-{link}.json")
+        if not os.path.isfile(path):
+            cfg = max((r.config for r in complete), key=lambda c: c["model"]["depth"])  # the larger gradient
+            calibrate(path, cfg, param_count(cfg["model"]["depth"], cfg["model"]["features"]), link=link)
+            print(f"calibrated the {link} link: {path}", flush=True)
+        nets[link] = network(path)
+    return nets
+
+
+def predicted(run, net):
+    """The simulator's FOVs/s for the run from its step seconds outside the exchange, its sizes and
+    layout, and the link's calibration alone."""
+    from ffnbench.bench.analyse.simulate import simulator_model
+    from ffnbench.bench.analyse.simulator import SimInputs, simulate
+    t = throughput(run)
+    inputs = SimInputs(mean_s=t["compute_mean_s"], cv=t["compute_cv"], grad_bytes=4.0 * run.summary["params"],
+                       batch_per_worker=run.fields["train.batch_size"],
+                       servers=run.fields.get("strategy_options.servers") or 1, **net)
+    return simulate(simulator_model(run.strategy), run.workers, inputs, steps=400)["fovs_per_s"]
+
+
+def network(runs, index):
+    """Throughput, scaling efficiency, comm share and staleness per (gradient, link, exchange, N),
+    each beside the simulator's prediction from the link's calibration; where ring all-reduce
+    overtakes ps_async with one server, measured (Holm over every N and link) and predicted."""
+    nets = index["calibrations"]
+    done = [r for r in runs if r.complete]
+    links = sorted({link_of(r) for r in done} - {None}, key=lambda k: (k == "unshaped", k))
+    cell = lambda r: (gradient_of(r), link_of(r), series_of(r), r.workers)
+    fovs = cells_by(done, cell, lambda r: throughput(r)["fovs_per_s"], log=True)
+    comm = cells_by(done, cell, lambda r: r.summary["comm_share"])
+    stale = cells_by(done, cell, lambda r: (r.summary.get("staleness") or {}).get("mean"))
+    sim = cells_by(done, cell, lambda r: predicted(r, nets[link_of(r)]), log=True)
+    alone = {g: fovs[k] for k in fovs for g in [k[0]] if k[1] is None and k[2] == "allreduce" and k[3] == 1}
+    lines = [f"Compute is emulated (a timed wait per pass; the real exchange on real-sized gradients): "
+             f"throughput, not convergence. {seeds_line(runs)}. Predictions: the simulator given each run's "
+             f"step seconds outside the exchange and the link's calibration alone "
+             f"({'; '.join(link_line(k, nets[k]) for k in links)}); "
+             f"efficiency: FOVs/s over N times one worker's alone on one node.", ""]
+    misses, comparisons = [], []
+    for g in sorted({k[0] for k in fovs}, reverse=True):
+        for link in links:
+            rows = []
+            for series in SERIES:
+                for n in sorted({k[3] for k in fovs if k[:3] == (g, link, series)} |
+                                ({1} if series in ("allreduce", "mpi_allreduce") else set())):
+                    key = (g, link if n > 1 or series.startswith("ps") else None, series, n)
+                    if key not in fovs:
+                        continue
+                    measured, prediction = fovs[key], sim[key]
+                    ratio = prediction.interval[0] / measured.interval[0]
+                    base = alone.get(g)
+                    eff = f"{measured.interval[0] / (n * base.interval[0]):.2f}" if base else ""
+                    tau = stale[key].known
+                    rows.append([series, n, measured.text(".1f"), eff, comm[key].text(".2f"),
+                                 f"{np.mean(tau):.1f}" if tau else "", f"{prediction.interval[0]:.1f}",
+                                 f"{ratio:.2f}"])
+                    if link != "unshaped" and key[1] is not None and abs(ratio - 1) > SIM_TOLERANCE:
+                        misses.append(f"{g}, {link}, {series}, N={n}: simulator / measured {ratio:.2f}")
+            lines += [f"### {g} gradients, links {link}", "",
+                      markdown(["exchange", "N", "FOVs/s [95 %]", "efficiency", "comm share", "staleness",
+                                "simulated FOVs/s", "simulated / measured"], rows), ""]
+            for n in sorted({k[3] for k in fovs if k[:3] == (g, link, "allreduce")}):
+                ring, ps = fovs.get((g, link, "allreduce", n)), fovs.get((g, link, "ps_async, 1 server", n))
+                if ring and ps and len(ring.known) > 1 and len(ps.known) > 1:
+                    comparisons.append(((g, link, n), ring, ps, sim[(g, link, "allreduce", n)],
+                                        sim[(g, link, "ps_async, 1 server", n)]))
+    lines += crossover_lines(comparisons)
+    lines += ["", f"Shaped-link cells whose simulator / measured is beyond {SIM_TOLERANCE:.0%}: "
+              + ("; ".join(misses) if misses else "none") + "."]
+    return {"fovs": fovs, "sim": sim, "comm": comm, "stale": stale, "links": links, "alone": alone}, lines
+
+
+def link_line(link, net):
+    return f"{link}: alpha {net['alpha_s'] * 1e6:.0f} us, 1/beta {8 / net['beta_s_per_byte'] / 1e6:.0f} Mbit/s"
+
+
+def crossover_lines(comparisons):
+    """Ring all-reduce against ps_async with one server at each (gradient, link, N): the ratio of
+    their FOVs/s with its 95 % interval, Holm-adjusted p over the whole family; the smallest N from
+    which the ring is faster, measured and simulated."""
+    if not comparisons:
+        return ["Ring against one server: no N with 2 or more seeds of both yet."]
+    adjusted = holm([log_ratio_p(ring.known, ps.known) for _, ring, ps, _, _ in comparisons])
+    lines = ["Ring all-reduce ÷ ps_async with one server (FOVs/s; Welch on logs, Holm-adjusted over "
+             f"{len(comparisons)} comparisons):", ""]
+    verdicts = defaultdict(list)
+    for ((g, link, n), ring, ps, sim_ring, sim_ps), p in zip(comparisons, adjusted):
+        ratio, lo, hi = ratio_ci(ring.known, ps.known)
+        faster = p < 0.05 and lo > 1
+        slower = p < 0.05 and hi < 1
+        simulated = sim_ring.interval[0] / sim_ps.interval[0]
+        verdicts[(g, link)].append((n, faster, simulated > 1))
+        lines.append(f"- {g}, {link}, N={n}: {ratio:.2f} [{lo:.2f}, {hi:.2f}], Holm p {p:.3f}: "
+                     f"{'ring faster' if faster else 'one server faster' if slower else 'no difference'}; "
+                     f"simulated {simulated:.2f}")
+    lines.append("")
+    for (g, link), rows in verdicts.items():
+        measured = first_from(rows, 1)
+        simulated = first_from(rows, 2)
+        said = lambda n: f"from N={n}" if n else "at no N tested"
+        lines.append(f"- crossover, {g} gradients, {link}: measured {said(measured)}, simulated {said(simulated)}"
+                     + (" (the same N)" if measured == simulated else ""))
+    return lines
+
+
+def first_from(rows, column):
+    """The smallest N from which every larger N tested has column true (None: none)."""
+    found = None
+    for row in reversed(rows):
+        if not row[column]:
+            break
+        found = row[0]
+    return found
+
+
+ANALYSES = {"lr_scaling": lr_scaling, "batch_size": batch_size, "sync_async": sync_async, "segmentation": segmentation,
+            "network": network}
 
 
 def study_file(name):
@@ -311,7 +484,7 @@ def evaluate_on_test_volume(sweep_dir, runs):
 
 
 #: what a study's analysis reads of a run; the rest (per-step records, checkpoints, traces) stays behind
-EVIDENCE_FILES = ("config.yaml", "manifest.json", "summary.json", "eval.json")
+EVIDENCE_FILES = ("config.yaml", "manifest.json", "summary.json", "eval.json", THROUGHPUT_FILE)
 EVIDENCE_RECORDS = ("eval", "lost", "resume")
 
 
@@ -343,7 +516,7 @@ def archive(name, sweep_dir, dest):
     with open(os.path.join(dest, "index.json"), "w") as f:
         json.dump({**index, "runs": entries}, f, indent=1)
     for f in os.listdir(sweep_dir):
-        if f.startswith(name + ".") and f.endswith((".md", ".png")):
+        if f.startswith(name + ".") and f.endswith((".md", ".png")) or f.startswith("calibration-"):
             shutil.copyfile(os.path.join(sweep_dir, f), os.path.join(dest, f))
     return kept
 
@@ -359,6 +532,8 @@ def analyse(name, sweep_dir):
         evaluate_on_test_volume(sweep_dir, runs)
     if not any(r.complete for r in runs):
         raise ValueError(f"{sweep_dir}: no complete runs to analyse yet")
+    if name == "network":
+        index = {**(index or {}), "calibrations": calibrate_links(sweep_dir, runs)}
     data, lines = ANALYSES[name](runs, index)
     text = os.path.join(sweep_dir, f"{name}.md")
     with open(text + ".tmp", "w") as f:
