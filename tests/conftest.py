@@ -15,7 +15,7 @@ def pytest_configure(config):
     """The installed `ffnbench` must be this checkout (`make setup` installs it editable), else the
     tests would exercise another clone's code."""
     import ffnbench.bench
-    here = os.path.dirname(os.path.dirname(os.path.abspath(ffnbench.bench.__file__)))
+    here = os.path.dirname(os.path.realpath(os.path.dirname(ffnbench.bench.__file__)))
     if os.path.realpath(here) != os.path.realpath(ROOT):
         raise pytest.UsageError(f"ffnbench is installed from {here}, not from this checkout {ROOT}: run `make setup`")
 

@@ -151,3 +151,29 @@ def test_a_cluster_that_fails_part_way_up_leaves_nothing_behind(monkeypatch):
     assert "fail" not in netcluster.clusters()
     assert subprocess.run(["ip", "link", "show", cluster.bridge], capture_output=True).returncode != 0
     assert subprocess.run(["ip", "link", "show", cluster.twin(0)], capture_output=True).returncode != 0
+
+
+@needs_clusters
+def test_a_run_whose_ranks_fail_to_start_takes_its_cluster_down(monkeypatch, tmp_path):
+    from ffnbench.bench import config
+    from ffnbench.bench.run import launcher, processes
+    from ffnbench.bench.run.context import layout_of
+    cfg = config.load("configs/smoke.yaml", [("strategy", "allreduce"), ("ranks", 2), ("run.nodes", 2),
+                                             ("run.link", "1gbit")])
+
+    def fail(*args, **kwargs):
+        assert launcher.cluster_name(str(tmp_path)) in netcluster.clusters()  # up when the launch came
+        raise OSError("injected: mpirun could not be started")
+    monkeypatch.setattr(processes, "launch_on_cluster", fail)
+    with pytest.raises(OSError, match="injected"):
+        launcher.launch(cfg, layout_of(cfg), str(tmp_path))
+    assert launcher.cluster_name(str(tmp_path)) not in netcluster.clusters()
+
+
+@needs_clusters
+def test_a_cluster_used_as_a_context_is_down_after_an_error_inside():
+    with pytest.raises(RuntimeError, match="injected"):
+        with netcluster.Cluster("ctx", 2, "100mbit") as cluster:
+            assert "ctx" in netcluster.clusters() and cluster.setup_s > 0
+            raise RuntimeError("injected")
+    assert "ctx" not in netcluster.clusters()

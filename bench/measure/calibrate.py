@@ -106,17 +106,13 @@ def calibrate(out, cfg, params, timeout_s=120, link=None):
     tmp = out + ".ranks"
     argv = cli_command("calibrate", "--ranks-part", tmp, "--params", str(params))
     popen = dict(stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    cluster = None
-    if link is not None:
-        cluster = netcluster.Cluster("calib", 2, None if link == "unshaped" else link)
-        cluster.up()
-    try:
-        proc = (processes.launch_on_cluster(cluster, [1, 1], argv, **popen) if cluster else
-                processes.launch_ranks(2, argv, **popen))
+    if link is None:
+        proc = processes.launch_ranks(2, argv, **popen)
         _, _, err = processes.finish(proc, timeout_s, "the calibration ranks")
-    finally:
-        if cluster:
-            netcluster.down(cluster.name)
+    else:
+        with netcluster.Cluster("calib", 2, None if link == "unshaped" else link) as cluster:
+            proc = processes.launch_on_cluster(cluster, [1, 1], argv, **popen)
+            _, _, err = processes.finish(proc, timeout_s, "the calibration ranks")
     if proc.returncode != 0 or not os.path.exists(tmp):
         last = (err.strip().splitlines() or ["no output"])[-1]
         raise RuntimeError(f"calibration ranks failed: {last}")

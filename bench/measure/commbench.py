@@ -263,19 +263,15 @@ def measure_link(config_path, cfg, link, cli_command, rounds=ROUNDS, nodes=2):
     unshaped), all sending at once (link_main), brought up for this and torn down after:
     {"seconds", "bits_per_s" (the slowest node's, each way), "link_bits_per_s", "setup_s", "nodes"}."""
     from ffnbench.bench.run import netcluster
-    cluster = netcluster.Cluster("cbench", nodes, link)
-    setup_s = cluster.up()
-    try:
-        seconds = []
+    seconds = []
+    with netcluster.Cluster("cbench", nodes, link) as cluster:
         for _ in tqdm(range(rounds), desc=f"link {link or 'unshaped'}", unit="round"):
             proc = processes.launch_on_cluster(cluster, [1] * nodes, cli_command("commbench", config_path, "--ranks-part",
                                                                             "link"), stdout=subprocess.PIPE, text=True)
             seconds.append(_result_of(proc, "commbench across the emulated link")["Sendrecv"])
-    finally:
-        netcluster.down(cluster.name)
     median = float(np.median(seconds))
     return {"seconds": median, "bits_per_s": 8 * 4 * _params(cfg) / median, "link_bits_per_s": cluster.link_bits_per_s,
-            "setup_s": setup_s, "nodes": nodes}
+            "setup_s": cluster.setup_s, "nodes": nodes}
 
 
 def print_link(result, params, link):

@@ -98,8 +98,16 @@ class Cluster:
                 return node
         return None
 
+    def __enter__(self):
+        self.up()
+        return self
+
+    def __exit__(self, *exc):
+        down(self.name)
+
     def up(self, timeout_s=60):
-        """Make the cluster (first tearing down a stale one of this name); bounded by timeout_s."""
+        """Make the cluster (first tearing down a stale one of this name); bounded by timeout_s.
+        Returns the seconds it took (also kept as `setup_s`)."""
         down(self.name)
         start = time.monotonic()
         try:
@@ -112,7 +120,8 @@ class Cluster:
         except BaseException:
             down(self.name)
             raise
-        return time.monotonic() - start
+        self.setup_s = time.monotonic() - start
+        return self.setup_s
 
     def _add_node(self, node):
         ns, twin = self.namespace(node), self.twin(node)
