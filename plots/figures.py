@@ -122,30 +122,38 @@ def convergence(runs, targets=None):
     return fig
 
 
+HATCHES = ("", "//", "..", "xx")
+
+
 def staleness(runs, targets=None):
     """Histogram of gradient staleness for each worker count, parameter-server runs only."""
     ps_runs = [r for r in runs if r.summary.get("staleness")]
     if not ps_runs:
         raise Skip("no parameter-server runs (no staleness records)")
     by_workers = defaultdict(lambda: defaultdict(list))
+    # e.g. the servers: one server and two are different experiments (their nodes follow from them)
+    keys = [k for k in label_keys(ps_runs) if not k.startswith("run.")]
     for r in ps_runs:
-        by_workers[r.workers][r.strategy] += staleness_values(r.records)
+        by_workers[r.workers][(r.strategy, ", ".join(fields_text(r, keys)))] += staleness_values(r.records)
     counts = sorted(by_workers)
     fig, axes = plt.subplots(1, len(counts), figsize=(min(16, 4 * len(counts) + 3), 4.5), layout="constrained",
                              sharey=True, squeeze=False)
     legend = []
     for ax, n in zip(axes[0], counts):
-        names = sorted(by_workers[n], key=strategies.order_key)
+        names = sorted(by_workers[n], key=lambda k: (strategies.order_key(k[0]), k[1]))
         width = 0.8 / len(names)
         top = max(max(v) for v in by_workers[n].values())
-        for i, s in enumerate(names):
-            values = np.asarray(by_workers[n][s])
+        for i, (strategy, extra) in enumerate(names):
+            values = np.asarray(by_workers[n][(strategy, extra)])
             share = np.bincount(values, minlength=top + 1) / values.size
+            label = ", ".join(p for p in (strategy, extra) if p)
+            same = [k for k in names if k[0] == strategy]  # its layouts share a colour, told apart by hatching
             bars = ax.bar(np.arange(top + 1) + (i - (len(names) - 1) / 2) * width, share, width,
-                          color=strategy_color(s), alpha=0.85)
-            legend.append((bars, s))
-            ax.text(0.97, 0.95 - 0.08 * i, f"{s}: mean {values.mean():.2f}, p99 {np.percentile(values, 99):.0f}",
-                    transform=ax.transAxes, ha="right", va="top", color=strategy_color(s), fontsize=9)
+                          color=strategy_color(strategy), alpha=0.85, hatch=HATCHES[same.index((strategy, extra)) % len(HATCHES)])
+            if label not in [text for _, text in legend]:
+                legend.append((bars, label))
+            ax.text(0.97, 0.95 - 0.08 * i, f"{label}: mean {values.mean():.2f}, p99 {np.percentile(values, 99):.0f}",
+                    transform=ax.transAxes, ha="right", va="top", color=strategy_color(strategy), fontsize=9)
         ax.axvline(n - 1, color="0.3", ls="--", lw=1)
         ax.set_title(workers_text(n))
         ax.set_xlabel("staleness τ (versions)")
