@@ -147,6 +147,8 @@ def cmd_sweep(args):
     if given and not args.scheduler:
         raise ValueError(f"sweep: {', '.join(given)} place batch jobs; add --scheduler slurm, or drop them to run here")
     if args.scheduler == "slurm":
+        if args.only:
+            raise ValueError("--only runs here: not with --scheduler slurm")
         from ffnbench.bench.plan.sweep_jobs import run_sweep_on_slurm
         options = {"ranks_per_node": args.ranks_per_node, "threads": args.threads, "walltime": args.walltime,
                    "account": args.account, "queue": args.queue, "mpi": args.mpi, "cpu_bind": not args.no_cpu_bind,
@@ -154,7 +156,7 @@ def cmd_sweep(args):
         sweep_dir, failed = run_sweep_on_slurm(args.sweep, args.out, args.set, options)
     else:
         from ffnbench.bench.plan.sweep import run_sweep
-        sweep_dir, failed = run_sweep(args.sweep, args.out, args.set)
+        sweep_dir, failed = run_sweep(args.sweep, args.out, args.set, args.only)
     return _die(f"{failed} run(s) of the sweep failed; see {sweep_dir}/index.json", 1) if failed else 0
 
 
@@ -168,7 +170,7 @@ def cmd_study(args):
     if args.analyse_only:
         sweep_dir, failed = os.path.abspath(args.out or os.path.join(load_sweep(path)["out"], name)), 0
     else:
-        sweep_dir, failed = run_sweep(path, args.out, args.set)
+        sweep_dir, failed = run_sweep(path, args.out, args.set, args.only)
     from ffnbench.plots.common import save
     from ffnbench.plots.studies import FIGURES
     runs, data, lines, text = studies.analyse(name, sweep_dir)
@@ -410,6 +412,11 @@ def positive_int(text):
     return value
 
 
+def add_only(parser):
+    parser.add_argument("--only", metavar="REGEX", help="run now only the runs whose directory name REGEX matches "
+                        "(e.g. 'link=100mbit|ranks=1,'); the others stay pending for a later resume")
+
+
 def add_job_options(p):
     """How a batch job places its ranks: shared by `job` and `sweep --scheduler`."""
     p.add_argument("--ranks-per-node", type=positive_int, default=1)
@@ -470,6 +477,7 @@ def parser():
     w.add_argument("sweep", help="sweep file (see configs/sweeps/)")
     w.add_argument("--out", help="sweep results directory (default: the file's out/name)")
     add_overrides(w, "add to the sweep's shared overrides, e.g. train.seed=100 for another seed base")
+    add_only(w)
     w.add_argument("--scheduler", choices=["slurm"], help="submit each run as a Slurm job (default: run here)")
     w.add_argument("--one-at-a-time", action="store_true",
                    help="slurm: the sweep's jobs run one after another (sbatch --dependency=singleton), e.g. to "
@@ -481,6 +489,7 @@ def parser():
     y.add_argument("name", help="lr_scaling, batch_size, sync_async or segmentation (or a study file)")
     y.add_argument("--out", help="results directory (default: results/studies/NAME)")
     add_overrides(y, "as for sweep")
+    add_only(y)
     y.add_argument("--analyse-only", action="store_true",
                    help="analyse the runs complete so far without running any (e.g. while a study runs)")
     y.add_argument("--archive", metavar="DIR",

@@ -174,3 +174,15 @@ def test_every_study_run_has_a_directory_name_the_file_system_takes(study):
         histograms = [r["id"] for r in planned if "histogram=" in r["id"]]
         assert any("staleness_histogram=0x11x145x984x117x19x4," in i for i in histograms)
         assert sum("staleness_histogram=sha256-" in i for i in histograms) == 2 * 2 * 3  # 2 N, lr / tau or not
+
+
+def test_only_runs_the_chosen_runs_now_and_leaves_the_rest_pending(tmp_path):
+    path = write_sweep(str(tmp_path), TINY)
+    out = tmp_path / "results"
+    r = ffnbench("sweep", path, "--out", str(out), "--only", "batch_size=2,", timeout=300)
+    assert r.returncode == 0, r.stderr
+    assert {e["id"]: e["status"] for e in read_index(out)["runs"]} == {
+        "train.batch_size=1,rep=0": "pending", "train.batch_size=2,rep=0": "complete"}
+    for bad, message in (("(", "not a regular expression"), ("lr=", "matches none of the sweep's 2 runs")):
+        r = ffnbench("sweep", path, "--out", str(tmp_path / "other"), "--only", bad)
+        assert r.returncode == 2 and message in r.stderr and r.stderr.count("\n") == 1, r.stderr

@@ -268,26 +268,34 @@ def _stop(signum, frame):
     raise launcher.Interrupted(signum)
 
 
-def prepare(path, out, overrides, here=True):
+def prepare(path, out, overrides, here=True, chosen=None):
     """The sweep file with `overrides` (KEY=VALUE) added to its `set`, its planned runs, and its
-    results directory (created), refusing to resume over runs of another config. `here`: the runs
-    train on this machine (not a cluster's nodes)."""
+    results directory (created), refusing to resume over runs of another config, or a `chosen`
+    pattern (run_sweep's --only) that matches no run. `here`: the runs train on this machine (not a
+    cluster's nodes)."""
     sweep = load_sweep(path)
     for item in overrides:
         key, value = config.parse_override(item)
         sweep["set"][key] = value
     planned = plan(sweep, here)
+    if chosen is not None and not any(chosen.search(run["id"]) for run in planned):
+        raise ConfigError(f"--only {chosen.pattern}: matches none of the sweep's {len(planned)} runs")
     sweep_dir = os.path.abspath(out or os.path.join(sweep["out"], sweep["name"]))
     check_resumable(planned, sweep_dir)
     os.makedirs(sweep_dir, exist_ok=True)
     return sweep, planned, sweep_dir
 
 
-def run_sweep(path, out=None, overrides=()):
-    """Run (or resume) a sweep; `overrides` (KEY=VALUE) are added to its `set`.
+def run_sweep(path, out=None, overrides=(), only=None):
+    """Run (or resume) a sweep; `overrides` (KEY=VALUE) are added to its `set`; `only`: a regular
+    expression, and only runs whose id it matches (re.search) run now, the rest stay pending.
     Returns (sweep_dir, number of failed runs)."""
     from tqdm import tqdm
-    sweep, planned, sweep_dir = prepare(path, out, overrides)
+    try:
+        chosen = re.compile(only or "")
+    except re.error as e:
+        raise ConfigError(f"--only {only}: not a regular expression ({e})")
+    sweep, planned, sweep_dir = prepare(path, out, overrides, chosen=chosen)
     entries = []
     for run in planned:
         run_dir = os.path.join(sweep_dir, run["id"])
@@ -295,17 +303,20 @@ def run_sweep(path, out=None, overrides=()):
         entries.append({"id": run["id"], "overrides": run["overrides"], "run_dir": run_dir,
                         "status": COMPLETE if done else "pending", "error": None})
     write_index(sweep, sweep_dir, entries)
-    print(f"sweep {sweep['name']}: {len(planned)} runs in {sweep_dir}", flush=True)
+    print(f"sweep {sweep['name']}: {len(planned)} runs in {sweep_dir}"
+          + (f" ({sum(bool(chosen.search(r['id'])) for r in planned)} of them chosen by --only)" if only else ""),
+          flush=True)
     # measured once, while nothing else of the sweep runs, and given to every run (MFU's denominator)
-    node_peak = peak.node_peak(during="before the sweep's runs started") if any(
-        e["status"] != COMPLETE for e in entries) else None
+    todo = [chosen.search(r["id"]) is not None and e["status"] != COMPLETE for r, e in zip(planned, entries)]
+    node_peak = peak.node_peak(during="before the sweep's runs started") if any(todo) else None
     signal.signal(signal.SIGTERM, _stop)  # between runs too: the index records the interruption
     console = os.fdopen(os.dup(1), "w")  # stays on the terminal while runs write to their logs
     failed = 0
     with tqdm(total=len(planned), desc=sweep["name"], unit="run", file=console, dynamic_ncols=True) as bar:
-        for run, entry in zip(planned, entries):
-            if entry["status"] == COMPLETE:
-                bar.write(f"{run['id']}: skipped (already complete)")
+        for run, entry, due in zip(planned, entries, todo):
+            if not due:
+                if entry["status"] == COMPLETE:
+                    bar.write(f"{run['id']}: skipped (already complete)")
                 bar.update(1)
                 continue
             bar.set_postfix_str(run["id"])
