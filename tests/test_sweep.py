@@ -186,3 +186,4 @@ def test_only_runs_the_chosen_runs_now_and_leaves_the_rest_pending(tmp_path):
     for bad, message in (("(", "not a regular expression"), ("lr=", "matches none of the sweep's 2 runs")):
         r = ffnbench("sweep", path, "--out", str(tmp_path / "other"), "--only", bad)
         assert r.returncode == 2 and message in r.stderr and r.stderr.count("\n") == 1, r.stderr
+        assert not (tmp_path / "other").exists()  # nothing started
