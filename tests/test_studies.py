@@ -185,3 +185,44 @@ def test_an_archived_segmentation_study_is_redrawn_without_flood_filling_again(t
     assert studies.archive("segmentation", str(tmp_path / "study"), str(tmp_path / "kept")) == 6
     _, _, kept_lines, _ = studies.analyse("segmentation", str(tmp_path / "kept"))
     assert kept_lines == lines and not (tmp_path / "kept" / "test_volume.h5").exists()
+
+
+NET = {None: {}, "100mbit": {"alpha_s": 1e-5, "beta_s_per_byte": 8 / 100e6, "server_apply_s_per_byte": 1e-9}}
+
+
+def network_runs(tmp_path, off=1.0):
+    """Ring all-reduce and ps_async with one server on 100 Mbit/s links at N = 1..8, 3 seeds each, whose
+    measured FOVs/s are the simulator's prediction within +-1 % (ps_async's times `off`)."""
+    runs = []
+    for strategy, servers in (("allreduce", None), ("ps_async", 1)):
+        for n in (1, 2, 4, 8):
+            nodes = n + (servers or 0)
+            fields = {"run.nodes": nodes, "run.link": "100mbit" if nodes > 1 else "", "train.batch_size": 8,
+                      "strategy_options.servers": servers}
+            for seed, jitter in enumerate((1.0, 1.01, 0.99)):
+                r = run(strategy, n, fields, [], seed, params=49393, comm_share=0.5, staleness=None)
+                r.run_dir = str(tmp_path / f"{strategy}{n}-{seed}")
+                (tmp_path / r.run_dir).mkdir()
+                (tmp_path / r.run_dir / studies.THROUGHPUT_FILE).write_text(json.dumps(
+                    {"fovs_per_s": 1.0, "compute_mean_s": 0.0212, "compute_cv": 0.0}))
+                truth = studies.predicted(r, NET[studies.link_of(r)]) * jitter * (off if servers else 1.0)
+                (tmp_path / r.run_dir / studies.THROUGHPUT_FILE).write_text(json.dumps(
+                    {"fovs_per_s": truth, "compute_mean_s": 0.0212, "compute_cv": 0.0}))
+                runs.append(r)
+    return runs
+
+
+def test_the_network_study_finds_the_crossover_where_the_simulator_puts_it(tmp_path):
+    data, lines = studies.network(network_runs(tmp_path), {"calibrations": NET})
+    text = "\n".join(lines)
+    # a worker of one server pushes then pulls the whole gradient (2 x 16 ms at 100 Mbit/s), and the
+    # server's link carries N of each per round; a ring step moves 2(N-1)/N of it, both ways at once
+    assert "- crossover, 0.20 MB gradients, 100mbit: measured from N=2, simulated from N=2 (the same N)" in text
+    assert "beyond 10%: none." in text
+    ring4 = data["fovs"][("0.20 MB", "100mbit", "allreduce", 4)]
+    assert len(ring4.known) == 3 and "| allreduce | 1 | " in text  # the lone worker: efficiency's baseline
+
+
+def test_a_cell_the_simulator_misses_is_named(tmp_path):
+    _, lines = studies.network(network_runs(tmp_path, off=0.8), {"calibrations": NET})
+    assert "0.20 MB, 100mbit, ps_async, 1 server, N=8: simulator / measured 1.25" in lines[-1]

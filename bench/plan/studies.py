@@ -363,7 +363,7 @@ def network(runs, index):
     comm = cells_by(done, cell, lambda r: r.summary["comm_share"])
     stale = cells_by(done, cell, lambda r: (r.summary.get("staleness") or {}).get("mean"))
     sim = cells_by(done, cell, lambda r: predicted(r, nets[link_of(r)]), log=True)
-    alone = {g: fovs[k] for k in fovs for g in [k[0]] if k[1] is None and k[2] == "allreduce" and k[3] == 1}
+    alone = {k[0]: c for k, c in fovs.items() if k[1] is None and k[2] == "allreduce" and k[3] == 1}
     lines = [f"Compute is emulated (a timed wait per pass; the real exchange on real-sized gradients): "
              f"throughput, not convergence. {seeds_line(runs)}. Predictions: the simulator given each run's "
              f"step seconds outside the exchange and the link's calibration alone "
