@@ -22,7 +22,9 @@ from ffnbench.bench.run import netcluster, processes
 # Open MPI's multi-line banners around an abort add nothing to our one-line error.
 _MPI_NOISE = re.compile(r"^(-{20,}|MPI_ABORT|NOTE: invoking|You may or may not|exactly when|with errorcode|"
                         r"Primary job|a non-zero exit|Process name|Exit code|mpirun (noticed|detected|has exited)|"
-                        r"  Process name|  Exit code|\s*$|\[[^\]]+\] \d+ more process|\[[^\]]+\] Set MCA|\[[^\]]+\] .*(PMIX ERROR|ORTE_ERROR_LOG))")
+                        r"  Process name|  Exit code|\s*$|\[[^\]]+\] \d+ more process|\[[^\]]+\] Set MCA|\[[^\]]+\] .*(PMIX ERROR|ORTE_ERROR_LOG)|"
+                        # on emulated nodes the launch agent has exec'd before mpirun sets its process group
+                        r"\[[^\]]+\] plm:rsh: Warning: setpgid)")
 
 
 def cli_command(*args):
