@@ -7,7 +7,7 @@ setup:
 	@bash scripts/setup_env.sh
 
 test: setup
-	.venv/bin/python -m pytest -q tests
+	.venv/bin/python -m pytest -q --durations=15 tests
 
 # the edit loop: every test not marked slow (a few minutes)
 test-fast: setup

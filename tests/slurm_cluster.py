@@ -93,10 +93,8 @@ def start(root, nodes=1):
         if pids.get("slurmctld"):  # the tests' jobs first, so none outlives its cluster
             subprocess.run(["scancel", "--me"], env=env, capture_output=True, timeout=30)
             time.sleep(2)
-        for name in (*slurmds, "slurmctld", "munged"):  # by PID: nothing else on the machine is touched
-            pid = pids.get(name) or _read_pid(os.path.join(root, f"{name}.pid"))
-            if pid:
-                _kill(pid)
+        # by PID, nothing else on the machine is touched; all at once, then each waited for
+        _kill([pids.get(name) or _read_pid(os.path.join(root, f"{name}.pid")) for name in (*slurmds, "slurmctld", "munged")])
         if nodes > 1:
             netcluster.down(emulated.name)
 
@@ -179,16 +177,26 @@ def _read_pid(path):
         return None
 
 
-def _kill(pid, grace_s=10):
-    try:
-        os.kill(pid, signal.SIGTERM)
-    except ProcessLookupError:
-        return
-    deadline = time.time() + grace_s
-    while time.time() < deadline:
+def _kill(pids, grace_s=10):
+    """SIGTERM to each of `pids` (None: none), then SIGKILL to those still there after grace_s."""
+    left = []
+    for pid in filter(None, pids):
         try:
-            os.kill(pid, 0)
+            os.kill(pid, signal.SIGTERM)
+            left.append(pid)
         except ProcessLookupError:
-            return
+            pass
+    deadline = time.time() + grace_s
+    while left and time.time() < deadline:
         time.sleep(0.2)
-    os.kill(pid, signal.SIGKILL)
+        left = [pid for pid in left if _alive(pid)]
+    for pid in left:
+        os.kill(pid, signal.SIGKILL)
+
+
+def _alive(pid):
+    try:
+        os.kill(pid, 0)
+        return True
+    except ProcessLookupError:
+        return False

@@ -71,25 +71,6 @@ def job_script(tmp_path, strategy, *options, nodes=1):
 
 
 @pytest.mark.slow
-def test_generated_jobs_train_under_slurm(cluster, tmp_path):
-    elsewhere = tmp_path / "submitted_from"
-    elsewhere.mkdir()
-    jobs = {"allreduce": submit(cluster, job_script(tmp_path, "allreduce"), elsewhere),  # the script as written
-            "ps_async": submit(cluster, job_script(tmp_path, "ps_async", "--no-cpu-bind"), elsewhere)}
-    wait_gone(cluster, list(jobs.values()), 600)
-    for strategy, job in jobs.items():
-        run_dir = tmp_path / f"smoke-{strategy}-r2-{job}"  # a directory of its own per job
-        log = (tmp_path / f"ffnbench-smoke-{job}.out").read_text()  # the job's log beside its runs
-        summary = json.loads((run_dir / "summary.json").read_text())
-        assert summary["status"] == "complete", log
-        assert summary["strategy"] == strategy and summary["ranks"] == 2
-        assert yaml.safe_load((run_dir / "config.yaml").read_text())["ranks"] == 2  # resume/evaluate/export find it
-    assert not list(elsewhere.iterdir())  # nothing written where it was submitted
-    manifest = json.loads((tmp_path / f"smoke-ps_async-r2-{jobs['ps_async']}" / "manifest.json").read_text())
-    assert manifest["roles"] == ["server", "worker"]
-
-
-@pytest.mark.slow
 def test_a_cancelled_job_is_marked_interrupted(cluster, tmp_path):
     script = job_script(tmp_path, "allreduce", "--set", "train.steps=100000", "--set", "eval.every=0", "--no-cpu-bind")
     job = submit(cluster, script, tmp_path)
@@ -131,16 +112,20 @@ def test_a_sweep_runs_as_slurm_jobs_with_the_local_report_columns(cluster, tmp_p
 
 
 @pytest.mark.slow
-def test_two_node_jobs_run_their_ranks_on_two_emulated_nodes(two_nodes, tmp_path):
-    jobs = {strategy: submit(two_nodes, job_script(tmp_path, strategy, "--no-cpu-bind", nodes=2), tmp_path)
+def test_generated_jobs_train_on_two_emulated_nodes(two_nodes, tmp_path):
+    elsewhere = tmp_path / "submitted_from"
+    elsewhere.mkdir()
+    jobs = {strategy: submit(two_nodes, job_script(tmp_path, strategy, "--no-cpu-bind", nodes=2), elsewhere)
             for strategy in ("allreduce", "ps_async")}  # ps_async: the server alone on node 0, a worker on node 1
     wait_gone(two_nodes, list(jobs.values()), 600)
     for strategy, job in jobs.items():
-        run_dir = tmp_path / f"smoke-{strategy}-r2-{job}"
-        log = (tmp_path / f"ffnbench-smoke-{job}.out").read_text()
+        run_dir = tmp_path / f"smoke-{strategy}-r2-{job}"  # a directory of its own per job
+        log = (tmp_path / f"ffnbench-smoke-{job}.out").read_text()  # the job's log beside its runs
         summary = json.loads((run_dir / "summary.json").read_text())
-        assert summary["status"] == "complete" and summary["ranks"] == 2, log
+        assert summary["status"] == "complete" and summary["strategy"] == strategy and summary["ranks"] == 2, log
+        assert yaml.safe_load((run_dir / "config.yaml").read_text())["ranks"] == 2  # resume/evaluate/export find it
         manifest = json.loads((run_dir / "manifest.json").read_text())
         assert manifest["nodes"] == 2, manifest  # two host names: Open MPI had to use TCP between them
+    assert not list(elsewhere.iterdir())  # nothing written where it was submitted
     roles = json.loads((tmp_path / f"smoke-ps_async-r2-{jobs['ps_async']}" / "manifest.json").read_text())["roles"]
     assert roles == ["server", "worker"]
