@@ -8,7 +8,7 @@ import pytest
 from scipy.stats import norm
 
 from ffnbench.bench.measure.calibrate import calibrate_network
-from ffnbench.bench.analyse.simulator import (NETWORK_PRESETS, SimInputs, paper_calibration_check, sync_ps_comm_s,
+from ffnbench.bench.analyse.simulator import (NETWORK_PRESETS, SimInputs, paper_calibration_check,
                                       ring_allreduce_s, simulate)
 from ffnbench.strategies import comm
 
@@ -45,14 +45,20 @@ def test_ring_allreduce_formula_and_step_time():
     assert r["step_s_mean"] == pytest.approx(0.5 + 2 * 63 * 2e-6 + 2 * 63 / 64 * 4e6 * 1e-9)
 
 
-def test_ps_sync_comm_is_serialised_at_the_servers():
-    inp = SimInputs(grad_bytes=1e6, alpha_s=1e-6, beta_s_per_byte=1e-9, servers=4,
-                    server_apply_s_per_byte=1e-10)
-    shard = 1e6 / 4
-    expect = 100 * (1e-6 + shard * 1.1e-9) + 100 * (1e-6 + shard * 1e-9)
-    assert sync_ps_comm_s(100, inp) == pytest.approx(expect)
-    # One worker is bound by its own NIC: 4 messages, 1 MB, each way.
-    assert sync_ps_comm_s(1, inp) == pytest.approx(2 * (4e-6 + 1e-3))
+def test_a_sync_ps_round_overlaps_early_pushes_with_late_answers():
+    # one server, equal workers: worker k has its parameters after k + 1 answers (p each), pushes after
+    # c, and the server takes each push as it comes: the round is (N + 1) p + c, not c + 2 N p
+    p, c = 1e-6 + 1e6 * 1e-9, 0.5
+    inp = SimInputs(mean_s=c, grad_bytes=1e6, alpha_s=1e-6, beta_s_per_byte=1e-9)
+    for n in (1, 100):
+        assert simulate("sync_ps", n, inp, steps=5)["step_s_mean"] == pytest.approx((n + 1) * p + c)
+    # compute shorter than one answer: still (N + 1) p + c, the link busy both ways at once
+    quick = simulate("sync_ps", 100, SimInputs(mean_s=1e-5, grad_bytes=1e6, alpha_s=1e-6, beta_s_per_byte=1e-9),
+                     steps=5)
+    assert quick["step_s_mean"] == pytest.approx(101 * p + 1e-5)
+    # 4 servers: each link carries a quarter; one worker is bound by its own link (the whole gradient)
+    sharded = SimInputs(mean_s=c, grad_bytes=1e6, alpha_s=1e-6, beta_s_per_byte=1e-9, servers=4)
+    assert simulate("sync_ps", 1, sharded, steps=5)["step_s_mean"] == pytest.approx(c + 2 * (4e-6 + 1e-3))
 
 
 def test_backup_workers_cut_the_tail():

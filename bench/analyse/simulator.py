@@ -90,24 +90,6 @@ def ring_allreduce_s(n_bytes: float, p: int, alpha_s: float, beta_s_per_byte: fl
     return 2 * (p - 1) * alpha_s + 2 * (p - 1) / p * n_bytes * beta_s_per_byte
 
 
-def sync_ps_comm_s(n_workers: int, inp: SimInputs) -> float:
-    """Seconds of one synchronous push then pull through S servers; each phase is bound by the busier end.
-
-    A server receives (and sums) N shards of n/S bytes one after another, then
-    sends N shards back; a worker injects S shards totalling n bytes.
-
-    Args:
-        n_workers: workers pushing each round; inp: sizes and network costs.
-    Returns:
-        Seconds per round spent communicating.
-    """
-    shard = inp.grad_bytes / inp.servers
-    worker_side = inp.servers * inp.alpha_s + inp.grad_bytes * inp.beta_s_per_byte
-    push = n_workers * (inp.alpha_s + shard * (inp.beta_s_per_byte + inp.server_apply_s_per_byte))
-    pull = n_workers * (inp.alpha_s + shard * inp.beta_s_per_byte)
-    return max(worker_side, push) + max(worker_side, pull)
-
-
 def _kth_fastest_compute(inp: SimInputs, rng, steps: int, width: int, k: int) -> np.ndarray:
     """Per step, the k-th smallest of `width` compute draws (k=width: the max)."""
     out = np.empty(steps)
@@ -119,13 +101,42 @@ def _kth_fastest_compute(inp: SimInputs, rng, steps: int, width: int, k: int) ->
     return out
 
 
+def sync_ps_rounds(n: int, inp: SimInputs, steps: int, rng) -> np.ndarray:
+    """Seconds of each synchronous PS round through S servers, each on a link of its own.
+
+    A round starts when the last gradient of the one before has been applied. Each server then
+    answers the workers one after another on its link out (alpha + (n/S) beta each), so worker w has
+    its parameters after (w + 1) answers (and no sooner than its own link takes the whole gradient);
+    it computes and pushes its S shards, one after another on its link, and each server takes the
+    pushes in their order of arrival on its link in (alpha + (n/S)(beta + apply) each). Answers and
+    pushes overlap, as the two directions of a link do: the early workers push while the server
+    still answers the late ones. The round ends at the first n of n + b pushes (backups: Chen et al.
+    2016) applied on every server.
+    """
+    S, width = inp.servers, n + inp.backup_workers
+    shard = inp.grad_bytes / S
+    out = inp.alpha_s + shard * inp.beta_s_per_byte
+    into = inp.alpha_s + shard * (inp.beta_s_per_byte + inp.server_apply_s_per_byte)
+    own_link = S * inp.alpha_s + inp.grad_bytes * inp.beta_s_per_byte
+    answered = np.maximum(out * np.arange(1, width + 1), own_link)
+    sent = out * np.arange(S)[:, None]  # shard s leaves a worker after its s shards before it
+    k = np.arange(width)
+    rounds = np.empty(steps)
+    for i in range(steps):
+        done = np.sort(answered + inp.draw(rng, width))
+        arrive = np.sort(done[None, :] + sent, axis=1)  # (server, push) in order of arrival
+        # a FIFO of fixed service: the k-th push is taken at max over j <= k of (arrival_j + (k - j + 1) into)
+        taken = np.maximum.accumulate(arrive - k * into, axis=1) + (k + 1) * into
+        rounds[i] = taken[:, n - 1].max()
+    return rounds
+
+
 def _run_sync(model: str, n: int, inp: SimInputs, steps: int, rng) -> dict:
     if model == "ring_allreduce":
         comp = _kth_fastest_compute(inp, rng, steps, n, n)
         step = comp + ring_allreduce_s(inp.grad_bytes, n, inp.alpha_s, inp.beta_s_per_byte)
-    else:  # sync_ps: the first n of n + b gradients close the step (Chen et al. 2016)
-        comp = _kth_fastest_compute(inp, rng, steps, n + inp.backup_workers, n)
-        step = comp + sync_ps_comm_s(n, inp)
+    else:
+        step = sync_ps_rounds(n, inp, steps, rng)
     step_mean = float(step.mean())
     return {"fovs_per_s": n * inp.batch_per_worker / step_mean, "step_s_mean": step_mean}
 
@@ -135,7 +146,9 @@ def _run_async(n: int, inp: SimInputs, steps: int, rng, max_events: int) -> dict
 
     Each server has an inbound FIFO (receive + apply, alpha + (n/S)beta + apply)
     and an outbound FIFO (reply with its fresh shard, alpha + (n/S)beta); a worker's
-    own NIC must also move 2(S alpha + n beta) per step. Events are processed in
+    own link must also send its S shards (S alpha + n beta) and take the last one's answer (alpha +
+    (n/S)beta) per step: the answers to earlier shards come back while later ones go out, the
+    link's other direction. Events are processed in
     time order, so a FIFO reduces to a "free at" time per link. Staleness of an
     update = server version when applied - version the worker read from it.
     """
@@ -143,7 +156,7 @@ def _run_async(n: int, inp: SimInputs, steps: int, rng, max_events: int) -> dict
     shard = inp.grad_bytes / S
     svc_in = inp.alpha_s + shard * (inp.beta_s_per_byte + inp.server_apply_s_per_byte)
     svc_out = inp.alpha_s + shard * inp.beta_s_per_byte
-    nic_floor = 2 * (S * inp.alpha_s + inp.grad_bytes * inp.beta_s_per_byte)
+    nic_floor = S * inp.alpha_s + inp.grad_bytes * inp.beta_s_per_byte + svc_out
     total = max(min(steps * n, max_events // S), 4 * n)  # >= 4 rounds reach steady state
     comp = inp.draw(rng, total)
 

@@ -303,8 +303,10 @@ def gradient_of(run):
 
 def throughput(run):
     """{fovs_per_s: worker FOVs after warm-up over their wall time (the quantity the simulator
-    predicts), compute_mean_s and compute_cv: a worker step's seconds outside the exchange (the
-    emulated pass and the data)}, from the run's step records once, then from THROUGHPUT_FILE."""
+    predicts); compute_mean_s: a worker's seconds per step outside the exchange (its wall time per
+    step less its mean comm_s: the emulated pass, the data and the harness between steps);
+    compute_cv: that of its passes and data}, from the run's step records once, then from
+    THROUGHPUT_FILE."""
     from ffnbench.bench.analyse.results import read_json
     from ffnbench.bench.analyse.simulate import measured_throughput
     from ffnbench.bench.run.summary import write_json_atomic
@@ -313,9 +315,15 @@ def throughput(run):
     if cached is not None:
         return cached
     warm = run.fields["run.timing_warmup_steps"]
-    local = np.array([r.compute_s + r.data_s + r.wait_s for r in run.records.steps if r.step >= warm])
-    result = {"fovs_per_s": measured_throughput(run.run_dir, warm), "compute_mean_s": float(local.mean()),
-              "compute_cv": float(local.std() / local.mean())}
+    by_rank = defaultdict(list)
+    for r in run.records.steps:
+        if r.step >= warm:
+            by_rank[r.rank].append(r)
+    outside = [(max(r.time for r in rs) - min(r.time - r.step_s for r in rs)) / len(rs) - np.mean([r.comm_s for r in rs])
+               for rs in by_rank.values()]
+    passes = np.array([r.compute_s + r.data_s + r.wait_s for rs in by_rank.values() for r in rs])
+    result = {"fovs_per_s": measured_throughput(run.run_dir, warm), "compute_mean_s": float(np.mean(outside)),
+              "compute_cv": float(passes.std() / passes.mean())}
     write_json_atomic(path, result)
     return result
 
