@@ -187,3 +187,15 @@ def test_calibrate_network_under_mpirun():
     assert fits[0][2:] == fits[1][2:]  # both ranks return the same fit
     alpha, beta = float(fits[0][2]), float(fits[0][3])
     assert alpha > 0 and beta > 0
+
+
+def test_a_server_link_that_loses_rate_to_fan_in_slows_a_saturated_server():
+    base = dict(mean_s=0.01, grad_bytes=1e6, alpha_s=1e-6, beta_s_per_byte=1e-8)
+    incast = SimInputs(**base, fan_in=((2, 1.0), (8, 0.5)))
+    assert incast.inbound_beta(1) == incast.inbound_beta(2) == 1e-8
+    assert incast.inbound_beta(5) == pytest.approx(1e-8 / 0.75) and incast.inbound_beta(8) == pytest.approx(2e-8)
+    # 8 workers saturate one server's link (10 ms a push each way against 10 ms of compute): at half
+    # the rate in, the server takes half the pushes
+    full, halved = (simulate("async_ps", 8, inp, steps=200)["fovs_per_s"] for inp in (SimInputs(**base), incast))
+    assert halved == pytest.approx(full / 2, rel=0.05)
+    assert simulate("async_ps", 1, incast)["fovs_per_s"] == simulate("async_ps", 1, SimInputs(**base))["fovs_per_s"]

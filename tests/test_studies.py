@@ -187,7 +187,8 @@ def test_an_archived_segmentation_study_is_redrawn_without_flood_filling_again(t
     assert kept_lines == lines and not (tmp_path / "kept" / "test_volume.h5").exists()
 
 
-NET = {None: {}, "100mbit": {"alpha_s": 1e-5, "beta_s_per_byte": 8 / 100e6, "server_apply_s_per_byte": 1e-9}}
+NET = {(None, "0.20 MB"): {}, ("100mbit", "0.20 MB"): {"alpha_s": 1e-5, "beta_s_per_byte": 8 / 100e6,
+                                                    "server_apply_s_per_byte": 1e-9}}
 
 
 def network_runs(tmp_path, off=1.0):
@@ -205,7 +206,7 @@ def network_runs(tmp_path, off=1.0):
                 (tmp_path / r.run_dir).mkdir()
                 (tmp_path / r.run_dir / studies.THROUGHPUT_FILE).write_text(json.dumps(
                     {"fovs_per_s": 1.0, "compute_mean_s": 0.0212, "compute_cv": 0.0}))
-                truth = studies.predicted(r, NET[studies.link_of(r)]) * jitter * (off if servers else 1.0)
+                truth = studies.predicted(r, NET[(studies.link_of(r), "0.20 MB")]) * jitter * (off if servers else 1.0)
                 (tmp_path / r.run_dir / studies.THROUGHPUT_FILE).write_text(json.dumps(
                     {"fovs_per_s": truth, "compute_mean_s": 0.0212, "compute_cv": 0.0}))
                 runs.append(r)

@@ -30,7 +30,10 @@ def network(name_or_path):
                                 f"({', '.join(NETWORK_PRESETS)}) nor a calibration file")
     with open(name_or_path) as f:
         cal = json.load(f)
-    return {k: cal[k] for k in ("alpha_s", "beta_s_per_byte", "server_apply_s_per_byte") if k in cal}
+    net = {k: cal[k] for k in ("alpha_s", "beta_s_per_byte", "server_apply_s_per_byte") if k in cal}
+    if cal.get("fan_in"):
+        net["fan_in"] = tuple((int(k), float(e)) for k, e in cal["fan_in"])
+    return net
 
 
 def inputs_from_run(run_dir, net):

@@ -13,7 +13,7 @@ Network costs use the alpha-beta model (alpha s per message, beta s per byte).
 """
 import heapq
 from dataclasses import dataclass, replace
-from typing import Optional, Sequence
+from typing import Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -55,6 +55,9 @@ class SimInputs:
     servers: int = 1
     server_apply_s_per_byte: float = 0.0
     backup_workers: int = 0
+    #: ((k, efficiency), ...): the share of its rate a server's link receives at when k workers push
+    #: at once (TCP incast; `ffnbench calibrate --link`); none: the full rate at any k
+    fan_in: Optional[Tuple[Tuple[int, float], ...]] = None
 
     def __post_init__(self):
         if self.samples is not None:
@@ -67,6 +70,14 @@ class SimInputs:
             raise ValueError("need servers >= 1, backup_workers >= 0, batch_per_worker >= 1")
         if min(self.grad_bytes, self.alpha_s, self.beta_s_per_byte, self.server_apply_s_per_byte) < 0:
             raise ValueError("sizes and costs must be >= 0")
+
+    def inbound_beta(self, pushing: int) -> float:
+        """Seconds per byte into a server's link while `pushing` workers push at once (the calibrated
+        efficiency, interpolated in k; 1 for a lone sender)."""
+        if not self.fan_in or pushing < 2:
+            return self.beta_s_per_byte
+        ks, shares = zip(*((1, 1.0), *self.fan_in))
+        return self.beta_s_per_byte / float(np.interp(pushing, ks, shares))
 
     def draw(self, rng: np.random.Generator, size) -> np.ndarray:
         """Compute seconds for `size` worker-steps."""
@@ -108,7 +119,8 @@ def sync_ps_rounds(n: int, inp: SimInputs, steps: int, rng) -> np.ndarray:
     answers the workers one after another on its link out (alpha + (n/S) beta each), so worker w has
     its parameters after (w + 1) answers (and no sooner than its own link takes the whole gradient);
     it computes and pushes its S shards, one after another on its link, and each server takes the
-    pushes in their order of arrival on its link in (alpha + (n/S)(beta + apply) each). Answers and
+    pushes in their order of arrival on its link in (alpha + (n/S)(beta + apply) each; beta as its
+    link takes n + b workers pushing at once, `fan_in`). Answers and
     pushes overlap, as the two directions of a link do: the early workers push while the server
     still answers the late ones. The round ends at the first n of n + b pushes (backups: Chen et al.
     2016) applied on every server.
@@ -116,7 +128,7 @@ def sync_ps_rounds(n: int, inp: SimInputs, steps: int, rng) -> np.ndarray:
     S, width = inp.servers, n + inp.backup_workers
     shard = inp.grad_bytes / S
     out = inp.alpha_s + shard * inp.beta_s_per_byte
-    into = inp.alpha_s + shard * (inp.beta_s_per_byte + inp.server_apply_s_per_byte)
+    into = inp.alpha_s + shard * (inp.inbound_beta(width) + inp.server_apply_s_per_byte)
     own_link = S * inp.alpha_s + inp.grad_bytes * inp.beta_s_per_byte
     answered = np.maximum(out * np.arange(1, width + 1), own_link)
     sent = out * np.arange(S)[:, None]  # shard s leaves a worker after its s shards before it
@@ -144,7 +156,8 @@ def _run_sync(model: str, n: int, inp: SimInputs, steps: int, rng) -> dict:
 def _run_async(n: int, inp: SimInputs, steps: int, rng, max_events: int) -> dict:
     """Workers loop compute -> push a shard to each server -> pull; servers are FIFOs.
 
-    Each server has an inbound FIFO (receive + apply, alpha + (n/S)beta + apply)
+    Each server has an inbound FIFO (receive + apply, alpha + (n/S)beta + apply, beta as its link
+    takes n workers pushing at once, `fan_in`)
     and an outbound FIFO (reply with its fresh shard, alpha + (n/S)beta); a worker's
     own link must also send its S shards (S alpha + n beta) and take the last one's answer (alpha +
     (n/S)beta) per step: the answers to earlier shards come back while later ones go out, the
@@ -154,7 +167,7 @@ def _run_async(n: int, inp: SimInputs, steps: int, rng, max_events: int) -> dict
     """
     S = inp.servers
     shard = inp.grad_bytes / S
-    svc_in = inp.alpha_s + shard * (inp.beta_s_per_byte + inp.server_apply_s_per_byte)
+    svc_in = inp.alpha_s + shard * (inp.inbound_beta(n) + inp.server_apply_s_per_byte)
     svc_out = inp.alpha_s + shard * inp.beta_s_per_byte
     nic_floor = S * inp.alpha_s + inp.grad_bytes * inp.beta_s_per_byte + svc_out
     total = max(min(steps * n, max_events // S), 4 * n)  # >= 4 rounds reach steady state

@@ -17,6 +17,8 @@ from ffnbench.bench.run import control, processes
 from ffnbench.strategies import comm
 
 
+#: workers sending to one server's link at once, for its fan-in efficiency (calibrate --link)
+FAN_IN = (2, 4, 8, 16)
 #: sizes from which a message's time is its bytes over the bandwidth (well beyond an emulated link's
 #: 32 KB token bucket, and beyond the eager limits of Open MPI's transports)
 BANDWIDTH_BYTES = 256 * 1024
@@ -78,25 +80,61 @@ def calibrate_network(world, sizes=(8, 1024, 16_384, 262_144, 1 << 20, 4 << 20),
     return float(alpha), float(beta), table
 
 
+def quiet_barrier(world, nap_s=1e-3):
+    """A barrier that waits asleep between tests (a blocking one polls, taking a core)."""
+    request = world.Ibarrier()
+    while not request.Test():
+        time.sleep(nap_s)
+
+
+def fan_in_efficiency(world, params, beta_s_per_byte, senders=(), repeats=5):
+    """{k: the share of rank 0's link rate it receives at when ranks 1..k each send it `params`
+    float32 at once}: how a server's link fares when k workers push together (TCP incast into the
+    link's queue). The median of `repeats` after one that warms the connections up."""
+    from mpi4py import MPI
+    out, back = np.ones(params, np.float32), [np.empty(params, np.float32) for _ in range(world.size)]
+    result = {}
+    for k in senders:
+        times = []
+        for _ in range(repeats + 1):
+            quiet_barrier(world)
+            t = time.perf_counter()
+            if world.rank == 0:
+                MPI.Request.Waitall([world.Irecv(back[r], source=r, tag=k) for r in range(1, k + 1)])
+            elif world.rank <= k:
+                world.Send(out, dest=0, tag=k)
+            times.append(time.perf_counter() - t)
+        result[k] = min(1.0, k * 4 * params * beta_s_per_byte / float(np.median(times[1:])))
+    return result
+
+
 def ranks_main(out, params):
-    """Under mpirun -np 2: fit alpha and beta, and time a raw MPI Allreduce of one gradient
-    (`params` float32), the yardstick for the strategies' comm_s; rank 0 writes `out`."""
+    """Under mpirun: fit alpha and beta between ranks 0 and 1, time a raw MPI Allreduce of one
+    gradient (`params` float32) between them (the yardstick for the strategies' comm_s), and with
+    more ranks (one per emulated node) the fan-in efficiency of rank 0's link; rank 0 writes `out`."""
     from mpi4py import MPI
     world = control.init_world()
-    result = calibrate_network(world)
-    grad, summed, times = np.ones(params, np.float32), np.empty(params, np.float32), []
-    for _ in range(30):
-        world.Barrier()
-        t = time.perf_counter()
-        world.Allreduce(grad, summed, op=MPI.SUM)
-        times.append(time.perf_counter() - t)
+    pair = world.Split(0 if world.rank < 2 else MPI.UNDEFINED)
+    times = []
+    if pair != MPI.COMM_NULL:
+        result = calibrate_network(pair)
+        grad, summed = np.ones(params, np.float32), np.empty(params, np.float32)
+        for _ in range(30):
+            pair.Barrier()
+            t = time.perf_counter()
+            pair.Allreduce(grad, summed, op=MPI.SUM)
+            times.append(time.perf_counter() - t)
+    quiet_barrier(world)  # the other ranks wait asleep: 2 cores, and a busy wait would slow the pair down
+    beta = world.bcast(result[1] if world.rank == 0 else None, root=0)
+    fan_in = fan_in_efficiency(world, params, beta, [k for k in FAN_IN if k < world.size])
     if world.rank == 0:
         alpha, beta, table = result
         write_json_atomic(out, {"alpha_s": alpha, "beta_s_per_byte": beta, "pingpong": table,
-                                "allreduce_params": params, "allreduce_s": float(np.median(times[5:]))})
+                                "allreduce_params": params, "allreduce_s": float(np.median(times[5:])),
+                                "fan_in": sorted([k, e] for k, e in fan_in.items())})
 
 
-def calibrate(out, cfg, params, timeout_s=120, link=None):
+def calibrate(out, cfg, params, timeout_s=600, link=None):
     """Measure, write `out` (JSON) and return the calibration: network, raw Allreduce, strategy costs.
     link: measure the network between two emulated nodes with links of this rate ("unshaped": no
     shaping) instead of within this machine."""
@@ -110,8 +148,9 @@ def calibrate(out, cfg, params, timeout_s=120, link=None):
         proc = processes.launch_ranks(2, argv, **popen)
         _, _, err = processes.finish(proc, timeout_s, "the calibration ranks")
     else:
-        with netcluster.Cluster("calib", 2, None if link == "unshaped" else link) as cluster:
-            proc = processes.launch_on_cluster(cluster, [1, 1], argv, **popen)
+        nodes = 1 + max(FAN_IN)
+        with netcluster.Cluster("calib", nodes, None if link == "unshaped" else link) as cluster:
+            proc = processes.launch_on_cluster(cluster, [1] * nodes, argv, **popen)
             _, _, err = processes.finish(proc, timeout_s, "the calibration ranks")
     if proc.returncode != 0 or not os.path.exists(tmp):
         last = (err.strip().splitlines() or ["no output"])[-1]
@@ -123,6 +162,7 @@ def calibrate(out, cfg, params, timeout_s=120, link=None):
     for name in strategies.names():
         result.update(strategies.get(name).measure_costs(settings, params))
     result["host"], result["cores"] = os.uname().nodename, os.cpu_count()
-    result["network"] = f"2 emulated nodes, links {link}" if link else "one machine (shared memory)"
+    result["network"] = (f"2 emulated nodes, links {link} (fan-in: {1 + max(FAN_IN)} nodes)" if link else
+                         "one machine (shared memory)")
     write_json_atomic(out, result)
     return result

@@ -329,21 +329,26 @@ def throughput(run):
 
 
 def calibrate_links(sweep_dir, runs):
-    """{link: the simulator's network}, each from `ffnbench calibrate --link LINK` on an emulated cluster
-    of its own (SWEEP_DIR/calibration-LINK.json, made once, before any prediction reads it: the
-    predictions are out of sample); None (one node) has no network."""
+    """{(link, gradient): the simulator's network}, each from `ffnbench calibrate --link LINK` with that
+    gradient (alpha, beta, the server's optimizer and the fan-in efficiency of a server's link, which
+    depends on the message size) on an emulated cluster of its own, made once before any prediction
+    reads it (SWEEP_DIR/calibration-LINK-GRADIENT.json): the predictions are out of sample. One node
+    (link None) has no network."""
     from ffnbench.bench.analyse.simulate import network
     from ffnbench.bench.measure.calibrate import calibrate
-    from ffnbench.model.network import param_count
-    nets = {None: {}}
-    complete = [r for r in runs if r.complete]
-    for link in sorted({link_of(r) for r in complete} - {None}):
-        path = os.path.join(sweep_dir, f"calibration-{link}.json")
+    nets = {}
+    for r in runs:
+        key = (link_of(r), gradient_of(r)) if r.complete else None
+        if key is None or key in nets:
+            continue
+        if key[0] is None:
+            nets[key] = {}
+            continue
+        path = os.path.join(sweep_dir, f"calibration-{key[0]}-{key[1].replace(' ', '')}.json")
         if not os.path.isfile(path):
-            cfg = max((r.config for r in complete), key=lambda c: c["model"]["depth"])  # the larger gradient
-            calibrate(path, cfg, param_count(cfg["model"]["depth"], cfg["model"]["features"]), link=link)
-            print(f"calibrated the {link} link: {path}", flush=True)
-        nets[link] = network(path)
+            calibrate(path, r.config, r.summary["params"], link=key[0])
+            print(f"calibrated the {key[0]} link with {key[1]} gradients: {path}", flush=True)
+        nets[key] = network(path)
     return nets
 
 
@@ -370,12 +375,12 @@ def network(runs, index):
     fovs = cells_by(done, cell, lambda r: throughput(r)["fovs_per_s"], log=True)
     comm = cells_by(done, cell, lambda r: r.summary["comm_share"])
     stale = cells_by(done, cell, lambda r: (r.summary.get("staleness") or {}).get("mean"))
-    sim = cells_by(done, cell, lambda r: predicted(r, nets[link_of(r)]), log=True)
+    sim = cells_by(done, cell, lambda r: predicted(r, nets[(link_of(r), gradient_of(r))]), log=True)
     alone = {k[0]: c for k, c in fovs.items() if k[1] is None and k[2] == "allreduce" and k[3] == 1}
     lines = [f"Compute is emulated (a timed wait per pass; the real exchange on real-sized gradients): "
              f"throughput, not convergence. {seeds_line(runs)}. Predictions: the simulator given each run's "
              f"step seconds outside the exchange and the link's calibration alone "
-             f"({'; '.join(link_line(k, nets[k]) for k in links)}); "
+             f"({'; '.join(link_line(k, nets[k]) for k in sorted(nets, key=str) if k[0])}); "
              f"efficiency: FOVs/s over N times one worker's alone on one node.", ""]
     misses, comparisons = [], []
     for g in sorted({k[0] for k in fovs}, reverse=True):
@@ -411,8 +416,10 @@ def network(runs, index):
     return {"fovs": fovs, "sim": sim, "comm": comm, "stale": stale, "links": links, "alone": alone}, lines
 
 
-def link_line(link, net):
-    return f"{link}: alpha {net['alpha_s'] * 1e6:.0f} us, 1/beta {8 / net['beta_s_per_byte'] / 1e6:.0f} Mbit/s"
+def link_line(key, net):
+    fan_in = ", ".join(f"{k}: {e:.2f}" for k, e in net.get("fan_in") or ())
+    return (f"{key[0]} with {key[1]}: alpha {net['alpha_s'] * 1e6:.0f} us, 1/beta {8 / net['beta_s_per_byte'] / 1e6:.0f} "
+            f"Mbit/s, fan-in {fan_in or 'not measured'}")
 
 
 def crossover_lines(comparisons):
