@@ -187,43 +187,55 @@ def test_an_archived_segmentation_study_is_redrawn_without_flood_filling_again(t
     assert kept_lines == lines and not (tmp_path / "kept" / "test_volume.h5").exists()
 
 
-NET = {(None, "0.20 MB"): {}, ("100mbit", "0.20 MB"): {"alpha_s": 1e-5, "beta_s_per_byte": 8 / 100e6,
-                                                    "server_apply_s_per_byte": 1e-9}}
-
-
-def network_runs(tmp_path, off=1.0):
-    """Ring all-reduce and ps_async with one server on 100 Mbit/s links at N = 1..8, 3 seeds each, whose
-    measured FOVs/s are the simulator's prediction within +-1 % (ps_async's times `off`)."""
+def network_runs(tmp_path, off=1.0, link="100mbit", mbit=100, params=49393, mean_s=0.0212, cv=0.0,
+                 workers=(1, 2, 4, 8)):
+    """Ring all-reduce and ps_async with one server on links of `mbit` at N = `workers`, 3 seeds each,
+    whose measured FOVs/s are the simulator's prediction within +-1 % (ps_async's times `off`); and
+    the calibrations they were predicted with."""
+    grad = f"{4 * params / 1e6:.2f} MB"
+    nets = {(None, grad): {}, (link, grad): {"alpha_s": 1e-5, "beta_s_per_byte": 8 / (mbit * 1e6),
+                                             "server_apply_s_per_byte": 1e-9}}
     runs = []
     for strategy, servers in (("allreduce", None), ("ps_async", 1)):
-        for n in (1, 2, 4, 8):
+        for n in workers:
             nodes = n + (servers or 0)
-            fields = {"run.nodes": nodes, "run.link": "100mbit" if nodes > 1 else "", "train.batch_size": 8,
+            fields = {"run.nodes": nodes, "run.link": link if nodes > 1 else "", "train.batch_size": 8,
                       "strategy_options.servers": servers}
             for seed, jitter in enumerate((1.0, 1.01, 0.99)):
-                r = run(strategy, n, fields, [], seed, params=49393, comm_share=0.5, staleness=None)
+                r = run(strategy, n, fields, [], seed, params=params, comm_share=0.5, staleness=None)
                 r.run_dir = str(tmp_path / f"{strategy}{n}-{seed}")
                 (tmp_path / r.run_dir).mkdir()
-                (tmp_path / r.run_dir / studies.THROUGHPUT_FILE).write_text(json.dumps(
-                    {"fovs_per_s": 1.0, "compute_mean_s": 0.0212, "compute_cv": 0.0}))
-                truth = studies.predicted(r, NET[(studies.link_of(r), "0.20 MB")]) * jitter * (off if servers else 1.0)
-                (tmp_path / r.run_dir / studies.THROUGHPUT_FILE).write_text(json.dumps(
-                    {"fovs_per_s": truth, "compute_mean_s": 0.0212, "compute_cv": 0.0}))
+                measured = {"fovs_per_s": 1.0, "compute_mean_s": mean_s, "compute_cv": cv}
+                (tmp_path / r.run_dir / studies.THROUGHPUT_FILE).write_text(json.dumps(measured))
+                measured["fovs_per_s"] = (studies.predicted(r, nets[(studies.link_of(r), grad)]) * jitter
+                                          * (off if servers else 1.0))
+                (tmp_path / r.run_dir / studies.THROUGHPUT_FILE).write_text(json.dumps(measured))
                 runs.append(r)
-    return runs
+    return runs, {"calibrations": nets}
 
 
-def test_the_network_study_finds_the_crossover_where_the_simulator_puts_it(tmp_path):
-    data, lines = studies.network(network_runs(tmp_path), {"calibrations": NET})
+def test_the_network_study_says_where_each_exchange_is_faster_as_the_simulator_does(tmp_path):
+    data, lines = studies.network(*network_runs(tmp_path))
     text = "\n".join(lines)
     # a worker of one server pushes then pulls the whole gradient (2 x 16 ms at 100 Mbit/s), and the
     # server's link carries N of each per round; a ring step moves 2(N-1)/N of it, both ways at once
-    assert "- crossover, 0.20 MB gradients, 100mbit: measured from N=2, simulated from N=2 (the same N)" in text
+    assert ("- 0.20 MB gradients, 100mbit: measured ring faster at N=2, 4, 8; no crossover in the N tested; "
+            "simulated ring faster at N=2, 4, 8; no crossover in the N tested") in text
     assert "beyond 10%: none." in text
     ring4 = data["fovs"][("0.20 MB", "100mbit", "allreduce", 4)]
     assert len(ring4.known) == 3 and "| allreduce | 1 | " in text  # the lone worker: efficiency's baseline
 
 
+def test_the_crossover_is_where_the_ring_overtakes_a_server_that_was_faster(tmp_path):
+    # 1 Gbit/s, 2.55 MB and steps of 0.1 s +-50 %: a sync ring waits for the slowest of N, one server
+    # does not, until its link (N x 20 ms each way a round) saturates
+    _, lines = studies.network(*network_runs(tmp_path, link="1gbit", mbit=1000, params=638433, mean_s=0.1, cv=0.5,
+                                             workers=(4, 8, 16, 32)))
+    assert ("- 2.55 MB gradients, 1gbit: measured ring faster at N=16, 32; one server faster at N=4, 8; "
+            "crossover at N=16; simulated ring faster at N=16, 32; one server faster at N=4, 8; crossover at N=16"
+            ) in "\n".join(lines)
+
+
 def test_a_cell_the_simulator_misses_is_named(tmp_path):
-    _, lines = studies.network(network_runs(tmp_path, off=0.8), {"calibrations": NET})
+    _, lines = studies.network(*network_runs(tmp_path, off=0.8))
     assert "0.20 MB, 100mbit, ps_async, 1 server, N=8: simulator / measured 1.25" in lines[-1]

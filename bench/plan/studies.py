@@ -424,8 +424,9 @@ def link_line(key, net):
 
 def crossover_lines(comparisons):
     """Ring all-reduce against ps_async with one server at each (gradient, link, N): the ratio of
-    their FOVs/s with its 95 % interval, Holm-adjusted p over the whole family; the smallest N from
-    which the ring is faster, measured and simulated."""
+    their FOVs/s with its 95 % interval and Welch's p on logs, Holm-adjusted over the whole family;
+    then per gradient and link where each is faster, measured and simulated, and the crossover: the
+    N from which the ring is faster after one server was (or that there is none in the N tested)."""
     if not comparisons:
         return ["Ring against one server: no N with 2 or more seeds of both yet."]
     adjusted = holm([log_ratio_p(ring.known, ps.known) for _, ring, ps, _, _ in comparisons])
@@ -434,32 +435,30 @@ def crossover_lines(comparisons):
     verdicts = defaultdict(list)
     for ((g, link, n), ring, ps, sim_ring, sim_ps), p in zip(comparisons, adjusted):
         ratio, lo, hi = ratio_ci(ring.known, ps.known)
-        faster = p < 0.05 and lo > 1
-        slower = p < 0.05 and hi < 1
+        measured = "ring" if p < 0.05 and lo > 1 else "one server" if p < 0.05 and hi < 1 else None
         simulated = sim_ring.interval[0] / sim_ps.interval[0]
-        verdicts[(g, link)].append((n, faster, simulated > 1))
+        verdicts[(g, link)].append((n, measured, "ring" if simulated > 1 else "one server"))
         lines.append(f"- {g}, {link}, N={n}: {ratio:.2f} [{lo:.2f}, {hi:.2f}], Holm p {p:.3f}: "
-                     f"{'ring faster' if faster else 'one server faster' if slower else 'no difference'}; "
-                     f"simulated {simulated:.2f}")
+                     f"{measured + ' faster' if measured else 'no difference shown'}; simulated {simulated:.2f}")
     lines.append("")
     for (g, link), rows in verdicts.items():
-        measured = first_from(rows, 1)
-        simulated = first_from(rows, 2)
-        said = lambda n: f"from N={n}" if n else "at no N tested"
-        lines.append(f"- crossover, {g} gradients, {link}: measured {said(measured)}, simulated {said(simulated)}"
-                     + (" (the same N)" if measured == simulated else ""))
+        lines.append(f"- {g} gradients, {link}: measured {faster_where(rows, 1)}; simulated {faster_where(rows, 2)}")
     return lines
 
 
-def first_from(rows, column):
-    """The smallest N from which every larger N tested has column true (None: none)."""
-    found = None
-    for row in reversed(rows):
-        if not row[column]:
-            break
-        found = row[0]
-    return found
-
+def faster_where(rows, column):
+    """'ring faster at N=8, 16; no difference shown at N=2, 4; crossover at N=8' from (N, measured,
+    simulated) rows: the crossover is the N from which the ring is faster after one server was."""
+    said = []
+    for who in ("ring", "one server", None):
+        ns = [str(row[0]) for row in rows if row[column] == who]
+        if ns:
+            said.append(f"{who + ' faster' if who else 'no difference shown'} at N={', '.join(ns)}")
+    server_then_ring = [row[0] for i, row in enumerate(rows) if row[column] == "ring"
+                        and any(r[column] == "one server" for r in rows[:i])]
+    said.append(f"crossover at N={server_then_ring[0]}" if server_then_ring else
+                "no crossover in the N tested")
+    return "; ".join(said)
 
 ANALYSES = {"lr_scaling": lr_scaling, "batch_size": batch_size, "sync_async": sync_async, "segmentation": segmentation,
             "network": network}
