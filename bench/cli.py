@@ -486,7 +486,7 @@ def parser():
     w.set_defaults(fn=cmd_sweep)
     y = sub.add_parser("study", help="run a study of the paper's findings (configs/studies/NAME.yaml) and "
                        "write its conclusions and figure; re-running resumes")
-    y.add_argument("name", help="lr_scaling, batch_size, sync_async or segmentation (or a study file)")
+    y.add_argument("name", help="lr_scaling, batch_size, sync_async, segmentation or network (or a study file)")
     y.add_argument("--out", help="results directory (default: results/studies/NAME)")
     add_overrides(y, "as for sweep")
     add_only(y)
