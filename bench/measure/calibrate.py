@@ -92,7 +92,8 @@ def fan_in_efficiency(world, params, beta_s_per_byte, senders=(), repeats=5):
     float32 at once}: how a server's link fares when k workers push together (TCP incast into the
     link's queue). The median of `repeats` after one that warms the connections up."""
     from mpi4py import MPI
-    out, back = np.ones(params, np.float32), [np.empty(params, np.float32) for _ in range(world.size)]
+    out = np.ones(params, np.float32)
+    back = [np.empty(params, np.float32) for _ in range(max(senders, default=0))] if world.rank == 0 else []
     result = {}
     for k in senders:
         times = []
@@ -100,7 +101,7 @@ def fan_in_efficiency(world, params, beta_s_per_byte, senders=(), repeats=5):
             quiet_barrier(world)
             t = time.perf_counter()
             if world.rank == 0:
-                MPI.Request.Waitall([world.Irecv(back[r], source=r, tag=k) for r in range(1, k + 1)])
+                MPI.Request.Waitall([world.Irecv(back[r - 1], source=r, tag=k) for r in range(1, k + 1)])
             elif world.rank <= k:
                 world.Send(out, dest=0, tag=k)
             times.append(time.perf_counter() - t)
